@@ -1,0 +1,109 @@
+/*
+ * fe.h - the public API of the fastecho C core.
+ *
+ * The core is pure POSIX C11 (Linux: epoll, eventfd, accept4) and knows
+ * nothing about Python. One fe_server owns an acceptor thread and a pool of
+ * worker threads; each worker runs its own epoll loop and keeps every
+ * connection it is handed for that connection's whole life.
+ *
+ * Lifecycle: fe_config_init -> fe_server_create -> fe_server_start ->
+ * (fe_server_stats at any time) -> fe_server_shutdown -> fe_server_wait
+ * until it returns 1 -> fe_server_destroy.
+ *
+ * Functions that can fail return 0 on success and -1 on failure, with errno
+ * set and a one-line message in the caller's error buffer.
+ */
+#ifndef FE_H
+#define FE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fe_server fe_server;
+
+typedef struct fe_config {
+    /* Worker threads (>= 1). Connections are not capped by this number. */
+    int threads;
+    /* Per-connection cap on echoed-but-unsent bytes. Above it the connection
+     * is not read until its peer drains it (backpressure), so a client that
+     * sends without reading holds at most this much server memory. */
+    size_t max_pending_output;
+    /* Size of each worker's read buffer: the most bytes taken from one socket
+     * in one read. */
+    size_t read_buffer_size;
+    /* Stack size of each worker thread (set explicitly: musl's default is
+     * only 128 KiB, glibc's is 8 MiB of address space per thread). */
+    size_t thread_stack_size;
+    /* Capacity of each worker's hand-off queue; the acceptor waits (leaving
+     * clients in the kernel's backlog) when a worker falls this far behind. */
+    size_t queue_capacity;
+} fe_config;
+
+typedef struct fe_stats {
+    uint64_t connections_accepted; /* accepted by the listener */
+    uint64_t connections_active;   /* accepted and not yet closed */
+    uint64_t connections_closed;   /* closed, for any reason */
+    uint64_t bytes_received;       /* read from clients to be echoed */
+    uint64_t bytes_sent;           /* written back to clients */
+    uint64_t accept_errors;        /* failed accept() calls (EMFILE, ...) */
+} fe_stats;
+
+/* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
+ * buffer, 256 KiB stacks, queue capacity 4096. Never fails. */
+void fe_config_init(fe_config *cfg);
+
+/* Allocates a server from cfg (copied; the caller keeps ownership of cfg).
+ * Allocates every per-worker resource up front, so that start only has to
+ * spawn threads. On success *out is set and 0 is returned. On failure -1 is
+ * returned, errno is set (EINVAL for a bad config) and err holds a message. */
+int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen);
+
+/* Starts serving on listen_fd, a bound, listening SOCK_STREAM socket that the
+ * caller owns and must keep open until fe_server_shutdown has returned. The
+ * core makes it non-blocking and never closes it. Spawns the acceptor and the
+ * workers with every signal blocked, so signals reach the caller's thread.
+ * Call at most once. Returns 0, or -1 with errno and err set; on failure no
+ * thread is left running and the server may only be destroyed. */
+int fe_server_start(fe_server *srv, int listen_fd, char *err, size_t errlen);
+
+/* Begins a graceful stop, and returns without waiting for it:
+ *  1. Stops accepting: the acceptor thread is joined before this returns, so
+ *     the caller may close listen_fd straight afterwards.
+ *  2. For drain_ms, connections keep being served normally.
+ *  3. Then reading stops; each connection gets up to linger_ms more to flush
+ *     what it already received, send FIN, and see its peer close, so that no
+ *     byte received before the drain deadline is cut off by a reset.
+ *  4. Whatever remains is closed and the workers exit.
+ * Workers exit as soon as they hold no connections. May be called again to
+ * bring the deadlines forward (never back): (0, 0) stops at once. Safe from
+ * any thread except a worker; a no-op on a server that was never started. */
+void fe_server_shutdown(fe_server *srv, int64_t drain_ms, int64_t linger_ms);
+
+/* Waits up to timeout_ms (< 0: forever) for every thread to exit after
+ * fe_server_shutdown. Returns 1 when they all have (or it was never
+ * started), 0 on timeout. Keep timeouts short when the caller must also
+ * react to signals. */
+int fe_server_wait(fe_server *srv, int timeout_ms);
+
+/* Fills out with a snapshot of the counters. Lock-free: it never slows the
+ * workers, and counters read at slightly different instants may be a few
+ * events apart. Safe from any thread at any time between create and destroy. */
+void fe_server_stats(const fe_server *srv, fe_stats *out);
+
+/* If the acceptor stopped by itself on an unrecoverable error (for example
+ * the listening socket was closed under it), returns that errno; else 0. */
+int fe_server_acceptor_error(const fe_server *srv);
+
+/* Stops (at once, if still running), joins every thread, closes every fd
+ * the core opened and frees srv. NULL is a no-op. */
+void fe_server_destroy(fe_server *srv);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FE_H */

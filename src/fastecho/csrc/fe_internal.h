@@ -1,0 +1,100 @@
+/*
+ * fe_internal.h - structures shared by fe_server.c (acceptor, lifecycle) and
+ * fe_worker.c (echo loops). Not part of the public API.
+ */
+#ifndef FE_INTERNAL_H
+#define FE_INTERNAL_H
+
+#include "fe.h"
+#include "fe_queue.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Server life: RUNNING until fe_server_shutdown, then DRAINING. Workers
+ * derive their own closing phase from the deadlines, not from this. */
+enum fe_state { FE_RUNNING = 0, FE_DRAINING = 1 };
+
+/* A counter with exactly one writing thread. Updating it is a plain load and
+ * store (no locked instruction, no shared cache line with other writers);
+ * readers on other threads see a value that is at most slightly stale. */
+typedef _Atomic uint64_t fe_counter;
+
+static inline void fe_counter_add(fe_counter *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t fe_counter_read(const fe_counter *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+typedef struct fe_conn fe_conn;
+
+typedef struct fe_worker {
+    /* Written only by this worker thread; own cache line so that counting
+     * never bounces a line between cores. */
+    _Alignas(64) fe_counter bytes_received;
+    fe_counter bytes_sent;
+    fe_counter connections_closed;
+
+    _Alignas(64) struct fe_server *server;
+    int index;
+    pthread_t thread;
+    bool thread_started;
+    int epoll_fd;
+    int wake_fd;       /* eventfd: "your queue has fds" or "state changed" */
+    fe_queue inbox;    /* accepted fds handed to this worker */
+    char *read_buffer; /* cfg.read_buffer_size bytes */
+    fe_conn *conns;    /* every open connection, to close them all at stop */
+    size_t conn_count;
+    bool closing;      /* past the drain deadline: no more echoing */
+} fe_worker;
+
+struct fe_server {
+    fe_config cfg;
+    int listen_fd;
+    int acceptor_wake_fd; /* eventfd that tells the acceptor to stop */
+    pthread_t acceptor;
+    bool acceptor_started;
+    bool acceptor_joined;
+    _Atomic int acceptor_error;
+
+    fe_worker *workers;
+    int worker_count;
+
+    /* Written only by the acceptor. */
+    fe_counter connections_accepted;
+    fe_counter accept_errors;
+    fe_counter connections_refused; /* accepted during shutdown, closed unserved */
+    uint64_t *assigned;             /* per worker; the acceptor's private tally */
+
+    _Atomic int state;
+    /* CLOCK_MONOTONIC nanoseconds; INT64_MAX while running. */
+    _Atomic int64_t drain_deadline_ns;
+    _Atomic int64_t close_deadline_ns;
+
+    /* Serializes start/shutdown/destroy, and lets fe_server_wait sleep on
+     * workers_exited with a condition variable. */
+    pthread_mutex_t control_lock;
+    pthread_cond_t workers_exited_cond;
+    int workers_running;
+    bool started;
+    bool workers_joined;
+};
+
+/* Monotonic clock in nanoseconds. */
+int64_t fe_now_ns(void);
+
+/* Worker thread entry point (fe_worker.c). arg is the fe_worker. */
+void *fe_worker_main(void *arg);
+
+/* Wakes a worker or the acceptor: adds 1 to its eventfd. Never blocks
+ * (an eventfd only refuses a write at 2^64-2 pending, which cannot happen). */
+void fe_wake(int eventfd_fd);
+
+#endif /* FE_INTERNAL_H */
