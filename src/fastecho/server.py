@@ -8,6 +8,7 @@ record the signal, and this loop acts on it.
 from __future__ import annotations
 
 import errno
+import resource
 import select
 import signal
 import socket
@@ -50,6 +51,22 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit and return it.
+
+    Every connection is an fd, and the soft limit is often 1024 while the hard
+    one is far higher; an operator who wants fewer sets the hard limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class Server:
     def __init__(self, config: ServeConfig, out: TextIO | None = None) -> None:
         self.config = config
@@ -63,6 +80,7 @@ class Server:
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then drain and stop. Raises ServeError."""
         cfg = self.config
+        raise_fd_limit()
         listener = bind_listener(cfg.host, cfg.port, cfg.backlog)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)

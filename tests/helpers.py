@@ -1,0 +1,145 @@
+"""Test helpers: real `fastecho serve` subprocesses on 127.0.0.1 ephemeral ports.
+
+Every wait here is bounded, and every process started is stopped and reaped.
+"""
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 20.0
+LISTENING = re.compile(rb"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")
+
+
+def fastecho_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastecho", *args]
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """Run `fastecho ARGS` to completion and capture its output."""
+    return subprocess.run(fastecho_command(*args), capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """One line of proc's stdout, or b'' if none arrives within timeout."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return b""
+    return proc.stdout.readline()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    host: str
+    port: int
+    stderr_path: str
+    _stopped: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        s = socket.create_connection((self.host, self.port), timeout=timeout)
+        return s
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
+        """Send sig and wait for the exit code; kill if it does not exit in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"server did not exit within {timeout}s of signal {sig}")
+        finally:
+            self._stopped = True
+            self.proc.stdout.close()
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+def start_server(tmp_path, *args: str, prefix: list[str] | None = None) -> ServerProcess:
+    stderr_path = str(tmp_path / f"server-{time.monotonic_ns()}.err")
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen((prefix or []) + fastecho_command("serve", "--port", "0", *args),
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    line = read_line(proc, START_TIMEOUT)
+    match = LISTENING.search(line)
+    if not match:
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+        with open(stderr_path, encoding="utf-8", errors="replace") as f:
+            raise AssertionError(f"server did not start: {line!r} {f.read()}")
+    host = (match["v6"] or match["v4"]).decode()
+    return ServerProcess(proc, host, int(match["port"]), stderr_path)
+
+
+def echo_roundtrip(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send payload and read exactly len(payload) bytes back."""
+    sock.settimeout(timeout)
+    sock.sendall(payload)
+    return recv_exactly(sock, len(payload), timeout)
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    chunks = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(chunks) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out with {len(chunks)} of {n} bytes")
+        data = sock.recv(min(1 << 20, n - len(chunks)))
+        if not data:
+            raise AssertionError(f"EOF after {len(chunks)} of {n} bytes")
+        chunks += data
+    return bytes(chunks)
+
+
+def proc_fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def proc_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll predicate until it is true or timeout passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)

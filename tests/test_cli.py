@@ -1,0 +1,79 @@
+"""The command line: every error path prints one clear line and exits non-zero."""
+from __future__ import annotations
+
+import socket
+from importlib.metadata import version
+
+import pytest
+
+from helpers import run_cli
+
+
+def _assert_one_line_error(result, code: int, *fragments: str) -> str:
+    err = result.stderr.decode()
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastecho: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--threads", "0"], "--threads"),
+        (["--threads", "many"], "--threads"),
+        (["--threads", "100000"], "--threads"),
+        (["--port", "70000"], "--port"),
+        (["--port", "-1"], "--port"),
+        (["--port", "http"], "--port"),
+        (["--backlog", "0"], "--backlog"),
+        (["--grace", "-1"], "--grace"),
+        (["--grace", "soon"], "--grace"),
+        (["--max-pending-output", "10"], "--max-pending-output"),
+        (["--no-such-option"], "--no-such-option"),
+        (["--threads"], "--threads"),
+    ],
+)
+def test_bad_serve_argument_exits_2_with_one_line(args, fragment):
+    _assert_one_line_error(run_cli("serve", *args), 2, fragment)
+
+
+def test_unknown_command_exits_2():
+    _assert_one_line_error(run_cli("sever"), 2, "sever")
+
+
+def test_port_in_use_exits_1_with_one_line():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        _assert_one_line_error(run_cli("serve", "--port", str(port)), 1, "already in use", str(port))
+
+
+def test_address_not_on_this_machine_exits_1():
+    # 192.0.2.1 is TEST-NET-1: binding to it fails locally, no packet is sent.
+    _assert_one_line_error(run_cli("serve", "--host", "192.0.2.1", "--port", "0"), 1, "192.0.2.1")
+
+
+def test_version_matches_package_metadata():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.decode().strip() == f"fastecho {version('fastecho')}"
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout.decode()
+
+
+def test_listening_line_reports_real_port_and_threads(serve):
+    server = serve("--threads", "3")
+    assert server.port != 0
+    with open(f"/proc/{server.pid}/cmdline", "rb") as f:
+        assert b"--threads\x003" in f.read()
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"

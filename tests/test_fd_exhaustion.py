@@ -1,0 +1,37 @@
+"""At the fd limit the server neither spins nor dies, and serves again once fds free up."""
+from __future__ import annotations
+
+import socket
+import time
+
+from helpers import echo_roundtrip, proc_cpu_seconds, proc_fd_count
+
+
+def test_emfile_on_accept_backs_off_and_recovers(serve):
+    # Both limits at 64 so the server cannot raise its own soft limit.
+    server = serve("--threads", "2", prefix=["prlimit", "--nofile=64:64"])
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(120):  # far more than the server has fds for
+            clients.append(socket.create_connection((server.host, server.port), timeout=5))
+        time.sleep(0.5)  # let the acceptor hit EMFILE
+        assert proc_fd_count(server.pid) >= 60, "the server never reached its fd limit"
+        cpu_before = proc_cpu_seconds(server.pid)
+        time.sleep(2.0)
+        cpu_used = proc_cpu_seconds(server.pid) - cpu_before
+        # A spinning accept loop would burn ~2 s of CPU here; backing off costs ~0.
+        assert cpu_used < 0.5, f"server used {cpu_used:.2f}s of CPU in 2s at the fd limit"
+
+        served_early = clients[0]
+        assert echo_roundtrip(served_early, b"early") == b"early"
+
+        # Free fds on the server side: close most clients, then the last one,
+        # which waited in the backlog, must be served.
+        for s in clients[1:100]:
+            s.close()
+        last = clients[-1]
+        assert echo_roundtrip(last, b"late", timeout=10) == b"late"
+    finally:
+        for s in clients:
+            s.close()
+    assert server.proc.poll() is None
