@@ -333,13 +333,13 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
     pthread_sigmask(SIG_BLOCK, &all, &old);
 
     int rc = 0;
-    char name[32]; /* pthread_setname_np takes at most 15 chars + NUL */
+    char name[16]; /* the kernel keeps at most 15 chars of a thread name */
     for (int i = 0; rc == 0 && i < s->worker_count; i++) {
         fe_worker *w = &s->workers[i];
         pthread_mutex_lock(&s->control_lock);
         s->workers_running++;
         pthread_mutex_unlock(&s->control_lock);
-        snprintf(name, 16, "fe-worker-%d", i);
+        snprintf(name, sizeof name, "fe-worker-%u", (unsigned)i % 10000u);
         rc = spawn(&w->thread, &s->cfg, fe_worker_main, w, name);
         if (rc == 0) {
             w->thread_started = true;

@@ -1,0 +1,281 @@
+/*
+ * stress_core.c - drives the C core hard, without Python, so that ASan,
+ * UBSan and TSan see every path: the acceptor, full hand-off queues,
+ * backpressure, short writes, half-close, resets, stats read concurrently,
+ * and a shutdown while clients are still mid-stream.
+ *
+ * Built and run by ci/sanitize.sh. Exits 0 when every echoed byte matched
+ * and the counters add up; prints the first failure and exits 1 otherwise.
+ */
+
+#include "fe.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { CLIENT_THREADS = 8, ROUNDS_PER_CLIENT = 60, LINGERING_CLIENTS = 16 };
+
+static struct sockaddr_in server_addr;
+static atomic_int failures;
+static atomic_bool stop_stats_reader;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "stress_core: " __VA_ARGS__);                    \
+            fprintf(stderr, " (%s:%d, errno %d)\n", __FILE__, __LINE__, errno); \
+            atomic_fetch_add(&failures, 1);                                  \
+            return -1;                                                       \
+        }                                                                    \
+    } while (0)
+
+static int connect_client(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int send_all(int fd, const unsigned char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int recv_all(int fd, unsigned char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = recv(fd, buf, len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Sends payload in pieces and reads it all back: more than the server's
+ * output cap and read buffer, so short writes and backpressure happen. */
+static int echo_exchange(int fd, unsigned int *seed, size_t size)
+{
+    unsigned char *out = malloc(size), *in = malloc(size);
+    CHECK(out && in, "out of memory");
+    for (size_t i = 0; i < size; i++)
+        out[i] = (unsigned char)rand_r(seed);
+    size_t sent = 0, got = 0;
+    int rc = 0;
+    while (got < size && rc == 0) {
+        size_t piece = 1 + (size_t)rand_r(seed) % 20000;
+        if (sent < size) {
+            if (piece > size - sent)
+                piece = size - sent;
+            rc = send_all(fd, out + sent, piece);
+            sent += piece;
+        }
+        size_t want = sent - got;
+        if (rc == 0 && want > 0)
+            rc = recv_all(fd, in + got, want);
+        got += want;
+    }
+    int same = rc == 0 && memcmp(out, in, size) == 0;
+    free(out);
+    free(in);
+    CHECK(same, "echo of %zu bytes was lost or corrupted", size);
+    return 0;
+}
+
+static int one_round(unsigned int *seed)
+{
+    int fd = connect_client();
+    CHECK(fd >= 0, "connect failed");
+    int kind = rand_r(seed) % 4;
+    int rc = 0;
+    if (kind == 0) { /* ordinary exchange, then a clean close */
+        rc = echo_exchange(fd, seed, 1 + (size_t)rand_r(seed) % 300000);
+    } else if (kind == 1) { /* half-close: everything sent still comes back */
+        unsigned char msg[5000], back[5000];
+        memset(msg, 'h', sizeof msg);
+        rc = send_all(fd, msg, sizeof msg);
+        shutdown(fd, SHUT_WR);
+        if (rc == 0)
+            rc = recv_all(fd, back, sizeof back);
+        if (rc == 0 && (memcmp(msg, back, sizeof msg) != 0 || recv(fd, back, 1, 0) != 0))
+            rc = -1;
+        if (rc != 0) {
+            close(fd);
+            CHECK(0, "half-close exchange failed");
+        }
+    } else if (kind == 2) { /* reset mid-stream */
+        unsigned char junk[100000];
+        memset(junk, 'r', sizeof junk);
+        send_all(fd, junk, sizeof junk);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    } else { /* send a lot, never read, and leave */
+        unsigned char junk[60000];
+        memset(junk, 'q', sizeof junk);
+        send_all(fd, junk, sizeof junk);
+    }
+    close(fd);
+    return rc;
+}
+
+static void *client_main(void *arg)
+{
+    unsigned int seed = (unsigned int)(uintptr_t)arg * 7919u + 1;
+    for (int i = 0; i < ROUNDS_PER_CLIENT; i++)
+        if (one_round(&seed) != 0)
+            break;
+    return NULL;
+}
+
+static void *stats_reader_main(void *arg)
+{
+    fe_server *srv = arg;
+    while (!atomic_load(&stop_stats_reader)) {
+        fe_stats st;
+        fe_server_stats(srv, &st);
+        if (st.connections_closed > st.connections_accepted) {
+            fprintf(stderr, "stress_core: closed %llu > accepted %llu\n",
+                    (unsigned long long)st.connections_closed,
+                    (unsigned long long)st.connections_accepted);
+            atomic_fetch_add(&failures, 1);
+            break;
+        }
+        struct timespec pause = {.tv_nsec = 1000000};
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+static int listen_ephemeral(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(&server_addr, 0, sizeof server_addr);
+    server_addr.sin_family = AF_INET;
+    server_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof server_addr;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&server_addr, sizeof server_addr) != 0 ||
+        listen(fd, 64) != 0 || getsockname(fd, (struct sockaddr *)&server_addr, &len) != 0) {
+        perror("stress_core: listen");
+        exit(1);
+    }
+    return fd;
+}
+
+static int run(int threads, size_t queue_capacity)
+{
+    int listen_fd = listen_ephemeral();
+    fe_config cfg;
+    fe_config_init(&cfg);
+    cfg.threads = threads;
+    cfg.queue_capacity = queue_capacity; /* tiny: the acceptor must wait on the condvar */
+    cfg.max_pending_output = 16 * 1024;  /* tiny: backpressure engages constantly */
+    cfg.read_buffer_size = 4096;
+    fe_server *srv = NULL;
+    char err[256];
+    if (fe_server_create(&cfg, &srv, err, sizeof err) != 0 ||
+        fe_server_start(srv, listen_fd, err, sizeof err) != 0) {
+        fprintf(stderr, "stress_core: %s\n", err);
+        return 1;
+    }
+
+    atomic_store(&stop_stats_reader, false);
+    pthread_t stats_reader, clients[CLIENT_THREADS];
+    pthread_create(&stats_reader, NULL, stats_reader_main, srv);
+    for (int i = 0; i < CLIENT_THREADS; i++)
+        pthread_create(&clients[i], NULL, client_main, (void *)(uintptr_t)(i + 1));
+    for (int i = 0; i < CLIENT_THREADS; i++)
+        pthread_join(clients[i], NULL);
+
+    /* Clients still connected and mid-stream when the stop begins. */
+    int lingering[LINGERING_CLIENTS];
+    unsigned char msg[3000];
+    memset(msg, 'L', sizeof msg);
+    for (int i = 0; i < LINGERING_CLIENTS; i++) {
+        lingering[i] = connect_client();
+        if (lingering[i] < 0 || send_all(lingering[i], msg, sizeof msg) != 0) {
+            fprintf(stderr, "stress_core: lingering client %d failed\n", i);
+            atomic_fetch_add(&failures, 1);
+        }
+    }
+    /* Let them all be accepted before stopping, so their bytes count as received. */
+    for (int tries = 0; tries < 2000; tries++) {
+        fe_stats st;
+        fe_server_stats(srv, &st);
+        if (st.bytes_received == st.bytes_sent && st.connections_active >= LINGERING_CLIENTS)
+            break;
+        struct timespec pause = {.tv_nsec = 1000000};
+        nanosleep(&pause, NULL);
+    }
+    fe_server_shutdown(srv, 100, 500);
+    close(listen_fd);
+    if (!fe_server_wait(srv, 10000)) {
+        fprintf(stderr, "stress_core: workers did not stop within 10 s\n");
+        atomic_fetch_add(&failures, 1);
+    }
+    /* Each lingering client gets its bytes back, then an orderly FIN. */
+    for (int i = 0; i < LINGERING_CLIENTS; i++) {
+        unsigned char back[sizeof msg];
+        if (lingering[i] < 0)
+            continue;
+        if (recv_all(lingering[i], back, sizeof back) != 0 || memcmp(back, msg, sizeof msg) != 0 ||
+            recv(lingering[i], back, 1, 0) != 0) {
+            fprintf(stderr, "stress_core: lingering client %d lost its echo\n", i);
+            atomic_fetch_add(&failures, 1);
+        }
+        close(lingering[i]);
+    }
+    atomic_store(&stop_stats_reader, true);
+    pthread_join(stats_reader, NULL);
+
+    fe_stats st;
+    fe_server_stats(srv, &st);
+    fe_server_destroy(srv);
+    printf("threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
+           threads, queue_capacity, (unsigned long long)st.connections_accepted,
+           (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
+           (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent);
+    if (st.connections_active != 0 || st.connections_accepted != st.connections_closed) {
+        fprintf(stderr, "stress_core: connections leaked\n");
+        atomic_fetch_add(&failures, 1);
+    }
+    return 0;
+}
+
+int main(void)
+{
+    if (run(4, 2) != 0 || run(1, 1) != 0 || run(16, 4096) != 0)
+        return 1;
+    int n = atomic_load(&failures);
+    printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);
+    return n ? 1 : 0;
+}
