@@ -1,3 +1,8 @@
+from ipaddress import IPv4Network, IPv6Network
+from typing import Iterable
+
+CLOSE_REASONS: tuple[str, ...]
+
 def _defaults() -> dict[str, int]: ...
 
 class Engine:
@@ -7,11 +12,22 @@ class Engine:
         max_pending_output: int = 0,
         read_buffer_size: int = 0,
         queue_capacity: int = 0,
+        *,
+        suffix: bytes | None = None,
+        max_line: int = 0,
+        event_ring_size: int = 0,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
+        idle_timeout: float = 0.0,
+        allow: Iterable[str | IPv4Network | IPv6Network] | None = None,
     ) -> None: ...
     def start(self, listen_fd: int) -> None: ...
     def shutdown(self, drain_seconds: float, linger_seconds: float = 1.0) -> None: ...
     def wait(self, timeout: float) -> bool: ...
     def stats(self) -> dict[str, int]: ...
+    def drain_events(
+        self, max_events: int = 4096
+    ) -> list[tuple[str, str, int, int, int, float, str]]: ...
     @property
     def acceptor_error(self) -> int: ...
     def close(self) -> None: ...

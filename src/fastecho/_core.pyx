@@ -7,10 +7,15 @@ back into Python.
 """
 from libc.errno cimport errno, EINVAL
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+import ipaddress
 
 from fastecho.includes.fe cimport (
-    fe_config, fe_server, fe_config_init, fe_server_acceptor_error, fe_server_create,
-    fe_server_destroy, fe_server_shutdown, fe_server_start, fe_server_stats,
+    FE_EVENT_OPEN, fe_cidr, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
+    fe_server_acceptor_error, fe_server_create, fe_server_destroy,
+    fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
     fe_server_wait, fe_stats,
 )
 
@@ -18,6 +23,10 @@ from fastecho.errors import ConfigError
 
 cdef enum:
     ERRLEN = 256
+    EVENT_BATCH = 256
+
+# Index = enum fe_close_reason.
+CLOSE_REASONS = ("", "eof", "reset", "idle", "line-too-long", "shutdown", "no-memory")
 
 
 cdef int _raise_error(int errnum, const char *message) except -1:
@@ -25,6 +34,26 @@ cdef int _raise_error(int errnum, const char *message) except -1:
     if errnum == EINVAL:
         raise ConfigError(text)
     raise OSError(errnum, text)  # OSError picks the subclass from errnum
+
+
+cdef object _peer_host(const fe_peer *peer):
+    if peer.family == 4:
+        return str(ipaddress.IPv4Address(bytes(peer.addr[:4])))
+    if peer.family == 6:
+        return str(ipaddress.IPv6Address(bytes(peer.addr[:16])))
+    return "?"
+
+
+cdef tuple _event_tuple(const fe_event *ev):
+    return (
+        "open" if ev.kind == FE_EVENT_OPEN else "close",
+        _peer_host(&ev.peer),
+        ev.peer.port,
+        ev.bytes_in,
+        ev.bytes_out,
+        ev.duration_ns / 1e9,
+        CLOSE_REASONS[ev.reason] if ev.reason < len(CLOSE_REASONS) else "unknown",
+    )
 
 
 def _defaults():
@@ -36,6 +65,7 @@ def _defaults():
         "read_buffer_size": cfg.read_buffer_size,
         "thread_stack_size": cfg.thread_stack_size,
         "queue_capacity": cfg.queue_capacity,
+        "max_line": cfg.max_line,
     }
 
 
@@ -43,10 +73,16 @@ cdef class Engine:
     """A C echo engine: an acceptor thread plus `threads` epoll workers."""
 
     def __cinit__(self, int threads, size_t max_pending_output=0,
-                  size_t read_buffer_size=0, size_t queue_capacity=0):
+                  size_t read_buffer_size=0, size_t queue_capacity=0, *,
+                  bytes suffix=None, size_t max_line=0, size_t event_ring_size=0,
+                  unsigned long long max_connections=0,
+                  unsigned long long max_connections_per_ip=0,
+                  double idle_timeout=0.0, allow=None):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
+        cdef fe_cidr *ranges = NULL
+        cdef Py_ssize_t i
         fe_config_init(&cfg)
         cfg.threads = threads
         if max_pending_output:
@@ -55,9 +91,35 @@ cdef class Engine:
             cfg.read_buffer_size = read_buffer_size
         if queue_capacity:
             cfg.queue_capacity = queue_capacity
+        if suffix is not None:
+            cfg.suffix = suffix
+            cfg.suffix_len = len(suffix)
+        if max_line:
+            cfg.max_line = max_line
+        if idle_timeout < 0:
+            raise ConfigError("the idle timeout must not be negative")
+        cfg.event_ring_size = event_ring_size
+        cfg.max_connections = max_connections
+        cfg.max_connections_per_ip = max_connections_per_ip
+        cfg.idle_timeout_ms = <int64_t>(idle_timeout * 1000)
+        networks = [ipaddress.ip_network(n) for n in (allow or ())]
+        if networks:
+            ranges = <fe_cidr *>malloc(len(networks) * sizeof(fe_cidr))
+            if ranges == NULL:
+                raise MemoryError()
+            for i, net in enumerate(networks):
+                packed = net.network_address.packed
+                ranges[i].family = 4 if net.version == 4 else 6
+                ranges[i].prefix_len = net.prefixlen
+                memcpy(ranges[i].addr, <const char *>packed, len(packed))
+            cfg.allow = ranges
+            cfg.allow_count = len(networks)
         err[0] = 0
-        with nogil:
-            rc = fe_server_create(&cfg, &self._server, err, ERRLEN)
+        try:
+            with nogil:
+                rc = fe_server_create(&cfg, &self._server, err, ERRLEN)
+        finally:
+            free(ranges)  # the core keeps its own copy
         if rc != 0:
             self._server = NULL
             _raise_error(errno, err)
@@ -113,7 +175,33 @@ cdef class Engine:
             "bytes_received": s.bytes_received,
             "bytes_sent": s.bytes_sent,
             "accept_errors": s.accept_errors,
+            "rejected_max_connections": s.rejected_max_connections,
+            "rejected_per_ip": s.rejected_per_ip,
+            "rejected_not_allowed": s.rejected_not_allowed,
+            "idle_timeouts": s.idle_timeouts,
+            "lines_too_long": s.lines_too_long,
+            "events_dropped": s.events_dropped,
         }
+
+    def drain_events(self, int max_events=4096):
+        """Take up to max_events pending access events without waiting.
+
+        Each is (kind, peer_host, peer_port, bytes_in, bytes_out, duration_s,
+        reason): kind is "open" or "close", reason is "" for open events.
+        """
+        cdef fe_server *server = self._live()
+        cdef fe_event batch[EVENT_BATCH]
+        cdef size_t n, i, want
+        events = []
+        while len(events) < max_events:
+            want = min(<size_t>EVENT_BATCH, <size_t>(max_events - len(events)))
+            with nogil:
+                n = fe_server_drain_events(server, batch, want)
+            for i in range(n):
+                events.append(_event_tuple(&batch[i]))
+            if n < EVENT_BATCH:
+                break
+        return events
 
     @property
     def acceptor_error(self):

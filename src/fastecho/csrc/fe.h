@@ -25,6 +25,43 @@ extern "C" {
 
 typedef struct fe_server fe_server;
 
+/* A client address. family is 4 or 6 (0: unknown); IPv4-mapped IPv6
+ * addresses are reported as IPv4. addr holds 4 or 16 bytes, network order. */
+typedef struct fe_peer {
+    uint8_t family;
+    uint16_t port;
+    uint8_t addr[16];
+} fe_peer;
+
+/* An address range for the allow list: the first prefix_len bits of addr. */
+typedef struct fe_cidr {
+    uint8_t family; /* 4 or 6 */
+    uint8_t prefix_len;
+    uint8_t addr[16];
+} fe_cidr;
+
+enum fe_event_kind { FE_EVENT_OPEN = 1, FE_EVENT_CLOSE = 2 };
+
+enum fe_close_reason {
+    FE_CLOSE_NONE = 0,      /* (open events) */
+    FE_CLOSE_EOF,           /* the client closed; everything was echoed */
+    FE_CLOSE_RESET,         /* ECONNRESET, EPIPE, or a socket error */
+    FE_CLOSE_IDLE,          /* silent for idle_timeout_ms */
+    FE_CLOSE_LINE_TOO_LONG, /* line mode: a line exceeded max_line */
+    FE_CLOSE_SHUTDOWN,      /* the server stopped */
+    FE_CLOSE_NO_MEMORY,     /* a buffer could not grow */
+};
+
+/* One access-log record, produced by a worker and drained by the caller. */
+typedef struct fe_event {
+    uint8_t kind;   /* enum fe_event_kind */
+    uint8_t reason; /* enum fe_close_reason */
+    fe_peer peer;
+    uint64_t bytes_in;    /* close: bytes received on this connection */
+    uint64_t bytes_out;   /* close: bytes sent on this connection */
+    uint64_t duration_ns; /* close: time since the connection was accepted */
+} fe_event;
+
 typedef struct fe_config {
     /* Worker threads (>= 1). Connections are not capped by this number. */
     int threads;
@@ -41,6 +78,30 @@ typedef struct fe_config {
     /* Capacity of each worker's hand-off queue; the acceptor waits (leaving
      * clients in the kernel's backlog) when a worker falls this far behind. */
     size_t queue_capacity;
+
+    /* Line mode when suffix is not NULL: each newline-terminated line comes
+     * back with suffix inserted before its newline. A line longer than
+     * max_line gets an error line, then the connection is closed. NULL
+     * keeps the echo byte-exact. The suffix is copied. */
+    const char *suffix;
+    size_t suffix_len;
+    size_t max_line;
+
+    /* Access events: when > 0, each worker keeps a ring of this many
+     * open/close events for fe_server_drain_events. A full ring drops the
+     * event and counts it; a worker never waits for the reader. */
+    size_t event_ring_size;
+
+    /* Limits; 0 means none. A connection past a limit is closed at once,
+     * counted, and never reaches a worker. */
+    uint64_t max_connections;
+    uint64_t max_connections_per_ip;
+    /* Close connections whose client has sent nothing for this long. */
+    int64_t idle_timeout_ms;
+    /* When allow_count > 0, only clients inside one of these ranges are
+     * served. The array is copied. */
+    const fe_cidr *allow;
+    size_t allow_count;
 } fe_config;
 
 typedef struct fe_stats {
@@ -50,10 +111,17 @@ typedef struct fe_stats {
     uint64_t bytes_received;       /* read from clients to be echoed */
     uint64_t bytes_sent;           /* written back to clients */
     uint64_t accept_errors;        /* failed accept() calls (EMFILE, ...) */
+    uint64_t rejected_max_connections; /* closed at accept: max_connections */
+    uint64_t rejected_per_ip;          /* closed at accept: max_connections_per_ip */
+    uint64_t rejected_not_allowed;     /* closed at accept: not in the allow list */
+    uint64_t idle_timeouts;            /* closed for idleness */
+    uint64_t lines_too_long;           /* closed in line mode for an overlong line */
+    uint64_t events_dropped;           /* access events lost to a full ring */
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
- * buffer, 256 KiB stacks, queue capacity 4096. Never fails. */
+ * buffer, 256 KiB stacks, queue capacity 4096, byte-exact echo (max_line
+ * 64 KiB if line mode is turned on), no access events, no limits. */
 void fe_config_init(fe_config *cfg);
 
 /* Allocates a server from cfg (copied; the caller keeps ownership of cfg).
@@ -93,6 +161,11 @@ int fe_server_wait(fe_server *srv, int timeout_ms);
  * workers, and counters read at slightly different instants may be a few
  * events apart. Safe from any thread at any time between create and destroy. */
 void fe_server_stats(const fe_server *srv, fe_stats *out);
+
+/* Moves up to max pending access events into out, oldest first per worker;
+ * returns how many. Never blocks a worker. Safe from any thread (callers
+ * are serialized by an internal lock that workers never take). */
+size_t fe_server_drain_events(fe_server *srv, fe_event *out, size_t max);
 
 /* If the acceptor stopped by itself on an unrecoverable error (for example
  * the listening socket was closed under it), returns that errno; else 0. */

@@ -6,7 +6,10 @@
 #define FE_INTERNAL_H
 
 #include "fe.h"
+#include "fe_limits.h"
+#include "fe_line.h"
 #include "fe_queue.h"
+#include "fe_ring.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -41,6 +44,8 @@ typedef struct fe_worker {
     _Alignas(64) fe_counter bytes_received;
     fe_counter bytes_sent;
     fe_counter connections_closed;
+    fe_counter idle_timeouts;
+    fe_counter lines_too_long;
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -50,9 +55,15 @@ typedef struct fe_worker {
     int wake_fd;       /* eventfd: "your queue has fds" or "state changed" */
     fe_queue inbox;    /* accepted fds handed to this worker */
     char *read_buffer; /* cfg.read_buffer_size bytes */
-    fe_conn *conns;    /* every open connection, to close them all at stop */
+    /* Every open connection, least recently active first: the idle sweep
+     * only ever looks at the head, and stop walks the whole list. */
+    fe_conn *conns_head;
+    fe_conn *conns_tail;
     size_t conn_count;
+    int64_t now_ns;    /* when the current batch of events arrived */
     bool closing;      /* past the drain deadline: no more echoing */
+    bool ring_ready;
+    fe_ring events;    /* access events, when cfg.event_ring_size > 0 */
 } fe_worker;
 
 struct fe_server {
@@ -67,11 +78,26 @@ struct fe_server {
     fe_worker *workers;
     int worker_count;
 
+    /* Owned copies of the config's pointers. */
+    char *suffix;
+    fe_cidr *allow;
+    fe_line_format line_format; /* used when suffix != NULL */
+
     /* Written only by the acceptor. */
     fe_counter connections_accepted;
     fe_counter accept_errors;
     fe_counter connections_refused; /* accepted during shutdown, closed unserved */
+    fe_counter rejected_max_connections;
+    fe_counter rejected_per_ip;
+    fe_counter rejected_not_allowed;
     uint64_t *assigned;             /* per worker; the acceptor's private tally */
+
+    /* Connections open now: the acceptor adds, workers subtract. One atomic
+     * add per connection open and close, never per message. */
+    _Atomic uint64_t open_connections;
+    fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
+    bool ip_table_ready;
+    pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */
 
     _Atomic int state;
     /* CLOCK_MONOTONIC nanoseconds; INT64_MAX while running. */

@@ -36,7 +36,7 @@ int fe_queue_init(fe_queue *q, size_t capacity)
 void fe_queue_destroy(fe_queue *q)
 {
     for (size_t i = 0; i < q->count; i++)
-        close(q->slots[(q->head + i) % q->capacity]);
+        close(q->slots[(q->head + i) % q->capacity].fd);
     pthread_cond_destroy(&q->not_full);
     pthread_mutex_destroy(&q->lock);
     free(q->slots);
@@ -44,7 +44,7 @@ void fe_queue_destroy(fe_queue *q)
     q->count = 0;
 }
 
-int fe_queue_push(fe_queue *q, int fd, bool *was_empty)
+int fe_queue_push(fe_queue *q, const fe_handoff *item, bool *was_empty)
 {
     pthread_mutex_lock(&q->lock);
     while (q->count == q->capacity && !q->interrupted)
@@ -53,14 +53,14 @@ int fe_queue_push(fe_queue *q, int fd, bool *was_empty)
         pthread_mutex_unlock(&q->lock);
         return -1;
     }
-    q->slots[(q->head + q->count) % q->capacity] = fd;
+    q->slots[(q->head + q->count) % q->capacity] = *item;
     *was_empty = q->count == 0;
     q->count++;
     pthread_mutex_unlock(&q->lock);
     return 0;
 }
 
-size_t fe_queue_pop_batch(fe_queue *q, int *out, size_t max)
+size_t fe_queue_pop_batch(fe_queue *q, fe_handoff *out, size_t max)
 {
     pthread_mutex_lock(&q->lock);
     bool was_full = q->count == q->capacity;

@@ -1,5 +1,5 @@
 /*
- * fe_queue.h - a bounded FIFO of file descriptors guarded by a mutex and a
+ * fe_queue.h - a bounded FIFO of accepted connections guarded by a mutex and a
  * condition variable: the hand-off from the acceptor to one worker.
  *
  * One producer (the acceptor) may block while the queue is full; consumers
@@ -9,37 +9,48 @@
 #ifndef FE_QUEUE_H
 #define FE_QUEUE_H
 
+#include "fe.h"
+
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 
+/* An accepted connection on its way to a worker. */
+typedef struct fe_handoff {
+    int fd;
+    bool counted_per_ip; /* the per-address table counts it: release on close */
+    fe_peer peer;
+    int64_t accepted_ns; /* CLOCK_MONOTONIC */
+} fe_handoff;
+
 typedef struct fe_queue {
     pthread_mutex_t lock;
     pthread_cond_t not_full;
-    int *slots;
+    fe_handoff *slots;
     size_t capacity;
     size_t head;  /* index of the oldest fd */
     size_t count;
     bool interrupted;
 } fe_queue;
 
-/* Allocates room for capacity (> 0) fds. Returns 0, or -1 with errno set. */
+/* Allocates room for capacity (> 0) connections. Returns 0, or -1 with errno set. */
 int fe_queue_init(fe_queue *q, size_t capacity);
 
-/* Closes any fds still queued and frees the queue. No thread may be using it. */
+/* Closes any connections still queued and frees the queue. No thread may be
+ * using it. */
 void fe_queue_destroy(fe_queue *q);
 
-/* Appends fd, waiting while the queue is full. Returns 0 and sets
+/* Appends item, waiting while the queue is full. Returns 0 and sets
  * *was_empty (so the caller wakes the consumer only when it may be idle),
- * or -1 if fe_queue_interrupt was called; fd is then still the caller's. */
-int fe_queue_push(fe_queue *q, int fd, bool *was_empty);
+ * or -1 if fe_queue_interrupt was called; item is then still the caller's. */
+int fe_queue_push(fe_queue *q, const fe_handoff *item, bool *was_empty);
 
-/* Moves up to max of the oldest fds into out without waiting; returns how
- * many. Wakes a producer waiting for room. */
-size_t fe_queue_pop_batch(fe_queue *q, int *out, size_t max);
+/* Moves up to max of the oldest items into out without waiting; returns
+ * how many. Wakes a producer waiting for room. */
+size_t fe_queue_pop_batch(fe_queue *q, fe_handoff *out, size_t max);
 
 /* Makes every current and future fe_queue_push fail, so a producer blocked on
- * a full queue can be stopped. Fds already queued stay poppable. */
+ * a full queue can be stopped. Items already queued stay poppable. */
 void fe_queue_interrupt(fe_queue *q);
 
 #endif /* FE_QUEUE_H */

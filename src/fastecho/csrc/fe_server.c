@@ -65,6 +65,15 @@ void fe_config_init(fe_config *cfg)
     cfg->read_buffer_size = 64u << 10;
     cfg->thread_stack_size = 256u << 10;
     cfg->queue_capacity = 4096;
+    cfg->suffix = NULL;
+    cfg->suffix_len = 0;
+    cfg->max_line = 64u << 10;
+    cfg->event_ring_size = 0;
+    cfg->max_connections = 0;
+    cfg->max_connections_per_ip = 0;
+    cfg->idle_timeout_ms = 0;
+    cfg->allow = NULL;
+    cfg->allow_count = 0;
 }
 
 static int validate_config(const fe_config *cfg, char *err, size_t errlen)
@@ -79,6 +88,23 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
         return fail(err, errlen, 0, "thread stack size must be at least 64 KiB");
     if (cfg->queue_capacity < 1)
         return fail(err, errlen, 0, "queue capacity must be at least 1");
+    if (cfg->suffix && cfg->suffix_len > 4096)
+        return fail(err, errlen, 0, "the line suffix must be at most 4096 bytes");
+    if (cfg->suffix && memchr(cfg->suffix, '\n', cfg->suffix_len))
+        return fail(err, errlen, 0, "the line suffix must not contain a newline");
+    if (cfg->suffix && (cfg->max_line < 1 || cfg->max_line > (64u << 20)))
+        return fail(err, errlen, 0, "max line must be between 1 B and 64 MiB");
+    if (cfg->event_ring_size > (1u << 24))
+        return fail(err, errlen, 0, "the event ring may hold at most 16777216 events");
+    if (cfg->idle_timeout_ms < 0)
+        return fail(err, errlen, 0, "the idle timeout must not be negative");
+    if (cfg->allow_count > 0 && cfg->allow == NULL)
+        return fail(err, errlen, 0, "allow_count is set but allow is NULL");
+    for (size_t i = 0; i < cfg->allow_count; i++) {
+        const fe_cidr *r = &cfg->allow[i];
+        if (!((r->family == 4 && r->prefix_len <= 32) || (r->family == 6 && r->prefix_len <= 128)))
+            return fail(err, errlen, 0, "allow entry %zu is not a valid address range", i);
+    }
     return 0;
 }
 
@@ -92,10 +118,26 @@ static void release_workers(fe_server *s)
             close(w->wake_fd);
         if (w->inbox.slots)
             fe_queue_destroy(&w->inbox);
+        if (w->ring_ready)
+            fe_ring_destroy(&w->events);
         free(w->read_buffer);
     }
     free(s->workers);
     free(s->assigned);
+    fe_ip_table_destroy(&s->ip_table);
+    free(s->suffix);
+    free(s->allow);
+}
+
+static void free_server(fe_server *s)
+{
+    release_workers(s);
+    if (s->acceptor_wake_fd >= 0)
+        close(s->acceptor_wake_fd);
+    pthread_mutex_destroy(&s->events_lock);
+    pthread_cond_destroy(&s->workers_exited_cond);
+    pthread_mutex_destroy(&s->control_lock);
+    free(s);
 }
 
 int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
@@ -117,29 +159,51 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     pthread_condattr_init(&cattr);
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC); /* wall-clock jumps must not stretch waits */
     pthread_mutex_init(&s->control_lock, NULL);
+    pthread_mutex_init(&s->events_lock, NULL);
     pthread_cond_init(&s->workers_exited_cond, &cattr);
     pthread_condattr_destroy(&cattr);
+    atomic_init(&s->open_connections, 0);
 
-    s->workers = aligned_alloc(_Alignof(fe_worker), sizeof(fe_worker) * (size_t)cfg->threads);
+    const char *what = NULL;
+    /* calloc of zero items may return NULL: always ask for at least one. */
+    s->workers = calloc((size_t)cfg->threads, sizeof(fe_worker));
     s->assigned = calloc((size_t)cfg->threads, sizeof *s->assigned);
-    if (s->workers == NULL || s->assigned == NULL) {
-        int e = errno;
-        free(s->workers);
-        free(s->assigned);
-        free(s);
-        return fail(err, errlen, e, "allocating %d workers", cfg->threads);
-    }
-    memset(s->workers, 0, sizeof(fe_worker) * (size_t)cfg->threads);
-    for (int i = 0; i < cfg->threads; i++) {
+    if (s->workers == NULL || s->assigned == NULL)
+        what = "allocating the workers";
+    else
+        s->worker_count = cfg->threads;
+    for (int i = 0; i < s->worker_count; i++) {
         s->workers[i].epoll_fd = -1;
         s->workers[i].wake_fd = -1;
     }
-    s->worker_count = cfg->threads;
-
-    const char *what = NULL;
-    s->acceptor_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (s->acceptor_wake_fd < 0)
-        what = "eventfd";
+    if (what == NULL && cfg->suffix) {
+        s->suffix = malloc(cfg->suffix_len ? cfg->suffix_len : 1);
+        if (s->suffix == NULL)
+            what = "copying the suffix";
+        else
+            memcpy(s->suffix, cfg->suffix, cfg->suffix_len);
+        s->cfg.suffix = s->suffix;
+        s->line_format = (fe_line_format){s->suffix, cfg->suffix_len, cfg->max_line};
+    }
+    if (what == NULL && cfg->allow_count > 0) {
+        s->allow = calloc(cfg->allow_count, sizeof *s->allow);
+        if (s->allow == NULL)
+            what = "copying the allow list";
+        else
+            memcpy(s->allow, cfg->allow, cfg->allow_count * sizeof *s->allow);
+        s->cfg.allow = s->allow;
+    }
+    if (what == NULL && cfg->max_connections_per_ip > 0) {
+        if (fe_ip_table_init(&s->ip_table, 4096) != 0)
+            what = "allocating the per-address table";
+        else
+            s->ip_table_ready = true;
+    }
+    if (what == NULL) {
+        s->acceptor_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (s->acceptor_wake_fd < 0)
+            what = "eventfd";
+    }
     for (int i = 0; what == NULL && i < cfg->threads; i++) {
         fe_worker *w = &s->workers[i];
         w->server = s;
@@ -152,7 +216,10 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
             what = "allocating a read buffer";
         else if (fe_queue_init(&w->inbox, cfg->queue_capacity) != 0)
             what = "allocating a queue";
+        else if (cfg->event_ring_size > 0 && fe_ring_init(&w->events, cfg->event_ring_size) != 0)
+            what = "allocating an event ring";
         else {
+            w->ring_ready = cfg->event_ring_size > 0;
             struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
             if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
                 what = "epoll_ctl";
@@ -160,12 +227,7 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     }
     if (what) {
         int e = errno;
-        release_workers(s);
-        if (s->acceptor_wake_fd >= 0)
-            close(s->acceptor_wake_fd);
-        pthread_cond_destroy(&s->workers_exited_cond);
-        pthread_mutex_destroy(&s->control_lock);
-        free(s);
+        free_server(s);
         return fail(err, errlen, e, "%s", what);
     }
     *out = s;
@@ -188,22 +250,51 @@ static int least_loaded_worker(fe_server *s)
     return best;
 }
 
-static void dispatch(fe_server *s, int fd)
+static void dispatch(fe_server *s, const fe_handoff *h)
 {
     int one = 1;
     /* An echo answers small writes at once; Nagle would hold them back. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     int i = least_loaded_worker(s);
     bool was_empty = false;
-    if (fe_queue_push(&s->workers[i].inbox, fd, &was_empty) != 0) {
+    if (fe_queue_push(&s->workers[i].inbox, h, &was_empty) != 0) {
         /* Interrupted by shutdown while the worker's queue was full. */
-        close(fd);
+        close(h->fd);
+        if (h->counted_per_ip)
+            fe_ip_table_release(&s->ip_table, &h->peer);
+        atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
         fe_counter_add(&s->connections_refused, 1);
         return;
     }
     s->assigned[i]++;
     if (was_empty) /* a non-empty queue already has a wake-up pending */
         fe_wake(s->workers[i].wake_fd);
+}
+
+/* Applies the allow list and the connection limits to a fresh connection.
+ * Returns true if it may be served; otherwise it was closed and counted. */
+static bool admit(fe_server *s, fe_handoff *h)
+{
+    fe_counter *rejected = NULL;
+    if (s->cfg.allow_count > 0 && !fe_cidr_contains_any(s->allow, s->cfg.allow_count, &h->peer))
+        rejected = &s->rejected_not_allowed;
+    else if (s->cfg.max_connections > 0 &&
+             atomic_load_explicit(&s->open_connections, memory_order_relaxed) >= s->cfg.max_connections)
+        rejected = &s->rejected_max_connections;
+    else if (s->cfg.max_connections_per_ip > 0) {
+        if (fe_ip_table_acquire(&s->ip_table, &h->peer, s->cfg.max_connections_per_ip))
+            h->counted_per_ip = true;
+        else
+            rejected = &s->rejected_per_ip;
+    }
+    if (rejected) {
+        close(h->fd);
+        fe_counter_add(rejected, 1);
+        return false;
+    }
+    /* Only the acceptor adds, so the check above cannot be raced past. */
+    atomic_fetch_add_explicit(&s->open_connections, 1, memory_order_relaxed);
+    return true;
 }
 
 static bool is_transient_accept_error(int e)
@@ -241,11 +332,18 @@ static void *acceptor_main(void *arg)
             return NULL;
 
         for (int n = 0; n < FE_ACCEPT_BATCH; n++) {
-            int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            struct sockaddr_storage addr;
+            socklen_t addr_len = sizeof addr;
+            int fd = accept4(s->listen_fd, (struct sockaddr *)&addr, &addr_len,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd >= 0) {
-                fe_counter_add(&s->connections_accepted, 1);
-                dispatch(s, fd);
                 backoff_ms = 0;
+                fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns()};
+                fe_peer_from_sockaddr(&h.peer, (struct sockaddr *)&addr, addr_len);
+                if (!admit(s, &h))
+                    continue;
+                fe_counter_add(&s->connections_accepted, 1);
+                dispatch(s, &h);
                 continue;
             }
             int e = errno;
@@ -423,12 +521,16 @@ int fe_server_wait(fe_server *s, int timeout_ms)
 
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
-    uint64_t received = 0, sent = 0, closed = 0;
+    uint64_t received = 0, sent = 0, closed = 0, idle = 0, too_long = 0, dropped = 0;
     for (int i = 0; i < s->worker_count; i++) {
         const fe_worker *w = &s->workers[i];
         received += fe_counter_read(&w->bytes_received);
         sent += fe_counter_read(&w->bytes_sent);
         closed += fe_counter_read(&w->connections_closed);
+        idle += fe_counter_read(&w->idle_timeouts);
+        too_long += fe_counter_read(&w->lines_too_long);
+        if (w->ring_ready)
+            dropped += atomic_load_explicit(&((fe_worker *)w)->events.dropped, memory_order_relaxed);
     }
     closed += fe_counter_read(&s->connections_refused);
     /* Read accepted after closed so that active can only be overstated. */
@@ -440,6 +542,24 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->bytes_received = received;
     out->bytes_sent = sent;
     out->accept_errors = fe_counter_read(&s->accept_errors);
+    out->rejected_max_connections = fe_counter_read(&s->rejected_max_connections);
+    out->rejected_per_ip = fe_counter_read(&s->rejected_per_ip);
+    out->rejected_not_allowed = fe_counter_read(&s->rejected_not_allowed);
+    out->idle_timeouts = idle;
+    out->lines_too_long = too_long;
+    out->events_dropped = dropped;
+}
+
+size_t fe_server_drain_events(fe_server *s, fe_event *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&s->events_lock);
+    for (int i = 0; i < s->worker_count && n < max; i++) {
+        if (s->workers[i].ring_ready)
+            n += fe_ring_pop(&s->workers[i].events, out + n, max - n);
+    }
+    pthread_mutex_unlock(&s->events_lock);
+    return n;
 }
 
 int fe_server_acceptor_error(const fe_server *s)
@@ -454,9 +574,5 @@ void fe_server_destroy(fe_server *s)
     fe_server_shutdown(s, 0, 0);
     fe_server_wait(s, -1);
     join_all(s);
-    release_workers(s);
-    close(s->acceptor_wake_fd);
-    pthread_cond_destroy(&s->workers_exited_cond);
-    pthread_mutex_destroy(&s->control_lock);
-    free(s);
+    free_server(s);
 }

@@ -8,6 +8,9 @@
  * a per-connection heap buffer and the connection waits for EPOLLOUT; an idle
  * connection owns no buffer at all. One read per readiness per loop keeps the
  * service fair: a busy client cannot starve the others on its worker.
+ *
+ * Line mode (a suffix is set) replaces "send what was read" with framing
+ * through fe_line_feed; everything else is shared.
  */
 #include "fe_internal.h"
 
@@ -24,103 +27,131 @@ struct fe_conn {
     int fd;
     uint32_t events;      /* the interest currently registered with epoll */
     bool peer_eof;        /* client sent FIN: echo what is left, then close */
-    bool lingering;       /* we sent FIN at stop: discard input until the peer closes */
-    fe_conn *prev, *next; /* the worker's list of open connections */
-    char *out;            /* unsent output: out[out_start, out_start + out_len) */
-    size_t out_start;
-    size_t out_len;
-    size_t out_capacity;
+    bool lingering;       /* we sent FIN: discard input until the peer closes */
+    bool finishing;       /* line too long: send what is queued, then close */
+    bool counted_per_ip;
+    fe_conn *prev, *next; /* the worker's list, least recently active first */
+    fe_buf out;           /* echoed bytes the socket has not taken yet */
+    fe_buf partial_line;  /* line mode: a line still waiting for its newline */
+    int64_t accepted_ns;
+    int64_t active_ns;    /* last time the client sent something */
+    uint64_t bytes_in, bytes_out;
+    fe_peer peer;
 };
 
-static void conn_close(fe_worker *w, fe_conn *c)
+static void list_remove(fe_worker *w, fe_conn *c)
 {
-    close(c->fd); /* also removes it from the epoll set: no dup of it exists */
     if (c->prev)
         c->prev->next = c->next;
     else
-        w->conns = c->next;
+        w->conns_head = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    else
+        w->conns_tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_append(fe_worker *w, fe_conn *c)
+{
+    c->prev = w->conns_tail;
+    c->next = NULL;
+    if (w->conns_tail)
+        w->conns_tail->next = c;
+    else
+        w->conns_head = c;
+    w->conns_tail = c;
+}
+
+static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason)
+{
+    if (!w->ring_ready)
+        return;
+    fe_event ev = {
+        .kind = kind,
+        .reason = reason,
+        .peer = c->peer,
+        .bytes_in = c->bytes_in,
+        .bytes_out = c->bytes_out,
+        .duration_ns = kind == FE_EVENT_CLOSE ? (uint64_t)(fe_now_ns() - c->accepted_ns) : 0,
+    };
+    fe_ring_push(&w->events, &ev);
+}
+
+static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
+{
+    fe_server *s = w->server;
+    close(c->fd); /* also removes it from the epoll set: no dup of it exists */
+    list_remove(w, c);
     w->conn_count--;
+    if (reason == FE_CLOSE_IDLE)
+        fe_counter_add(&w->idle_timeouts, 1);
+    emit_event(w, c, FE_EVENT_CLOSE, (uint8_t)reason);
+    if (c->counted_per_ip)
+        fe_ip_table_release(&s->ip_table, &c->peer);
+    atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
-    free(c->out);
+    fe_buf_free(&c->out);
+    fe_buf_free(&c->partial_line);
     free(c);
 }
 
-static void conn_adopt(fe_worker *w, int fd)
+/* Closes a connection that never got a fe_conn. */
+static void drop_handoff(fe_worker *w, const fe_handoff *h)
+{
+    close(h->fd);
+    if (h->counted_per_ip)
+        fe_ip_table_release(&w->server->ip_table, &h->peer);
+    atomic_fetch_sub_explicit(&w->server->open_connections, 1, memory_order_relaxed);
+    fe_counter_add(&w->connections_closed, 1);
+}
+
+static void conn_adopt(fe_worker *w, const fe_handoff *h)
 {
     fe_conn *c = calloc(1, sizeof *c);
     if (c == NULL) {
-        close(fd);
-        fe_counter_add(&w->connections_closed, 1);
+        drop_handoff(w, h);
         return;
     }
-    c->fd = fd;
+    c->fd = h->fd;
     c->events = EPOLLIN;
+    c->counted_per_ip = h->counted_per_ip;
+    c->peer = h->peer;
+    c->accepted_ns = h->accepted_ns;
+    c->active_ns = w->now_ns;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-        close(fd);
+    if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
         free(c);
-        fe_counter_add(&w->connections_closed, 1);
+        drop_handoff(w, h);
         return;
     }
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
+    list_append(w, c);
     w->conn_count++;
+    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
 }
 
 static void adopt_queued(fe_worker *w)
 {
-    int fds[FE_ADOPT_BATCH];
+    fe_handoff batch[FE_ADOPT_BATCH];
     size_t n;
-    while ((n = fe_queue_pop_batch(&w->inbox, fds, FE_ADOPT_BATCH)) > 0) {
+    while ((n = fe_queue_pop_batch(&w->inbox, batch, FE_ADOPT_BATCH)) > 0) {
         for (size_t i = 0; i < n; i++) {
-            if (w->closing) { /* too late to serve it */
-                close(fds[i]);
-                fe_counter_add(&w->connections_closed, 1);
-            } else {
-                conn_adopt(w, fds[i]);
-            }
+            if (w->closing) /* too late to serve it */
+                drop_handoff(w, &batch[i]);
+            else
+                conn_adopt(w, &batch[i]);
         }
     }
-}
-
-/* Keeps n more bytes for later. The buffer never holds more than
- * max_pending_output: reads are sized so that it cannot overflow. */
-static int out_append(fe_conn *c, const char *data, size_t n, size_t limit)
-{
-    if (c->out_start + c->out_len + n > c->out_capacity) {
-        if (c->out_start > 0) {
-            memmove(c->out, c->out + c->out_start, c->out_len);
-            c->out_start = 0;
-        }
-        if (c->out_len + n > c->out_capacity) {
-            size_t cap = c->out_capacity ? c->out_capacity : 4096;
-            while (cap < c->out_len + n)
-                cap *= 2;
-            if (cap > limit)
-                cap = limit > c->out_len + n ? limit : c->out_len + n;
-            char *grown = realloc(c->out, cap);
-            if (grown == NULL)
-                return -1;
-            c->out = grown;
-            c->out_capacity = cap;
-        }
-    }
-    memcpy(c->out + c->out_start + c->out_len, data, n);
-    c->out_len += n;
-    return 0;
 }
 
 /* Sends from buf until done or the socket is full. Returns the bytes sent,
  * or -1 when the connection is broken (EPIPE, ECONNRESET, ...). */
-static ssize_t send_some(fe_worker *w, int fd, const char *buf, size_t len)
+static ssize_t send_some(fe_worker *w, fe_conn *c, const char *buf, size_t len)
 {
     size_t sent = 0;
+    ssize_t result = 0;
     while (sent < len) {
-        ssize_t n = send(fd, buf + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n = send(c->fd, buf + sent, len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             sent += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -128,63 +159,95 @@ static ssize_t send_some(fe_worker *w, int fd, const char *buf, size_t len)
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             break;
         } else {
-            fe_counter_add(&w->bytes_sent, sent);
-            return -1;
+            result = -1;
+            break;
         }
     }
     fe_counter_add(&w->bytes_sent, sent);
-    return (ssize_t)sent;
+    c->bytes_out += sent;
+    return result < 0 ? -1 : (ssize_t)sent;
 }
 
 /* Returns -1 when the connection must be closed. */
 static int flush_pending(fe_worker *w, fe_conn *c)
 {
-    ssize_t n = send_some(w, c->fd, c->out + c->out_start, c->out_len);
+    ssize_t n = send_some(w, c, c->out.data + c->out.start, c->out.len);
     if (n < 0)
         return -1;
-    c->out_start += (size_t)n;
-    c->out_len -= (size_t)n;
-    if (c->out_len == 0) {
-        /* Idle connections own no buffer; the next short write allocates. */
-        free(c->out);
-        c->out = NULL;
-        c->out_start = 0;
-        c->out_capacity = 0;
-    }
+    fe_buf_consume(&c->out, (size_t)n);
     return 0;
 }
 
-/* One read, echoed at once. Returns -1 when the connection must be closed. */
-static int read_and_echo(fe_worker *w, fe_conn *c)
+/* How many bytes may be read now without the output passing the cap. In
+ * line mode each input byte can become 1 + suffix_len output bytes. */
+static size_t read_room(const fe_worker *w, const fe_conn *c)
 {
-    const size_t limit = w->server->cfg.max_pending_output;
-    size_t want = w->server->cfg.read_buffer_size;
-    if (limit - c->out_len < want)
-        want = limit - c->out_len;
+    const fe_server *s = w->server;
+    size_t limit = s->cfg.max_pending_output;
+    if (c->out.len >= limit)
+        return 0;
+    size_t room = limit - c->out.len;
+    if (s->suffix)
+        room /= 1 + s->line_format.suffix_len;
+    return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
+}
+
+/* Line mode: frame the bytes just read and send what is complete. */
+static int line_echo(fe_worker *w, fe_conn *c, size_t n)
+{
+    int rc = fe_line_feed(&w->server->line_format, &c->partial_line, w->read_buffer, n, &c->out);
+    if (rc == FE_LINE_NO_MEMORY)
+        return -1;
+    if (rc == FE_LINE_TOO_LONG) {
+        c->finishing = true; /* reading stops; the error line goes out, then close */
+        fe_counter_add(&w->lines_too_long, 1);
+    }
+    return c->out.len ? flush_pending(w, c) : 0;
+}
+
+/* One read, echoed at once. Returns -1 when the connection must be closed
+ * and sets *reason. */
+static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+{
+    size_t want = read_room(w, c);
     if (want == 0)
         return 0; /* at the cap: conn_settle turns EPOLLIN off */
     ssize_t n;
     do {
         n = recv(c->fd, w->read_buffer, want, MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
-    if (n < 0)
+    if (n < 0) {
+        *reason = FE_CLOSE_RESET;
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    }
     if (n == 0) {
         c->peer_eof = true;
         return 0;
     }
+    c->active_ns = w->now_ns;
     if (c->lingering)
-        return 0; /* stopping: input after our FIN is discarded, not echoed */
+        return 0; /* after our FIN, input is discarded, not echoed */
     fe_counter_add(&w->bytes_received, (uint64_t)n);
+    c->bytes_in += (uint64_t)n;
+
+    *reason = FE_CLOSE_RESET;
+    if (w->server->suffix) {
+        int rc = line_echo(w, c, (size_t)n);
+        if (rc != 0 && c->finishing)
+            *reason = FE_CLOSE_LINE_TOO_LONG;
+        return rc;
+    }
     size_t sent = 0;
-    if (c->out_len == 0) {
-        ssize_t s = send_some(w, c->fd, w->read_buffer, (size_t)n);
+    if (c->out.len == 0) {
+        ssize_t s = send_some(w, c, w->read_buffer, (size_t)n);
         if (s < 0)
             return -1;
         sent = (size_t)s;
     }
-    if (sent < (size_t)n && out_append(c, w->read_buffer + sent, (size_t)n - sent, limit) != 0)
+    if (sent < (size_t)n && fe_buf_append(&c->out, w->read_buffer + sent, (size_t)n - sent) != 0) {
+        *reason = FE_CLOSE_NO_MEMORY;
         return -1;
+    }
     return 0;
 }
 
@@ -201,25 +264,26 @@ static void begin_linger(fe_conn *c)
  * has nothing left to do. Returns false if c was closed. */
 static bool conn_settle(fe_worker *w, fe_conn *c)
 {
-    if (c->out_len == 0 && c->peer_eof) {
+    if (c->out.len == 0 && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         if (!c->lingering)
             shutdown(c->fd, SHUT_WR);
-        conn_close(w, c);
+        conn_close(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG
+                         : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF);
         return false;
     }
-    if (c->out_len == 0 && w->closing && !c->lingering)
+    if (c->out.len == 0 && (w->closing || c->finishing) && !c->lingering)
         begin_linger(c);
 
     uint32_t want = 0;
-    if (c->out_len > 0)
+    if (c->out.len > 0)
         want |= EPOLLOUT;
-    if (!c->peer_eof && (c->lingering || (!w->closing && c->out_len < w->server->cfg.max_pending_output)))
+    if (!c->peer_eof && (c->lingering || (!w->closing && !c->finishing && read_room(w, c) > 0)))
         want |= EPOLLIN;
     if (want != c->events) {
         struct epoll_event ev = {.events = want, .data.ptr = c};
         if (epoll_ctl(w->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) != 0) {
-            conn_close(w, c);
+            conn_close(w, c, FE_CLOSE_RESET);
             return false;
         }
         c->events = want;
@@ -229,27 +293,47 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
 
 static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
 {
+    enum fe_close_reason reason = FE_CLOSE_RESET;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
-        conn_close(w, c);
+        conn_close(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
     }
-    if ((events & EPOLLOUT) && c->out_len > 0 && flush_pending(w, c) != 0) {
-        conn_close(w, c);
-        return;
+    if ((events & EPOLLOUT) && c->out.len > 0) {
+        size_t before = c->out.len;
+        if (flush_pending(w, c) != 0) {
+            conn_close(w, c, FE_CLOSE_RESET);
+            return;
+        }
+        if (c->out.len < before) /* a slow reader that is reading is not idle */
+            c->active_ns = w->now_ns;
     }
     if (c->events & EPOLLIN) {
-        if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c) != 0) {
-            conn_close(w, c);
+        if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c, &reason) != 0) {
+            conn_close(w, c, reason);
             return;
         }
     } else if (events & EPOLLHUP) {
         /* Both directions are gone while we were not reading: no further
          * byte can be delivered, and a level-triggered HUP would otherwise
          * be reported forever. */
-        conn_close(w, c);
+        conn_close(w, c, FE_CLOSE_RESET);
         return;
     }
+    if (w->server->cfg.idle_timeout_ms > 0 && c != w->conns_tail) {
+        list_remove(w, c); /* most recently active goes last */
+        list_append(w, c);
+    }
     conn_settle(w, c);
+}
+
+/* Closes connections silent for idle_timeout_ms. The list is in activity
+ * order, so this stops at the first connection that is still fresh: the
+ * cost is one comparison per batch, not a timer per connection. */
+static void sweep_idle(fe_worker *w)
+{
+    int64_t limit_ns = w->server->cfg.idle_timeout_ms * 1000000;
+    while (w->conns_head && w->now_ns - w->conns_head->active_ns >= limit_ns)
+        conn_close(w, w->conns_head, w->conns_head->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE);
 }
 
 /* Past the drain deadline: stop echoing; each connection flushes what it
@@ -257,7 +341,7 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
 static void enter_closing(fe_worker *w)
 {
     w->closing = true;
-    fe_conn *c = w->conns;
+    fe_conn *c = w->conns_head;
     while (c) {
         fe_conn *next = c->next;
         conn_settle(w, c);
@@ -267,21 +351,39 @@ static void enter_closing(fe_worker *w)
 
 static void close_all(fe_worker *w)
 {
-    while (w->conns)
-        conn_close(w, w->conns);
+    while (w->conns_head)
+        conn_close(w, w->conns_head, FE_CLOSE_SHUTDOWN);
 }
 
-static int wait_timeout_ms(const fe_worker *w, int64_t now)
+static int64_t ms_until(int64_t deadline_ns, int64_t now_ns)
+{
+    if (deadline_ns <= now_ns)
+        return 0;
+    return (deadline_ns - now_ns + 999999) / 1000000;
+}
+
+static int wait_timeout_ms(const fe_worker *w)
 {
     const fe_server *s = w->server;
-    if (atomic_load(&s->state) == FE_RUNNING)
-        return -1;
-    int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
-                                  : atomic_load(&s->drain_deadline_ns);
-    if (deadline <= now)
-        return 0;
-    int64_t ms = (deadline - now + 999999) / 1000000;
-    return ms > 1000 ? 1000 : (int)ms;
+    int64_t ms = -1;
+    if (atomic_load(&s->state) != FE_RUNNING) {
+        int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
+                                      : atomic_load(&s->drain_deadline_ns);
+        ms = ms_until(deadline, w->now_ns);
+    }
+    if (s->cfg.idle_timeout_ms > 0 && w->conns_head) {
+        int64_t idle = ms_until(w->conns_head->active_ns + s->cfg.idle_timeout_ms * 1000000, w->now_ns);
+        if (ms < 0 || idle < ms)
+            ms = idle;
+    }
+    return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
+}
+
+/* Whether this worker needs the clock after each wake-up: only for
+ * timeouts and access events, so the plain echo path never reads it. */
+static bool needs_clock(const fe_worker *w)
+{
+    return w->server->cfg.idle_timeout_ms > 0 || atomic_load(&w->server->state) != FE_RUNNING;
 }
 
 void *fe_worker_main(void *arg)
@@ -289,11 +391,14 @@ void *fe_worker_main(void *arg)
     fe_worker *w = arg;
     fe_server *s = w->server;
     struct epoll_event events[FE_MAX_EVENTS];
+    w->now_ns = fe_now_ns();
 
     for (;;) {
-        int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w, fe_now_ns()));
+        int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w));
         if (n < 0 && errno != EINTR)
             break; /* EBADF/EINVAL: our own epoll fd is gone; cannot happen */
+        if (needs_clock(w))
+            w->now_ns = fe_now_ns();
         for (int i = 0; i < n; i++) {
             if (events[i].data.ptr == NULL) {
                 uint64_t ignored;
@@ -304,6 +409,8 @@ void *fe_worker_main(void *arg)
                 conn_handle(w, events[i].data.ptr, events[i].events);
             }
         }
+        if (s->cfg.idle_timeout_ms > 0)
+            sweep_idle(w);
         if (atomic_load(&s->state) == FE_RUNNING)
             continue;
 
@@ -311,10 +418,9 @@ void *fe_worker_main(void *arg)
          * everything it ever queued is visible now; adopt it (or close it,
          * once closing) before deciding whether this worker is finished. */
         adopt_queued(w);
-        int64_t now = fe_now_ns();
-        if (!w->closing && now >= atomic_load(&s->drain_deadline_ns))
+        if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))
             enter_closing(w);
-        if (w->closing && now >= atomic_load(&s->close_deadline_ns))
+        if (w->closing && w->now_ns >= atomic_load(&s->close_deadline_ns))
             close_all(w);
         if (w->conn_count == 0)
             break;

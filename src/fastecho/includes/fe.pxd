@@ -1,11 +1,42 @@
 # Declarations of the C core's public header (csrc/fe.h), and nothing else.
 # Every C declaration the binding uses lives in this folder.
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
 
 
 cdef extern from "fe.h" nogil:
     ctypedef struct fe_server:
         pass
+
+    ctypedef struct fe_peer:
+        uint8_t family
+        uint16_t port
+        uint8_t addr[16]
+
+    ctypedef struct fe_cidr:
+        uint8_t family
+        uint8_t prefix_len
+        uint8_t addr[16]
+
+    enum fe_event_kind:
+        FE_EVENT_OPEN
+        FE_EVENT_CLOSE
+
+    enum fe_close_reason:
+        FE_CLOSE_NONE
+        FE_CLOSE_EOF
+        FE_CLOSE_RESET
+        FE_CLOSE_IDLE
+        FE_CLOSE_LINE_TOO_LONG
+        FE_CLOSE_SHUTDOWN
+        FE_CLOSE_NO_MEMORY
+
+    ctypedef struct fe_event:
+        uint8_t kind
+        uint8_t reason
+        fe_peer peer
+        uint64_t bytes_in
+        uint64_t bytes_out
+        uint64_t duration_ns
 
     ctypedef struct fe_config:
         int threads
@@ -13,6 +44,15 @@ cdef extern from "fe.h" nogil:
         size_t read_buffer_size
         size_t thread_stack_size
         size_t queue_capacity
+        const char *suffix
+        size_t suffix_len
+        size_t max_line
+        size_t event_ring_size
+        uint64_t max_connections
+        uint64_t max_connections_per_ip
+        int64_t idle_timeout_ms
+        const fe_cidr *allow
+        size_t allow_count
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -21,6 +61,12 @@ cdef extern from "fe.h" nogil:
         uint64_t bytes_received
         uint64_t bytes_sent
         uint64_t accept_errors
+        uint64_t rejected_max_connections
+        uint64_t rejected_per_ip
+        uint64_t rejected_not_allowed
+        uint64_t idle_timeouts
+        uint64_t lines_too_long
+        uint64_t events_dropped
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
@@ -28,5 +74,6 @@ cdef extern from "fe.h" nogil:
     void fe_server_shutdown(fe_server *srv, int64_t drain_ms, int64_t linger_ms)
     int fe_server_wait(fe_server *srv, int timeout_ms)
     void fe_server_stats(const fe_server *srv, fe_stats *out)
+    size_t fe_server_drain_events(fe_server *srv, fe_event *out, size_t max)
     int fe_server_acceptor_error(const fe_server *srv)
     void fe_server_destroy(fe_server *srv)

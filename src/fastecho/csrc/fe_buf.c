@@ -1,0 +1,48 @@
+#include "fe_buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { FE_BUF_MIN_CAPACITY = 4096 };
+
+int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (b->start + b->len + n > b->capacity) {
+        if (b->start > 0) { /* reclaim the consumed prefix before growing */
+            memmove(b->data, b->data + b->start, b->len);
+            b->start = 0;
+        }
+        if (b->len + n > b->capacity) {
+            size_t cap = b->capacity ? b->capacity : FE_BUF_MIN_CAPACITY;
+            while (cap < b->len + n)
+                cap *= 2;
+            char *grown = realloc(b->data, cap);
+            if (grown == NULL)
+                return -1;
+            b->data = grown;
+            b->capacity = cap;
+        }
+    }
+    memcpy(b->data + b->start + b->len, bytes, n);
+    b->len += n;
+    return 0;
+}
+
+void fe_buf_consume(fe_buf *b, size_t n)
+{
+    b->start += n;
+    b->len -= n;
+    if (b->len == 0)
+        fe_buf_free(b);
+}
+
+void fe_buf_free(fe_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->start = 0;
+    b->len = 0;
+    b->capacity = 0;
+}
