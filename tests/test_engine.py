@@ -1,0 +1,183 @@
+"""The engine's optional behaviours, driven in-process through the binding:
+line mode, access events, limits, the allow list and the idle timeout."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import pytest
+
+from fastecho._core import Engine
+from fastecho.errors import ConfigError
+from helpers import echo_roundtrip, recv_exactly, wait_until
+
+
+@contextlib.contextmanager
+def running_engine(threads: int = 2, host: str = "127.0.0.1", **options):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, 0), family=family, backlog=256)
+    engine = Engine(threads, **options)
+    engine.start(listener.fileno())
+    try:
+        yield engine, listener.getsockname()[:2]
+    finally:
+        engine.shutdown(0, 0)
+        listener.close()
+        assert engine.wait(10)
+        engine.close()
+
+
+def _closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_line_mode_inserts_suffix_before_each_newline_across_reads():
+    with running_engine(suffix=b" server[echo]") as (_, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"hello\nwor")
+            time.sleep(0.05)  # the second line arrives in a later read
+            s.sendall(b"ld\n\n")
+            expected = b"hello server[echo]\nworld server[echo]\n server[echo]\n"
+            assert recv_exactly(s, len(expected)) == expected
+
+
+def test_line_too_long_gets_an_error_line_then_close_and_is_counted():
+    with running_engine(suffix=b"!", max_line=16) as (engine, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"short\n" + b"x" * 40)
+            assert recv_exactly(s, 7) == b"short!\n"
+            error = s.recv(100)
+            assert error == b"error: line longer than 16 bytes\n"
+            assert _closed_by_server(s)
+        assert wait_until(lambda: engine.stats()["lines_too_long"] == 1, timeout=5)
+
+
+def test_without_suffix_newlines_are_echoed_byte_exact():
+    with running_engine() as (_, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            assert echo_roundtrip(s, b"a\nb\r\n\n") == b"a\nb\r\n\n"
+
+
+def test_access_events_report_open_and_close_with_peer_and_byte_counts():
+    with running_engine(event_ring_size=64) as (engine, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            port = s.getsockname()[1]
+            assert echo_roundtrip(s, b"x" * 1000) == b"x" * 1000
+        events: list = []
+        assert wait_until(lambda: events.extend(engine.drain_events()) or len(events) >= 2, timeout=5)
+    opened, closed = events[:2]
+    assert opened[:3] == ("open", "127.0.0.1", port)
+    kind, host, peer_port, bytes_in, bytes_out, duration, reason = closed
+    assert (kind, host, peer_port, bytes_in, bytes_out, reason) == ("close", "127.0.0.1", port, 1000, 1000, "eof")
+    assert duration > 0
+
+
+def test_full_event_ring_drops_and_counts_instead_of_blocking():
+    with running_engine(threads=1, event_ring_size=4) as (engine, addr):
+        for _ in range(10):  # 20 events into a ring of 4, nobody draining
+            with socket.create_connection(addr, timeout=5) as s:
+                assert echo_roundtrip(s, b"hi") == b"hi"
+        assert wait_until(lambda: engine.stats()["connections_closed"] == 10, timeout=5)
+        assert len(engine.drain_events()) == 4
+        assert engine.stats()["events_dropped"] == 16
+
+
+def test_max_connections_closes_the_extra_one_and_spares_the_others():
+    with running_engine(max_connections=3) as (engine, addr):
+        kept = [socket.create_connection(addr, timeout=5) for _ in range(3)]
+        try:
+            for s in kept:
+                assert echo_roundtrip(s, b"in") == b"in"
+            with socket.create_connection(addr, timeout=5) as extra:
+                assert _closed_by_server(extra)
+            assert engine.stats()["rejected_max_connections"] == 1
+            for s in kept:
+                assert echo_roundtrip(s, b"still in") == b"still in"
+        finally:
+            for s in kept:
+                s.close()
+        # Once they leave, there is room again.
+        assert wait_until(lambda: engine.stats()["connections_active"] == 0, timeout=5)
+        with socket.create_connection(addr, timeout=5) as again:
+            assert echo_roundtrip(again, b"room") == b"room"
+
+
+def test_max_connections_per_ip_limits_each_address_separately():
+    with running_engine(max_connections_per_ip=2) as (engine, addr):
+        first = [socket.create_connection(addr, timeout=5) for _ in range(2)]
+        try:
+            with socket.create_connection(addr, timeout=5) as third:
+                assert _closed_by_server(third)
+            # Another loopback address is another client.
+            other = socket.socket()
+            other.bind(("127.0.0.2", 0))
+            other.settimeout(5)
+            other.connect(addr)
+            with other:
+                assert echo_roundtrip(other, b"other ip") == b"other ip"
+            assert engine.stats()["rejected_per_ip"] == 1
+        finally:
+            for s in first:
+                s.close()
+
+
+def test_allow_list_closes_clients_outside_it():
+    with running_engine(allow=["127.0.0.2/32", "10.0.0.0/8"]) as (engine, addr):
+        with socket.create_connection(addr, timeout=5) as denied:  # from 127.0.0.1
+            assert _closed_by_server(denied)
+        allowed = socket.socket()
+        allowed.bind(("127.0.0.2", 0))
+        allowed.settimeout(5)
+        allowed.connect(addr)
+        with allowed:
+            assert echo_roundtrip(allowed, b"welcome") == b"welcome"
+        assert engine.stats()["rejected_not_allowed"] == 1
+
+
+def test_idle_timeout_closes_silent_clients_only():
+    with running_engine(idle_timeout=0.5) as (engine, addr):
+        with socket.create_connection(addr, timeout=5) as silent, \
+                socket.create_connection(addr, timeout=5) as chatty:
+            assert echo_roundtrip(silent, b"once") == b"once"
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # chatty keeps talking
+                assert echo_roundtrip(chatty, b"tick") == b"tick"
+                time.sleep(0.1)
+            assert _closed_by_server(silent, timeout=1)
+            assert echo_roundtrip(chatty, b"alive") == b"alive"
+        assert engine.stats()["idle_timeouts"] >= 1
+
+
+def test_ipv6_loopback_is_served():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        ctx = running_engine(host="::1", event_ring_size=8)
+        engine_addr = ctx.__enter__()
+    except OSError as e:
+        pytest.skip(f"::1 unavailable: {e}")
+    try:
+        engine, addr = engine_addr
+        with socket.create_connection(addr, timeout=5) as s:
+            assert echo_roundtrip(s, b"v6") == b"v6"
+        events: list = []
+        assert wait_until(lambda: events.extend(engine.drain_events()) or len(events) >= 1, timeout=5)
+        assert events[0][1] == "::1"
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("options", [
+    {"suffix": b"bad\nsuffix"},
+    {"threads_override": 0},
+    {"allow": ["not a network"]},
+])
+def test_bad_engine_options_raise_config_errors(options):
+    threads = options.pop("threads_override", 1)
+    with pytest.raises((ConfigError, ValueError)):
+        Engine(threads, **options)
