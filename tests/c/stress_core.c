@@ -148,11 +148,65 @@ static int one_round(unsigned int *seed)
     return rc;
 }
 
+/* Line mode: random lines, sent in random pieces, each must come back with
+ * the suffix; now and then an overlong line must get the error line. */
+static const char line_suffix[] = " server[echo]";
+enum { LINE_MAX = 2000 };
+
+static int line_round(unsigned int *seed)
+{
+    int fd = connect_client();
+    CHECK(fd >= 0, "connect failed");
+    int lines = 1 + rand_r(seed) % 20;
+    for (int i = 0; i < lines; i++) {
+        char line[LINE_MAX + 1], want[LINE_MAX + sizeof line_suffix + 1], got[sizeof want];
+        size_t len = (size_t)rand_r(seed) % LINE_MAX;
+        for (size_t k = 0; k < len; k++)
+            line[k] = (char)('a' + rand_r(seed) % 26);
+        line[len] = '\n';
+        size_t sent = 0;
+        while (sent < len + 1) { /* in pieces, so frames span reads */
+            size_t piece = 1 + (size_t)rand_r(seed) % (len + 1 - sent);
+            if (send_all(fd, (unsigned char *)line + sent, piece) != 0)
+                break;
+            sent += piece;
+        }
+        memcpy(want, line, len);
+        memcpy(want + len, line_suffix, sizeof line_suffix - 1);
+        want[len + sizeof line_suffix - 1] = '\n';
+        size_t want_len = len + sizeof line_suffix;
+        int ok = sent == len + 1 && recv_all(fd, (unsigned char *)got, want_len) == 0 &&
+                 memcmp(got, want, want_len) == 0;
+        if (!ok) {
+            close(fd);
+            CHECK(0, "line %d of %zu bytes came back wrong", i, len);
+        }
+    }
+    if (rand_r(seed) % 4 == 0) { /* an overlong line: error line, then FIN */
+        char junk[LINE_MAX + 10], reply[128];
+        memset(junk, 'z', sizeof junk);
+        send_all(fd, (unsigned char *)junk, sizeof junk);
+        size_t got = 0;
+        ssize_t n;
+        while (got < sizeof reply - 1 && (n = recv(fd, reply + got, sizeof reply - 1 - got, 0)) > 0)
+            got += (size_t)n;
+        reply[got] = 0;
+        if (strncmp(reply, "error: line longer than", 23) != 0) {
+            close(fd);
+            CHECK(0, "overlong line got %zu bytes: %.40s", got, reply);
+        }
+    }
+    close(fd);
+    return 0;
+}
+
+static bool line_mode_run;
+
 static void *client_main(void *arg)
 {
     unsigned int seed = (unsigned int)(uintptr_t)arg * 7919u + 1;
     for (int i = 0; i < ROUNDS_PER_CLIENT; i++)
-        if (one_round(&seed) != 0)
+        if ((line_mode_run ? line_round(&seed) : one_round(&seed)) != 0)
             break;
     return NULL;
 }
@@ -160,7 +214,9 @@ static void *client_main(void *arg)
 static void *stats_reader_main(void *arg)
 {
     fe_server *srv = arg;
+    fe_event events[64];
     while (!atomic_load(&stop_stats_reader)) {
+        fe_server_drain_events(srv, events, 64); /* races with the workers' pushes */
         fe_stats st;
         fe_server_stats(srv, &st);
         if (st.connections_closed > st.connections_accepted) {
@@ -191,8 +247,9 @@ static int listen_ephemeral(void)
     return fd;
 }
 
-static int run(int threads, size_t queue_capacity)
+static int run(int threads, size_t queue_capacity, bool line_mode)
 {
+    line_mode_run = line_mode;
     int listen_fd = listen_ephemeral();
     fe_config cfg;
     fe_config_init(&cfg);
@@ -200,6 +257,18 @@ static int run(int threads, size_t queue_capacity)
     cfg.queue_capacity = queue_capacity; /* tiny: the acceptor must wait on the condvar */
     cfg.max_pending_output = 16 * 1024;  /* tiny: backpressure engages constantly */
     cfg.read_buffer_size = 4096;
+    fe_cidr loopback = {.family = 4, .prefix_len = 8, .addr = {127}};
+    if (line_mode) { /* and every optional feature that costs nothing here */
+        cfg.suffix = line_suffix;
+        cfg.suffix_len = sizeof line_suffix - 1;
+        cfg.max_line = LINE_MAX;
+        cfg.event_ring_size = 16; /* small: drops happen too */
+        cfg.idle_timeout_ms = 5000;
+        cfg.max_connections = 1000;
+        cfg.max_connections_per_ip = 1000;
+        cfg.allow = &loopback;
+        cfg.allow_count = 1;
+    }
     fe_server *srv = NULL;
     char err[256];
     if (fe_server_create(&cfg, &srv, err, sizeof err) != 0 ||
@@ -216,22 +285,34 @@ static int run(int threads, size_t queue_capacity)
     for (int i = 0; i < CLIENT_THREADS; i++)
         pthread_join(clients[i], NULL);
 
-    /* Clients still connected and mid-stream when the stop begins. */
+    /* Clients still connected and mid-stream when the stop begins. In line
+     * mode the request is one line and the reply carries the suffix. */
     int lingering[LINGERING_CLIENTS];
-    unsigned char msg[3000];
-    memset(msg, 'L', sizeof msg);
+    unsigned char request[1500], reply[1500 + sizeof line_suffix]; /* under LINE_MAX */
+    memset(request, 'L', sizeof request);
+    memset(reply, 'L', sizeof reply);
+    size_t reply_len = sizeof request;
+    if (line_mode) {
+        request[sizeof request - 1] = '\n';
+        memcpy(reply + sizeof request - 1, line_suffix, sizeof line_suffix - 1);
+        reply_len = sizeof request + sizeof line_suffix - 1;
+        reply[reply_len - 1] = '\n';
+    }
+    fe_stats before;
+    fe_server_stats(srv, &before);
     for (int i = 0; i < LINGERING_CLIENTS; i++) {
         lingering[i] = connect_client();
-        if (lingering[i] < 0 || send_all(lingering[i], msg, sizeof msg) != 0) {
+        if (lingering[i] < 0 || send_all(lingering[i], request, sizeof request) != 0) {
             fprintf(stderr, "stress_core: lingering client %d failed\n", i);
             atomic_fetch_add(&failures, 1);
         }
     }
-    /* Let them all be accepted before stopping, so their bytes count as received. */
+    /* Stop only once every request was read and echoed by the server. */
     for (int tries = 0; tries < 2000; tries++) {
         fe_stats st;
         fe_server_stats(srv, &st);
-        if (st.bytes_received == st.bytes_sent && st.connections_active >= LINGERING_CLIENTS)
+        if (st.bytes_sent - before.bytes_sent >= LINGERING_CLIENTS * reply_len &&
+            st.connections_active >= LINGERING_CLIENTS)
             break;
         struct timespec pause = {.tv_nsec = 1000000};
         nanosleep(&pause, NULL);
@@ -242,12 +323,12 @@ static int run(int threads, size_t queue_capacity)
         fprintf(stderr, "stress_core: workers did not stop within 10 s\n");
         atomic_fetch_add(&failures, 1);
     }
-    /* Each lingering client gets its bytes back, then an orderly FIN. */
+    /* Each lingering client gets its reply, then an orderly FIN. */
     for (int i = 0; i < LINGERING_CLIENTS; i++) {
-        unsigned char back[sizeof msg];
+        unsigned char back[sizeof reply];
         if (lingering[i] < 0)
             continue;
-        if (recv_all(lingering[i], back, sizeof back) != 0 || memcmp(back, msg, sizeof msg) != 0 ||
+        if (recv_all(lingering[i], back, reply_len) != 0 || memcmp(back, reply, reply_len) != 0 ||
             recv(lingering[i], back, 1, 0) != 0) {
             fprintf(stderr, "stress_core: lingering client %d lost its echo\n", i);
             atomic_fetch_add(&failures, 1);
@@ -260,8 +341,8 @@ static int run(int threads, size_t queue_capacity)
     fe_stats st;
     fe_server_stats(srv, &st);
     fe_server_destroy(srv);
-    printf("threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
-           threads, queue_capacity, (unsigned long long)st.connections_accepted,
+    printf("%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
+           line_mode ? "line" : "echo", threads, queue_capacity, (unsigned long long)st.connections_accepted,
            (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
            (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent);
     if (st.connections_active != 0 || st.connections_accepted != st.connections_closed) {
@@ -273,7 +354,8 @@ static int run(int threads, size_t queue_capacity)
 
 int main(void)
 {
-    if (run(4, 2) != 0 || run(1, 1) != 0 || run(16, 4096) != 0)
+    if (run(4, 2, false) != 0 || run(1, 1, false) != 0 || run(16, 4096, false) != 0 ||
+        run(3, 8, true) != 0)
         return 1;
     int n = atomic_load(&failures);
     printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);
