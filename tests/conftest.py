@@ -13,8 +13,8 @@ def serve(tmp_path):
     """Factory: serve(*cli_args) starts a server; all are stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def factory(*args: str, prefix: list[str] | None = None) -> ServerProcess:
-        server = start_server(tmp_path, *args, prefix=prefix)
+    def factory(*args: str, prefix: list[str] | None = None, **options) -> ServerProcess:
+        server = start_server(tmp_path, *args, prefix=prefix, **options)
         started.append(server)
         return server
 

@@ -23,10 +23,25 @@ def fastecho_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fastecho", *args]
 
 
-def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+def child_env(changes: dict[str, str | None] | None) -> dict[str, str] | None:
+    """This process's environment with changes applied (a None value removes the name)."""
+    if not changes:
+        return None
+    env = dict(os.environ)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str | None] | None = None,
+            input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
     """Run `fastecho ARGS` to completion and capture its output."""
     return subprocess.run(fastecho_command(*args), capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL if input is None else None, input=input,
+                          env=child_env(env), cwd=cwd)
 
 
 def read_line(proc: subprocess.Popen, timeout: float) -> bytes:
@@ -72,12 +87,34 @@ class ServerProcess:
         with open(self.stderr_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
+    def wait_for_stderr(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        """The first match of pattern in the server's stderr, waiting up to timeout for it."""
+        regex = re.compile(pattern, re.MULTILINE)
+        found: list[re.Match] = []
 
-def start_server(tmp_path, *args: str, prefix: list[str] | None = None) -> ServerProcess:
+        def check() -> bool:
+            match = regex.search(self.stderr())
+            if match:
+                found.append(match)
+            return match is not None
+
+        assert wait_until(check, timeout), f"no {pattern!r} in stderr: {self.stderr()}"
+        return found[0]
+
+
+def start_server(tmp_path, *args: str, prefix: list[str] | None = None,
+                 env: dict[str, str] | None = None, port: str | None = "0",
+                 pass_fds: tuple[int, ...] = ()) -> ServerProcess:
+    """Start `fastecho serve --port 0 ARGS` (port=None: no --port) and wait for its listening line.
+
+    env adds to (or, with a None value, removes from) this process's environment.
+    """
     stderr_path = str(tmp_path / f"server-{time.monotonic_ns()}.err")
+    port_args = ["--port", port] if port is not None else []
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen((prefix or []) + fastecho_command("serve", "--port", "0", *args),
-                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen((prefix or []) + fastecho_command("serve", *port_args, *args),
+                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                                env=child_env(env), pass_fds=pass_fds)
     line = read_line(proc, START_TIMEOUT)
     match = LISTENING.search(line)
     if not match:
@@ -132,6 +169,42 @@ def proc_cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def file_text(path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """GET a Prometheus /metrics page; {sample name with labels: value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:

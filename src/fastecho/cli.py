@@ -5,11 +5,15 @@ Errors a user can cause print one line, `fastecho: error: ...`, and exit 2
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import click
+from click.core import ParameterSource
 
 from fastecho import __version__
-from fastecho.config import ServeConfig, default_threads
-from fastecho.errors import ConfigError, ServeError
+from fastecho.config import CONFIG_ENV, OPTIONS, Option, ServeConfig, resolve, to_toml
+from fastecho.errors import ConfigError, FastechoError
 
 # click < 8.2 prints the help itself for a bare `fastecho`; newer ones raise this.
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -29,29 +33,85 @@ def cli() -> None:
     """fastecho: a fast TCP echo server (RFC 862) with its hot path in C."""
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Loopback by default; use 0.0.0.0 or :: to serve other hosts.")
-@click.option("--port", type=int, default=7000, show_default=True, help="TCP port; 0 picks a free one.")
-@click.option("--threads", type=int, default=None,
-              help="Worker threads (default: one per usable CPU). Connections are not capped by this.")
-@click.option("--backlog", type=int, default=1024, show_default=True, help="listen() backlog.")
-@click.option("--grace", type=float, default=10.0, show_default=True,
-              help="Seconds open connections may finish after SIGTERM/SIGINT.")
-@click.option("--max-pending-output", type=int, default=ServeConfig.max_pending_output,
-              show_default=True,
-              help="Per-connection cap (bytes) on unsent output; above it the client is not read.")
-def serve(host: str, port: int, threads: int | None, backlog: int, grace: float,
-          max_pending_output: int) -> None:
-    """Serve until SIGTERM or SIGINT (a second SIGINT stops at once)."""
-    from fastecho import logs
-    from fastecho.server import Server
+def _help(opt: Option) -> str:
+    if opt.default is None or opt.default == () or opt.kind == "bool":
+        return opt.help
+    return f"{opt.help}  [default: {opt.default}]"
 
-    config = ServeConfig(host=host, port=port,
-                         threads=default_threads() if threads is None else threads,
-                         backlog=backlog, grace=grace, max_pending_output=max_pending_output)
-    logs.setup()
-    Server(config).run()
+
+def _serve_options(command):
+    """One click option per config option: parsed and checked by config.py, not by click."""
+    for opt in reversed(OPTIONS):
+        if opt.kind == "bool":
+            decl = f"{opt.flag}/--no-{opt.flag[2:]}"
+            option = click.option(decl, opt.name, default=opt.default, help=_help(opt))
+        else:
+            option = click.option(opt.flag, opt.name, metavar=opt.metavar, default=None,
+                                  multiple=opt.kind == "networks", help=_help(opt))
+        command = option(command)
+    return command
+
+
+@cli.command()
+@click.option("--config", "config_file", metavar="FILE",
+              help=f"TOML file of settings (keys as the long options, with _); else ${CONFIG_ENV}. "
+                   "Precedence: command line > FASTECHO_<OPTION> > file > defaults.")
+@click.option("--print-config", is_flag=True, help="Print the effective settings as TOML and exit.")
+@_serve_options
+@click.pass_context
+def serve(ctx: click.Context, config_file: str | None, print_config: bool, **values) -> int:
+    """Serve until SIGTERM or SIGINT (a second SIGINT stops at once)."""
+    given = {name: value for name, value in values.items()
+             if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    config = resolve(given, os.environ, config_file)
+    if print_config:
+        click.echo(to_toml(config), nl=False)
+        return 0
+    return _run_server(config)
+
+
+def _run_server(config: ServeConfig) -> int:
+    """Logging, inherited socket, daemon, pid file, then the server: in that order."""
+    from fastecho import logs, systemd
+    from fastecho.daemon import PidFile, Readiness, daemonize
+    from fastecho.server import Server, check_can_switch_user
+
+    logs.setup(config.log_level, config.log_dir, config.log_time)
+    readiness: Readiness | None = None
+    try:
+        check_can_switch_user(config.user)
+        listener = systemd.inherited_listener(config.fd)  # before fork: LISTEN_PID is ours
+        if config.daemon:
+            readiness = daemonize(config.workdir)  # only the daemon returns
+        with PidFile(config.pidfile) if config.pidfile else contextlib.nullcontext():
+            Server(config, listener=listener,
+                   on_ready=readiness.ready if readiness else None).run()
+    except FastechoError as e:
+        if logs.logs_to_files():
+            logs.log.critical("%s", e)
+        if readiness is not None:
+            readiness.failed(EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUNTIME,
+                             f"fastecho: error: {e}")
+        raise
+    except BaseException as e:
+        if logs.logs_to_files() and not isinstance(e, KeyboardInterrupt):
+            logs.log.critical("unexpected error", exc_info=True)
+        if readiness is not None:
+            readiness.failed(EXIT_RUNTIME, f"fastecho: error: unexpected error: {e!r}")
+        raise
+    return 0
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--timeout", type=click.FloatRange(0.1, 3600.0), default=10.0, show_default=True,
+              help="Seconds to wait to connect, and for each reply.")
+def client(host: str, port: int, timeout: float) -> int:
+    """Send each line of stdin to HOST PORT and print each reply (exit 0 at EOF)."""
+    from fastecho.client import run
+
+    return run(host, port, timeout)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
@@ -81,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         _error(str(e))
         return EXIT_USAGE
-    except ServeError as e:
+    except FastechoError as e:  # ServeError, ClientError, ...
         _error(str(e))
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 
 class FastechoError(Exception):
-    """Base class for fastecho's own errors."""
+    """Base class for fastecho's own errors (the CLI exits 1 unless a subclass says otherwise)."""
 
 
 class ConfigError(FastechoError, ValueError):
@@ -11,3 +11,7 @@ class ConfigError(FastechoError, ValueError):
 
 class ServeError(FastechoError):
     """The server could not start or keep running (the CLI exits 1)."""
+
+
+class ClientError(FastechoError):
+    """The client could not connect, or lost its connection (the CLI exits 1)."""

@@ -288,8 +288,8 @@ static bool admit(fe_server *s, fe_handoff *h)
             rejected = &s->rejected_per_ip;
     }
     if (rejected) {
+        fe_counter_add(rejected, 1); /* before close: a client that sees the close sees the count */
         close(h->fd);
-        fe_counter_add(rejected, 1);
         return false;
     }
     /* Only the acceptor adds, so the check above cannot be raced past. */

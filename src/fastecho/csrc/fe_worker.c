@@ -81,7 +81,8 @@ static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t rea
 static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     fe_server *s = w->server;
-    close(c->fd); /* also removes it from the epoll set: no dup of it exists */
+    /* Account first, so that a client that has seen its connection close
+     * also sees it in the counters and events. */
     list_remove(w, c);
     w->conn_count--;
     if (reason == FE_CLOSE_IDLE)
@@ -91,6 +92,7 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
         fe_ip_table_release(&s->ip_table, &c->peer);
     atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
+    close(c->fd); /* also removes it from the epoll set: no dup of it exists */
     fe_buf_free(&c->out);
     fe_buf_free(&c->partial_line);
     free(c);
@@ -99,11 +101,11 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 /* Closes a connection that never got a fe_conn. */
 static void drop_handoff(fe_worker *w, const fe_handoff *h)
 {
-    close(h->fd);
     if (h->counted_per_ip)
         fe_ip_table_release(&w->server->ip_table, &h->peer);
     atomic_fetch_sub_explicit(&w->server->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
+    close(h->fd);
 }
 
 static void conn_adopt(fe_worker *w, const fe_handoff *h)

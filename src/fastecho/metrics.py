@@ -1,0 +1,114 @@
+"""Prometheus metrics at /metrics, read from the engine's C counters at scrape time.
+
+Nothing polls: each scrape calls engine.stats() (a lock-free snapshot of the
+C atomics) through EngineCollector, so the numbers are exactly the engine's.
+The HTTP server is prometheus_client's, on its own daemon thread.
+"""
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from fastecho.errors import ServeError
+
+# (metric name, help, engine stats key); counters end in _total.
+COUNTERS = (
+    ("fastecho_connections_total", "Connections accepted.", "connections_accepted"),
+    ("fastecho_connections_closed_total", "Connections closed.", "connections_closed"),
+    ("fastecho_bytes_received_total", "Bytes read from clients.", "bytes_received"),
+    ("fastecho_bytes_sent_total", "Bytes written to clients.", "bytes_sent"),
+    ("fastecho_accept_errors_total", "accept() failures other than EAGAIN.", "accept_errors"),
+    ("fastecho_log_events_dropped_total",
+     "Access log events dropped because a worker's event ring was full.", "events_dropped"),
+    ("fastecho_lines_too_long_total",
+     "Line mode: connections closed for a line longer than --max-line.", "lines_too_long"),
+    ("fastecho_idle_timeouts_total", "Connections closed by --idle-timeout.", "idle_timeouts"),
+)
+GAUGES = (
+    ("fastecho_connections_active", "Connections open now.", "connections_active"),
+)
+# One counter with a reason label for each way a connection is refused.
+REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a limit.", {
+    "max_connections": "rejected_max_connections",
+    "max_connections_per_ip": "rejected_per_ip",
+    "not_allowed": "rejected_not_allowed",
+})
+
+
+class EngineCollector:
+    """Turns one engine.stats() snapshot into metric families, per scrape.
+
+    Only counters the engine reports are exported. After the engine is
+    closed, the last snapshot is served.
+    """
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            try:
+                self._last = dict(self._stats())
+            except ValueError:  # the engine is closed
+                pass
+            return self._last
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.snapshot()
+        for name, help_text, key in COUNTERS:
+            if key in stats:
+                yield CounterMetricFamily(name, help_text, value=stats[key])
+        for name, help_text, key in GAUGES:
+            if key in stats:
+                yield GaugeMetricFamily(name, help_text, value=stats[key])
+        name, help_text, reasons = REJECTED
+        present = {reason: key for reason, key in reasons.items() if key in stats}
+        if present:
+            family = CounterMetricFamily(name, help_text, labels=["reason"])
+            for reason, key in present.items():
+                family.add_metric([reason], stats[key])
+            yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names vary with the engine's counters; skip registration checks
+
+
+@dataclass
+class MetricsServer:
+    host: str
+    port: int
+    _httpd: object
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()  # type: ignore[attr-defined]
+        self._httpd.server_close()  # type: ignore[attr-defined]
+        self._thread.join(5)
+
+
+def start(host: str, port: int, stats: Callable[[], dict[str, int]]) -> MetricsServer:
+    """Serve the engine's counters (plus process_* metrics) on host:port. ServeError if it cannot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(stats))
+    ProcessCollector(registry=registry)
+    try:
+        httpd, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise ServeError(f"cannot serve metrics on {shown}: {reason}") from None
+    bound_port = httpd.server_address[1]
+    return MetricsServer(host, bound_port, httpd, thread)
