@@ -216,3 +216,34 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def assert_one_line_error(result, code: int = 2, *fragments: str) -> str:
+    """result failed with exit code and exactly one `fastecho: error:` line holding fragments."""
+    err = result.stderr.decode()
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastecho: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True once the server closes sock (FIN or RST) within timeout."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def connect_from(source: str, address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    """A connection to address from the local address source (e.g. 127.0.0.2)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.settimeout(timeout)
+    s.connect(address)
+    return s

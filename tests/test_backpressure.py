@@ -1,7 +1,6 @@
 """A client that sends without reading cannot grow server memory past the cap."""
 from __future__ import annotations
 
-import socket
 import time
 
 from helpers import echo_roundtrip, proc_rss_kib, wait_until

@@ -6,19 +6,7 @@ from importlib.metadata import version
 
 import pytest
 
-from helpers import run_cli
-
-
-def _assert_one_line_error(result, code: int, *fragments: str) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fastecho: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
+from helpers import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize(
@@ -39,22 +27,22 @@ def _assert_one_line_error(result, code: int, *fragments: str) -> str:
     ],
 )
 def test_bad_serve_argument_exits_2_with_one_line(args, fragment):
-    _assert_one_line_error(run_cli("serve", *args), 2, fragment)
+    assert_one_line_error(run_cli("serve", *args), 2, fragment)
 
 
 def test_unknown_command_exits_2():
-    _assert_one_line_error(run_cli("sever"), 2, "sever")
+    assert_one_line_error(run_cli("sever"), 2, "sever")
 
 
 def test_port_in_use_exits_1_with_one_line():
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        _assert_one_line_error(run_cli("serve", "--port", str(port)), 1, "already in use", str(port))
+        assert_one_line_error(run_cli("serve", "--port", str(port)), 1, "already in use", str(port))
 
 
 def test_address_not_on_this_machine_exits_1():
     # 192.0.2.1 is TEST-NET-1: binding to it fails locally, no packet is sent.
-    _assert_one_line_error(run_cli("serve", "--host", "192.0.2.1", "--port", "0"), 1, "192.0.2.1")
+    assert_one_line_error(run_cli("serve", "--host", "192.0.2.1", "--port", "0"), 1, "192.0.2.1")
 
 
 def test_version_matches_package_metadata():

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import recv_exactly, run_cli
+from helpers import assert_one_line_error, recv_exactly, run_cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,16 +27,6 @@ def effective(*args: str, env: dict | None = None) -> dict:
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr == b""
     return tomllib.loads(result.stdout.decode())
-
-
-def one_error_line(result, code: int = 2) -> str:
-    err = result.stderr.decode()
-    assert result.returncode == code, (result.returncode, err)
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("fastecho: error: "), lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -142,7 +132,7 @@ def test_log_level_accepts_the_original_names_and_python_aliases():
     ],
 )
 def test_bad_environment_value_names_the_variable(env, expected):
-    line = one_error_line(run_cli("serve", "--print-config", env={**CLEAN, **env}))
+    line = assert_one_line_error(run_cli("serve", "--print-config", env={**CLEAN, **env}))
     assert line.startswith(expected) or expected in line, line
 
 
@@ -163,30 +153,30 @@ def test_bad_environment_value_names_the_variable(env, expected):
 )
 def test_bad_config_file_value_names_the_key_and_the_file(config_file, text, expected):
     path = config_file(text)
-    line = one_error_line(run_cli("serve", "--config", str(path), env=CLEAN))
+    line = assert_one_line_error(run_cli("serve", "--config", str(path), env=CLEAN))
     assert expected.format(path=path) in line, line
 
 
 def test_bad_command_line_value_names_the_option():
-    line = one_error_line(run_cli("serve", "--threads", "0", env=CLEAN))
+    line = assert_one_line_error(run_cli("serve", "--threads", "0", env=CLEAN))
     assert line == "fastecho: error: threads = 0 (from --threads): must be between 1 and 4096"
 
 
 def test_missing_config_file_is_one_line_exit_2(tmp_path):
     path = tmp_path / "absent.toml"
-    line = one_error_line(run_cli("serve", "--config", str(path), env=CLEAN))
+    line = assert_one_line_error(run_cli("serve", "--config", str(path), env=CLEAN))
     assert str(path) in line and "no such file" in line
 
 
 def test_missing_file_named_by_fastecho_config_says_so(tmp_path):
     path = tmp_path / "absent.toml"
-    line = one_error_line(run_cli("serve", env={**CLEAN, "FASTECHO_CONFIG": str(path)}))
+    line = assert_one_line_error(run_cli("serve", env={**CLEAN, "FASTECHO_CONFIG": str(path)}))
     assert str(path) in line and "FASTECHO_CONFIG" in line
 
 
 def test_invalid_toml_is_one_line_exit_2_with_the_position(config_file):
     path = config_file("threads = \n[[[\n")
-    line = one_error_line(run_cli("serve", "--config", str(path), env=CLEAN))
+    line = assert_one_line_error(run_cli("serve", "--config", str(path), env=CLEAN))
     assert str(path) in line and "invalid TOML" in line and "line 1" in line
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fastecho._core import Engine
 from fastecho.errors import ConfigError
-from helpers import echo_roundtrip, recv_exactly, wait_until
+from helpers import closed_by_server, connect_from, echo_roundtrip, recv_exactly, wait_until
 
 
 @contextlib.contextmanager
@@ -26,14 +26,6 @@ def running_engine(threads: int = 2, host: str = "127.0.0.1", **options):
         listener.close()
         assert engine.wait(10)
         engine.close()
-
-
-def _closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
 
 
 def test_line_mode_inserts_suffix_before_each_newline_across_reads():
@@ -53,7 +45,7 @@ def test_line_too_long_gets_an_error_line_then_close_and_is_counted():
             assert recv_exactly(s, 7) == b"short!\n"
             error = s.recv(100)
             assert error == b"error: line longer than 16 bytes\n"
-            assert _closed_by_server(s)
+            assert closed_by_server(s)
         assert wait_until(lambda: engine.stats()["lines_too_long"] == 1, timeout=5)
 
 
@@ -94,7 +86,7 @@ def test_max_connections_closes_the_extra_one_and_spares_the_others():
             for s in kept:
                 assert echo_roundtrip(s, b"in") == b"in"
             with socket.create_connection(addr, timeout=5) as extra:
-                assert _closed_by_server(extra)
+                assert closed_by_server(extra)
             assert engine.stats()["rejected_max_connections"] == 1
             for s in kept:
                 assert echo_roundtrip(s, b"still in") == b"still in"
@@ -112,13 +104,9 @@ def test_max_connections_per_ip_limits_each_address_separately():
         first = [socket.create_connection(addr, timeout=5) for _ in range(2)]
         try:
             with socket.create_connection(addr, timeout=5) as third:
-                assert _closed_by_server(third)
+                assert closed_by_server(third)
             # Another loopback address is another client.
-            other = socket.socket()
-            other.bind(("127.0.0.2", 0))
-            other.settimeout(5)
-            other.connect(addr)
-            with other:
+            with connect_from("127.0.0.2", addr) as other:
                 assert echo_roundtrip(other, b"other ip") == b"other ip"
             assert engine.stats()["rejected_per_ip"] == 1
         finally:
@@ -129,12 +117,8 @@ def test_max_connections_per_ip_limits_each_address_separately():
 def test_allow_list_closes_clients_outside_it():
     with running_engine(allow=["127.0.0.2/32", "10.0.0.0/8"]) as (engine, addr):
         with socket.create_connection(addr, timeout=5) as denied:  # from 127.0.0.1
-            assert _closed_by_server(denied)
-        allowed = socket.socket()
-        allowed.bind(("127.0.0.2", 0))
-        allowed.settimeout(5)
-        allowed.connect(addr)
-        with allowed:
+            assert closed_by_server(denied)
+        with connect_from("127.0.0.2", addr) as allowed:
             assert echo_roundtrip(allowed, b"welcome") == b"welcome"
         assert engine.stats()["rejected_not_allowed"] == 1
 
@@ -148,7 +132,7 @@ def test_idle_timeout_closes_silent_clients_only():
             while time.monotonic() < deadline:  # chatty keeps talking
                 assert echo_roundtrip(chatty, b"tick") == b"tick"
                 time.sleep(0.1)
-            assert _closed_by_server(silent, timeout=1)
+            assert closed_by_server(silent, timeout=1)
             assert echo_roundtrip(chatty, b"alive") == b"alive"
         assert engine.stats()["idle_timeouts"] >= 1
 

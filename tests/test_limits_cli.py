@@ -6,23 +6,7 @@ import socket
 
 import pytest
 
-from helpers import echo_roundtrip
-
-
-def _closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
-    sock.settimeout(timeout)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
-def _connect_from(source: str, server) -> socket.socket:
-    s = socket.socket()
-    s.bind((source, 0))
-    s.settimeout(5)
-    s.connect((server.host, server.port))
-    return s
+from helpers import closed_by_server, connect_from, echo_roundtrip
 
 
 def _ipv6_loopback() -> bool:
@@ -40,7 +24,7 @@ def test_max_connections_refuses_only_the_extra_connection(serve):
         assert echo_roundtrip(a, b"a") == b"a"
         assert echo_roundtrip(b, b"b") == b"b"
         with server.connect() as extra:
-            assert _closed_by_server(extra)
+            assert closed_by_server(extra)
         assert echo_roundtrip(a, b"a again") == b"a again"
 
 
@@ -49,16 +33,16 @@ def test_max_connections_per_ip_counts_each_address(serve):
     with server.connect() as first:
         assert echo_roundtrip(first, b"one") == b"one"
         with server.connect() as second:
-            assert _closed_by_server(second)
-        with _connect_from("127.0.0.2", server) as other:
+            assert closed_by_server(second)
+        with connect_from("127.0.0.2", (server.host, server.port)) as other:
             assert echo_roundtrip(other, b"other") == b"other"
 
 
 def test_allow_serves_only_listed_networks(serve):
     server = serve("--threads", "1", "--allow", "127.0.0.2/32", "--allow", "192.0.2.0/24")
     with server.connect() as denied:
-        assert _closed_by_server(denied)
-    with _connect_from("127.0.0.2", server) as allowed:
+        assert closed_by_server(denied)
+    with connect_from("127.0.0.2", (server.host, server.port)) as allowed:
         assert echo_roundtrip(allowed, b"ok") == b"ok"
 
 
@@ -66,7 +50,7 @@ def test_idle_timeout_closes_a_silent_client(serve):
     server = serve("--threads", "1", "--idle-timeout", "0.3")
     with server.connect() as silent:
         assert echo_roundtrip(silent, b"hi") == b"hi"
-        assert _closed_by_server(silent, timeout=5)
+        assert closed_by_server(silent, timeout=5)
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
