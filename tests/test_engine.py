@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 
 import pytest
@@ -165,3 +166,71 @@ def test_bad_engine_options_raise_config_errors(options):
     threads = options.pop("threads_override", 1)
     with pytest.raises((ConfigError, ValueError)):
         Engine(threads, **options)
+
+
+def test_overlong_line_client_that_keeps_sending_is_closed_after_the_abort_linger():
+    with running_engine(threads=1, suffix=b"!", max_line=8) as (engine, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"y" * 20)
+            assert s.recv(100) == b"error: line longer than 8 bytes\n"
+            # Keep sending junk; the server must still close us (about 2 s).
+            closed = False
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not closed:
+                try:
+                    s.sendall(b"junk")
+                    s.settimeout(0.2)
+                    closed = s.recv(100) == b""
+                except socket.timeout:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+            assert closed
+        assert wait_until(lambda: engine.stats()["connections_active"] == 0, timeout=5)
+        assert engine.stats()["lines_too_long"] == 1
+
+
+def test_unterminated_last_line_comes_back_with_the_suffix_at_eof():
+    with running_engine(suffix=b" S") as (_, addr):
+        with socket.create_connection(addr, timeout=5) as s:
+            s.sendall(b"one\ntwo-no-newline")
+            s.shutdown(socket.SHUT_WR)
+            expected = b"one S\ntwo-no-newline S"
+            assert recv_exactly(s, len(expected)) == expected
+            assert s.recv(1) == b""
+
+
+def test_line_mode_rejects_an_output_cap_too_small_for_the_suffix():
+    with pytest.raises(ConfigError):
+        Engine(1, max_pending_output=4096, suffix=b"s" * 4096)
+
+
+def test_listener_with_so_linger_does_not_make_closes_block_the_worker():
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 3))
+    engine = Engine(1, idle_timeout=0.3)
+    engine.start(listener.fileno())
+    try:
+        addr = listener.getsockname()
+        # A client that never reads, with echo left unsent when it is idle-closed:
+        # an inherited 3 s SO_LINGER would stall the only worker in close().
+        hog = socket.create_connection(addr, timeout=5)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.setblocking(False)
+        try:
+            for _ in range(400):
+                hog.send(b"h" * 65536)
+        except BlockingIOError:
+            pass
+        assert wait_until(lambda: engine.stats()["idle_timeouts"] >= 1, timeout=5)
+        with socket.create_connection(addr, timeout=5) as s:
+            started = time.monotonic()
+            assert echo_roundtrip(s, b"quick") == b"quick"
+            # Not a timing goal: 3 s is the inherited linger this guards against.
+            assert time.monotonic() - started < 2.5
+        hog.close()
+    finally:
+        engine.shutdown(0, 0)
+        listener.close()
+        assert engine.wait(10)
+        engine.close()

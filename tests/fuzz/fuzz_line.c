@@ -4,8 +4,9 @@
  * Input layout: byte 0 picks max_line (1..64), byte 1 picks the suffix
  * length (0..7), the rest is the client's byte stream. The stream is fed in
  * pieces whose sizes come from the data itself, and the output is compared
- * with a whole-input reference model, so a framing bug at any read boundary
- * shows up as a mismatch, not only as a crash.
+ * with a whole-input reference model (the stream then ends, as with a
+ * client's FIN), so a framing bug at any read boundary shows up as a
+ * mismatch, not only as a crash.
  */
 #include "fe_line.h"
 
@@ -31,8 +32,15 @@ static size_t reference(const uint8_t *in, size_t n, size_t max_line, const char
             }
             continue;
         }
-        if (at_end)
-            break; /* an unterminated tail stays pending */
+        if (at_end) { /* at end of stream the unterminated tail gets the suffix */
+            if (i > start) {
+                memcpy(out + o, in + start, i - start);
+                o += i - start;
+                memcpy(out + o, sfx, sfx_len);
+                o += sfx_len;
+            }
+            break;
+        }
         memcpy(out + o, in + start, i - start);
         o += i - start;
         memcpy(out + o, sfx, sfx_len);
@@ -55,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t *in = data + 2;
     size_t n = size - 2;
 
-    char *want = malloc(n * (1 + sfx_len) + 1);
+    char *want = malloc(n * (1 + sfx_len) + sfx_len + 1);
     int too_long = 0;
     size_t want_len = reference(in, n, max_line, suffixes, sfx_len, want, &too_long);
 
@@ -71,7 +79,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort(); /* the pending line is bounded */
         pos += piece;
     }
-    if (rc == FE_LINE_NO_MEMORY)
+    if (rc == FE_LINE_OK)
+        rc = fe_line_finish(&fmt, &partial, &out); /* the client's end of stream */
+    if (rc == FE_LINE_NO_MEMORY || partial.len != 0)
         abort();
     if ((rc == FE_LINE_TOO_LONG) != too_long)
         abort();

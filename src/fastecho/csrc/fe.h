@@ -67,7 +67,9 @@ typedef struct fe_config {
     int threads;
     /* Per-connection cap on echoed-but-unsent bytes. Above it the connection
      * is not read until its peer drains it (backpressure), so a client that
-     * sends without reading holds at most this much server memory. */
+     * sends without reading holds at most about this much server memory (the
+     * buffer grows by doubling from 4 KiB, so a cap that is not a power of
+     * two may be rounded up; in line mode a pending line adds max_line). */
     size_t max_pending_output;
     /* Size of each worker's read buffer: the most bytes taken from one socket
      * in one read. */
@@ -80,9 +82,12 @@ typedef struct fe_config {
     size_t queue_capacity;
 
     /* Line mode when suffix is not NULL: each newline-terminated line comes
-     * back with suffix inserted before its newline. A line longer than
-     * max_line gets an error line, then the connection is closed. NULL
-     * keeps the echo byte-exact. The suffix is copied. */
+     * back with suffix inserted before its newline; at end of stream an
+     * unterminated last line comes back with suffix appended. A line longer
+     * than max_line gets an error line and FIN; the client then has 2 s to
+     * close before the server does. NULL keeps the echo byte-exact. The
+     * suffix is copied; max_pending_output must be at least
+     * 2 * (1 + suffix_len). */
     const char *suffix;
     size_t suffix_len;
     size_t max_line;
@@ -96,7 +101,8 @@ typedef struct fe_config {
      * counted, and never reaches a worker. */
     uint64_t max_connections;
     uint64_t max_connections_per_ip;
-    /* Close connections whose client has sent nothing for this long. */
+    /* Close connections whose client has neither sent anything nor taken any
+     * of its pending echo for this long (at most 1e9 ms). */
     int64_t idle_timeout_ms;
     /* When allow_count > 0, only clients inside one of these ranges are
      * served. The array is copied. */

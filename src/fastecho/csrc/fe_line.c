@@ -33,3 +33,13 @@ int fe_line_feed(const fe_line_format *fmt, fe_buf *partial, const char *in, siz
     return FE_LINE_OK;
 }
 
+
+int fe_line_finish(const fe_line_format *fmt, fe_buf *partial, fe_buf *out)
+{
+    if (partial->len == 0)
+        return FE_LINE_OK;
+    int ok = fe_buf_append(out, partial->data + partial->start, partial->len) == 0 &&
+             fe_buf_append(out, fmt->suffix, fmt->suffix_len) == 0;
+    fe_buf_free(partial);
+    return ok ? FE_LINE_OK : FE_LINE_NO_MEMORY;
+}

@@ -31,4 +31,9 @@ enum fe_line_result {
  * FE_LINE_TOO_LONG; the rest of the input is ignored. */
 int fe_line_feed(const fe_line_format *fmt, fe_buf *partial, const char *in, size_t n, fe_buf *out);
 
+/* At end of stream: a pending unterminated line still comes back, with the
+ * suffix appended (there is no newline to put it before). Returns FE_LINE_OK
+ * or FE_LINE_NO_MEMORY; partial is empty afterwards. */
+int fe_line_finish(const fe_line_format *fmt, fe_buf *partial, fe_buf *out);
+
 #endif /* FE_LINE_H */

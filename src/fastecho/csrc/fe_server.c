@@ -24,6 +24,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* The longest drain, linger or idle time accepted (about 11.6 days): keeps
+ * nanosecond deadline arithmetic far from overflow. */
+#define FE_MAX_TIMEOUT_MS ((int64_t)1000000000)
+
 enum {
     FE_ACCEPT_BATCH = 256,   /* accepts per wake, so a stop request is seen promptly */
     FE_BACKOFF_MIN_MS = 10,  /* first pause after EMFILE/ENFILE/ENOMEM */
@@ -94,10 +98,14 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
         return fail(err, errlen, 0, "the line suffix must not contain a newline");
     if (cfg->suffix && (cfg->max_line < 1 || cfg->max_line > (64u << 20)))
         return fail(err, errlen, 0, "max line must be between 1 B and 64 MiB");
+    if (cfg->suffix && cfg->max_pending_output < 2 * (1 + cfg->suffix_len))
+        return fail(err, errlen, 0, "max pending output must be at least twice the suffix length + 1 "
+                                    "(each byte read may become 1 + suffix bytes)");
     if (cfg->event_ring_size > (1u << 24))
         return fail(err, errlen, 0, "the event ring may hold at most 16777216 events");
-    if (cfg->idle_timeout_ms < 0)
-        return fail(err, errlen, 0, "the idle timeout must not be negative");
+    if (cfg->idle_timeout_ms < 0 || cfg->idle_timeout_ms > FE_MAX_TIMEOUT_MS)
+        return fail(err, errlen, 0, "the idle timeout must be between 0 and %lld ms",
+                    (long long)FE_MAX_TIMEOUT_MS);
     if (cfg->allow_count > 0 && cfg->allow == NULL)
         return fail(err, errlen, 0, "allow_count is set but allow is NULL");
     for (size_t i = 0; i < cfg->allow_count; i++) {
@@ -165,13 +173,16 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     atomic_init(&s->open_connections, 0);
 
     const char *what = NULL;
-    /* calloc of zero items may return NULL: always ask for at least one. */
-    s->workers = calloc((size_t)cfg->threads, sizeof(fe_worker));
+    /* aligned_alloc: fe_worker keeps its counters on their own cache line. */
+    size_t workers_size = sizeof(fe_worker) * (size_t)cfg->threads;
+    s->workers = aligned_alloc(_Alignof(fe_worker), workers_size);
     s->assigned = calloc((size_t)cfg->threads, sizeof *s->assigned);
-    if (s->workers == NULL || s->assigned == NULL)
+    if (s->workers == NULL || s->assigned == NULL) {
         what = "allocating the workers";
-    else
+    } else {
+        memset(s->workers, 0, workers_size);
         s->worker_count = cfg->threads;
+    }
     for (int i = 0; i < s->worker_count; i++) {
         s->workers[i].epoll_fd = -1;
         s->workers[i].wake_fd = -1;
@@ -255,6 +266,11 @@ static void dispatch(fe_server *s, const fe_handoff *h)
     int one = 1;
     /* An echo answers small writes at once; Nagle would hold them back. */
     setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* A listener handed in with SO_LINGER set passes it on, and a lingering
+     * close() blocks even on a non-blocking socket: the whole worker would
+     * wait for one client. */
+    struct linger no_linger = {.l_onoff = 0, .l_linger = 0};
+    setsockopt(h->fd, SOL_SOCKET, SO_LINGER, &no_linger, sizeof no_linger);
     int i = least_loaded_worker(s);
     bool was_empty = false;
     if (fe_queue_push(&s->workers[i].inbox, h, &was_empty) != 0) {
@@ -331,7 +347,7 @@ static void *acceptor_main(void *arg)
         if (atomic_load(&s->state) != FE_RUNNING || (fds[0].revents & POLLIN))
             return NULL;
 
-        for (int n = 0; n < FE_ACCEPT_BATCH; n++) {
+        for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
             struct sockaddr_storage addr;
             socklen_t addr_len = sizeof addr;
             int fd = accept4(s->listen_fd, (struct sockaddr *)&addr, &addr_len,
@@ -349,8 +365,10 @@ static void *acceptor_main(void *arg)
             int e = errno;
             if (e == EINTR)
                 continue;
-            if (e == EAGAIN || e == EWOULDBLOCK)
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                backoff_ms = 0; /* the backlog is empty: poll the listener again */
                 break;
+            }
             fe_counter_add(&s->accept_errors, 1);
             if (is_transient_accept_error(e))
                 continue;
@@ -405,23 +423,32 @@ static void join_all(fe_server *s)
 
 int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
 {
+    /* Held throughout, so that a shutdown from another thread waits until
+     * every thread exists and then stops them all. Workers take this lock
+     * only when exiting, which cannot happen before a shutdown. */
     pthread_mutex_lock(&s->control_lock);
     if (s->started) {
         pthread_mutex_unlock(&s->control_lock);
         return fail(err, errlen, EALREADY, "the server was already started");
     }
     s->started = true;
-    pthread_mutex_unlock(&s->control_lock);
 
     int listening = 0;
     socklen_t len = sizeof listening;
-    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0)
+    int flags;
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+        pthread_mutex_unlock(&s->control_lock);
         return fail(err, errlen, errno, "fd %d is not a usable socket", listen_fd);
-    if (!listening)
+    }
+    if (!listening) {
+        pthread_mutex_unlock(&s->control_lock);
         return fail(err, errlen, EINVAL, "fd %d is not a listening socket", listen_fd);
-    int flags = fcntl(listen_fd, F_GETFL);
-    if (flags < 0 || fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) != 0)
-        return fail(err, errlen, errno, "making fd %d non-blocking", listen_fd);
+    }
+    if ((flags = fcntl(listen_fd, F_GETFL)) < 0 || fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        int e = errno;
+        pthread_mutex_unlock(&s->control_lock);
+        return fail(err, errlen, e, "making fd %d non-blocking", listen_fd);
+    }
     s->listen_fd = listen_fd;
 
     /* Threads inherit the creator's signal mask: block everything while
@@ -434,17 +461,11 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
     char name[16]; /* the kernel keeps at most 15 chars of a thread name */
     for (int i = 0; rc == 0 && i < s->worker_count; i++) {
         fe_worker *w = &s->workers[i];
-        pthread_mutex_lock(&s->control_lock);
-        s->workers_running++;
-        pthread_mutex_unlock(&s->control_lock);
         snprintf(name, sizeof name, "fe-worker-%u", (unsigned)i % 10000u);
         rc = spawn(&w->thread, &s->cfg, fe_worker_main, w, name);
         if (rc == 0) {
             w->thread_started = true;
-        } else {
-            pthread_mutex_lock(&s->control_lock);
-            s->workers_running--;
-            pthread_mutex_unlock(&s->control_lock);
+            s->workers_running++;
         }
     }
     if (rc == 0) {
@@ -452,6 +473,7 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
         s->acceptor_started = rc == 0;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_mutex_unlock(&s->control_lock);
 
     if (rc != 0) {
         fe_server_shutdown(s, 0, 0);
@@ -463,10 +485,8 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
 
 void fe_server_shutdown(fe_server *s, int64_t drain_ms, int64_t linger_ms)
 {
-    if (drain_ms < 0)
-        drain_ms = 0;
-    if (linger_ms < 0)
-        linger_ms = 0;
+    drain_ms = drain_ms < 0 ? 0 : drain_ms > FE_MAX_TIMEOUT_MS ? FE_MAX_TIMEOUT_MS : drain_ms;
+    linger_ms = linger_ms < 0 ? 0 : linger_ms > FE_MAX_TIMEOUT_MS ? FE_MAX_TIMEOUT_MS : linger_ms;
     pthread_mutex_lock(&s->control_lock);
     if (!s->started) {
         pthread_mutex_unlock(&s->control_lock);
@@ -475,6 +495,7 @@ void fe_server_shutdown(fe_server *s, int64_t drain_ms, int64_t linger_ms)
     if (s->acceptor_started && !s->acceptor_joined) {
         /* Stop accepting first: once the acceptor is joined, nothing can be
          * queued any more, and the caller may close the listening socket. */
+        atomic_store(&s->stop_accepting, true);
         fe_wake(s->acceptor_wake_fd);
         for (int i = 0; i < s->worker_count; i++)
             fe_queue_interrupt(&s->workers[i].inbox);

@@ -21,7 +21,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { FE_MAX_EVENTS = 256, FE_ADOPT_BATCH = 64 };
+enum {
+    FE_MAX_EVENTS = 256,
+    FE_ADOPT_BATCH = 64,
+    /* After an overlong line's error reply and FIN: how long the client gets
+     * to close before we do. Its further input is discarded meanwhile. */
+    FE_ABORT_LINGER_MS = 2000,
+};
 
 struct fe_conn {
     int fd;
@@ -30,37 +36,49 @@ struct fe_conn {
     bool lingering;       /* we sent FIN: discard input until the peer closes */
     bool finishing;       /* line too long: send what is queued, then close */
     bool counted_per_ip;
-    fe_conn *prev, *next; /* the worker's list, least recently active first */
+    fe_conn *prev, *next; /* links in w->active or w->aborting */
     fe_buf out;           /* echoed bytes the socket has not taken yet */
     fe_buf partial_line;  /* line mode: a line still waiting for its newline */
     int64_t accepted_ns;
-    int64_t active_ns;    /* last time the client sent something */
+    int64_t active_ns;    /* last time the client sent or took echo; aborting: since when */
     uint64_t bytes_in, bytes_out;
     fe_peer peer;
 };
 
-static void list_remove(fe_worker *w, fe_conn *c)
+static void list_remove(fe_conn_list *list, fe_conn *c)
 {
     if (c->prev)
         c->prev->next = c->next;
     else
-        w->conns_head = c->next;
+        list->head = c->next;
     if (c->next)
         c->next->prev = c->prev;
     else
-        w->conns_tail = c->prev;
+        list->tail = c->prev;
     c->prev = c->next = NULL;
 }
 
-static void list_append(fe_worker *w, fe_conn *c)
+static void list_append(fe_conn_list *list, fe_conn *c)
 {
-    c->prev = w->conns_tail;
+    c->prev = list->tail;
     c->next = NULL;
-    if (w->conns_tail)
-        w->conns_tail->next = c;
+    if (list->tail)
+        list->tail->next = c;
     else
-        w->conns_head = c;
-    w->conns_tail = c;
+        list->head = c;
+    list->tail = c;
+}
+
+/* A connection that sent an overlong line and got its error reply lives on
+ * the aborting list until its client closes or FE_ABORT_LINGER_MS pass. */
+static bool is_aborting(const fe_conn *c)
+{
+    return c->finishing && c->lingering;
+}
+
+static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
+{
+    return is_aborting(c) ? &w->aborting : &w->active;
 }
 
 static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason)
@@ -83,7 +101,7 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
     fe_server *s = w->server;
     /* Account first, so that a client that has seen its connection close
      * also sees it in the counters and events. */
-    list_remove(w, c);
+    list_remove(list_of(w, c), c);
     w->conn_count--;
     if (reason == FE_CLOSE_IDLE)
         fe_counter_add(&w->idle_timeouts, 1);
@@ -92,7 +110,10 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
         fe_ip_table_release(&s->ip_table, &c->peer);
     atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
-    close(c->fd); /* also removes it from the epoll set: no dup of it exists */
+    /* Deregister explicitly: close() alone leaves the epoll entry alive if a
+     * fork ever duplicated the fd, and its events would then name freed c. */
+    epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
     fe_buf_free(&c->out);
     fe_buf_free(&c->partial_line);
     free(c);
@@ -127,7 +148,7 @@ static void conn_adopt(fe_worker *w, const fe_handoff *h)
         drop_handoff(w, h);
         return;
     }
-    list_append(w, c);
+    list_append(&w->active, c);
     w->conn_count++;
     emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
 }
@@ -195,15 +216,18 @@ static size_t read_room(const fe_worker *w, const fe_conn *c)
 }
 
 /* Line mode: frame the bytes just read and send what is complete. */
-static int line_echo(fe_worker *w, fe_conn *c, size_t n)
+static int line_echo(fe_worker *w, fe_conn *c, size_t n, enum fe_close_reason *reason)
 {
     int rc = fe_line_feed(&w->server->line_format, &c->partial_line, w->read_buffer, n, &c->out);
-    if (rc == FE_LINE_NO_MEMORY)
+    if (rc == FE_LINE_NO_MEMORY) {
+        *reason = FE_CLOSE_NO_MEMORY;
         return -1;
+    }
     if (rc == FE_LINE_TOO_LONG) {
         c->finishing = true; /* reading stops; the error line goes out, then close */
         fe_counter_add(&w->lines_too_long, 1);
     }
+    *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET;
     return c->out.len ? flush_pending(w, c) : 0;
 }
 
@@ -211,7 +235,8 @@ static int line_echo(fe_worker *w, fe_conn *c, size_t n)
  * and sets *reason. */
 static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
-    size_t want = read_room(w, c);
+    /* Input after our FIN is discarded, so it needs no room for output. */
+    size_t want = c->lingering ? w->server->cfg.read_buffer_size : read_room(w, c);
     if (want == 0)
         return 0; /* at the cap: conn_settle turns EPOLLIN off */
     ssize_t n;
@@ -224,21 +249,22 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     }
     if (n == 0) {
         c->peer_eof = true;
+        if (w->server->suffix && !c->finishing &&
+            fe_line_finish(&w->server->line_format, &c->partial_line, &c->out) != FE_LINE_OK) {
+            *reason = FE_CLOSE_NO_MEMORY;
+            return -1;
+        }
         return 0;
     }
-    c->active_ns = w->now_ns;
     if (c->lingering)
-        return 0; /* after our FIN, input is discarded, not echoed */
+        return 0; /* after our FIN, input is discarded, not echoed: not activity */
+    c->active_ns = w->now_ns;
     fe_counter_add(&w->bytes_received, (uint64_t)n);
     c->bytes_in += (uint64_t)n;
 
     *reason = FE_CLOSE_RESET;
-    if (w->server->suffix) {
-        int rc = line_echo(w, c, (size_t)n);
-        if (rc != 0 && c->finishing)
-            *reason = FE_CLOSE_LINE_TOO_LONG;
-        return rc;
-    }
+    if (w->server->suffix)
+        return line_echo(w, c, (size_t)n, reason);
     size_t sent = 0;
     if (c->out.len == 0) {
         ssize_t s = send_some(w, c, w->read_buffer, (size_t)n);
@@ -256,10 +282,17 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 /* After our side is done writing: FIN, then linger reading until the peer
  * closes. Closing with unread input would send RST, and a RST can destroy
  * echoed bytes still in flight to the peer. */
-static void begin_linger(fe_conn *c)
+static void begin_linger(fe_worker *w, fe_conn *c)
 {
     shutdown(c->fd, SHUT_WR);
-    c->lingering = true;
+    if (c->finishing) { /* onto the aborting list, whose head expires first */
+        list_remove(&w->active, c);
+        c->lingering = true;
+        c->active_ns = fe_now_ns();
+        list_append(&w->aborting, c);
+    } else {
+        c->lingering = true;
+    }
 }
 
 /* Re-registers c's epoll interest to match its state, or closes it when it
@@ -275,7 +308,7 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
         return false;
     }
     if (c->out.len == 0 && (w->closing || c->finishing) && !c->lingering)
-        begin_linger(c);
+        begin_linger(w, c);
 
     uint32_t want = 0;
     if (c->out.len > 0)
@@ -296,6 +329,7 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
 static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
 {
     enum fe_close_reason reason = FE_CLOSE_RESET;
+    int64_t was_active = c->active_ns;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
         conn_close(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
@@ -321,9 +355,10 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
         conn_close(w, c, FE_CLOSE_RESET);
         return;
     }
-    if (w->server->cfg.idle_timeout_ms > 0 && c != w->conns_tail) {
-        list_remove(w, c); /* most recently active goes last */
-        list_append(w, c);
+    if (w->server->cfg.idle_timeout_ms > 0 && c->active_ns != was_active && !is_aborting(c) &&
+        c != w->active.tail) {
+        list_remove(&w->active, c); /* most recently active goes last */
+        list_append(&w->active, c);
     }
     conn_settle(w, c);
 }
@@ -334,8 +369,15 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
 static void sweep_idle(fe_worker *w)
 {
     int64_t limit_ns = w->server->cfg.idle_timeout_ms * 1000000;
-    while (w->conns_head && w->now_ns - w->conns_head->active_ns >= limit_ns)
-        conn_close(w, w->conns_head, w->conns_head->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE);
+    while (w->active.head && w->now_ns - w->active.head->active_ns >= limit_ns)
+        conn_close(w, w->active.head, w->active.head->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE);
+}
+
+/* Closes aborting connections whose client did not close in time. */
+static void sweep_aborting(fe_worker *w)
+{
+    while (w->aborting.head && w->now_ns - w->aborting.head->active_ns >= FE_ABORT_LINGER_MS * 1000000LL)
+        conn_close(w, w->aborting.head, FE_CLOSE_LINE_TOO_LONG);
 }
 
 /* Past the drain deadline: stop echoing; each connection flushes what it
@@ -343,7 +385,7 @@ static void sweep_idle(fe_worker *w)
 static void enter_closing(fe_worker *w)
 {
     w->closing = true;
-    fe_conn *c = w->conns_head;
+    fe_conn *c = w->active.head;
     while (c) {
         fe_conn *next = c->next;
         conn_settle(w, c);
@@ -353,8 +395,10 @@ static void enter_closing(fe_worker *w)
 
 static void close_all(fe_worker *w)
 {
-    while (w->conns_head)
-        conn_close(w, w->conns_head, FE_CLOSE_SHUTDOWN);
+    while (w->active.head)
+        conn_close(w, w->active.head, FE_CLOSE_SHUTDOWN);
+    while (w->aborting.head)
+        conn_close(w, w->aborting.head, FE_CLOSE_LINE_TOO_LONG);
 }
 
 static int64_t ms_until(int64_t deadline_ns, int64_t now_ns)
@@ -373,10 +417,15 @@ static int wait_timeout_ms(const fe_worker *w)
                                       : atomic_load(&s->drain_deadline_ns);
         ms = ms_until(deadline, w->now_ns);
     }
-    if (s->cfg.idle_timeout_ms > 0 && w->conns_head) {
-        int64_t idle = ms_until(w->conns_head->active_ns + s->cfg.idle_timeout_ms * 1000000, w->now_ns);
+    if (s->cfg.idle_timeout_ms > 0 && w->active.head) {
+        int64_t idle = ms_until(w->active.head->active_ns + s->cfg.idle_timeout_ms * 1000000, w->now_ns);
         if (ms < 0 || idle < ms)
             ms = idle;
+    }
+    if (w->aborting.head) {
+        int64_t abort = ms_until(w->aborting.head->active_ns + FE_ABORT_LINGER_MS * 1000000LL, w->now_ns);
+        if (ms < 0 || abort < ms)
+            ms = abort;
     }
     return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
 }
@@ -385,7 +434,8 @@ static int wait_timeout_ms(const fe_worker *w)
  * timeouts and access events, so the plain echo path never reads it. */
 static bool needs_clock(const fe_worker *w)
 {
-    return w->server->cfg.idle_timeout_ms > 0 || atomic_load(&w->server->state) != FE_RUNNING;
+    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
+           atomic_load(&w->server->state) != FE_RUNNING;
 }
 
 void *fe_worker_main(void *arg)
@@ -413,6 +463,8 @@ void *fe_worker_main(void *arg)
         }
         if (s->cfg.idle_timeout_ms > 0)
             sweep_idle(w);
+        if (w->aborting.head)
+            sweep_aborting(w);
         if (atomic_load(&s->state) == FE_RUNNING)
             continue;
 
