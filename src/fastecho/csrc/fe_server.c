@@ -99,8 +99,8 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     if (cfg->suffix && (cfg->max_line < 1 || cfg->max_line > (64u << 20)))
         return fail(err, errlen, 0, "max line must be between 1 B and 64 MiB");
     if (cfg->suffix && cfg->max_pending_output < 2 * (1 + cfg->suffix_len))
-        return fail(err, errlen, 0, "max pending output must be at least twice the suffix length + 1 "
-                                    "(each byte read may become 1 + suffix bytes)");
+        return fail(err, errlen, 0, "max pending output (%zu) must be at least 2 * (1 + suffix length) = %zu",
+                    cfg->max_pending_output, 2 * (1 + cfg->suffix_len));
     if (cfg->event_ring_size > (1u << 24))
         return fail(err, errlen, 0, "the event ring may hold at most 16777216 events");
     if (cfg->idle_timeout_ms < 0 || cfg->idle_timeout_ms > FE_MAX_TIMEOUT_MS)
