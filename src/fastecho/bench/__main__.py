@@ -1,0 +1,5 @@
+import sys
+
+from fastecho.bench.cli import main
+
+sys.exit(main())

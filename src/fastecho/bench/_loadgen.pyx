@@ -1,0 +1,76 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Python binding of loadgen.c, the C load generator.
+
+Thin on purpose: it checks the types, releases the GIL around the whole run
+and turns a failure into one exception, raised after the C call returns.
+"""
+from libc.stdint cimport uint64_t
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+
+from fastecho.bench.errors import LoadError
+
+MAX_MESSAGE_SIZE = LG_MAX_MESSAGE_SIZE
+
+
+def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
+             double warmup=0.5, double duration=3.0, int server_pid=0,
+             uint64_t seed=1, double connect_timeout=5.0,
+             uint64_t max_messages=0):
+    """Load an echo server at host:port and measure it; see _loadgen.pyi."""
+    cdef lg_config config
+    cdef lg_result result
+    cdef int status
+    host_bytes = host.encode("ascii")
+    config.host = host_bytes
+    config.port = port
+    config.conns = conns
+    config.size = <size_t>size if size > 0 else 0
+    config.depth = depth
+    config.warmup_s = warmup
+    config.duration_s = duration
+    config.connect_timeout_s = connect_timeout
+    config.max_messages = max_messages
+    config.server_pid = server_pid
+    config.seed = seed
+    with nogil:
+        status = lg_run(&config, &result)
+    if status == LG_BAD_CONFIG:
+        raise ValueError(result.error.decode("utf-8", "replace"))
+    if status != LG_OK:
+        raise LoadError(result.error.decode("utf-8", "replace"))
+    has_server = server_pid > 0
+    return {
+        "messages": result.messages,
+        "elapsed_s": result.elapsed_s,
+        "connect_s": result.connect_s,
+        "msgs_per_s": result.messages / result.elapsed_s if result.elapsed_s > 0 else 0.0,
+        "p50_ns": result.p50_ns,
+        "p99_ns": result.p99_ns,
+        "p999_ns": result.p999_ns,
+        "max_ns": result.max_ns,
+        "conns": conns,
+        "starved_conns": result.starved_conns,
+        "min_conn_messages": result.min_conn_messages,
+        "max_conn_messages": result.max_conn_messages,
+        "client_cpu_us": result.own_cpu_us,
+        "server_user_us": result.server_utime_us if has_server else None,
+        "server_sys_us": result.server_stime_us if has_server else None,
+        "server_rss_kib": result.server_rss_kib if has_server else None,
+    }
+
+
+def histogram_quantiles(values, quantiles):
+    """Record `values` (non-negative ints) in the C latency histogram and
+    return its estimate at each of `quantiles`; exposed for tests."""
+    cdef lg_histogram *hist = <lg_histogram *>PyMem_Malloc(sizeof(lg_histogram))
+    if hist == NULL:
+        raise MemoryError()
+    try:
+        lg_histogram_reset(hist)
+        for value in values:
+            if value < 0:
+                raise ValueError("histogram values must be non-negative")
+            lg_histogram_record(hist, <uint64_t>value)
+        return [lg_histogram_quantile(hist, q) for q in quantiles]
+    finally:
+        PyMem_Free(hist)

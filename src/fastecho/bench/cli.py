@@ -1,0 +1,270 @@
+"""``python -m fastecho.bench`` (also ``fastecho bench``): compare servers.
+
+Bad input prints one line, ``fastecho bench: error: ...``, and exits 2 before
+anything starts. A run where some server failed still prints every row and
+exits 1; a clean run exits 0; Ctrl-C exits 130 after stopping the servers.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from fastecho.bench.harness import Plan, Workload, run_plan
+from fastecho.bench.servers import SERVERS
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_SIZE = 16 * 2**20  # the load generator's LG_MAX_MESSAGE_SIZE
+MAX_DEPTH = 4096
+FD_HEADROOM = 64  # descriptors a process needs beyond its connections
+
+# Defaults: the two workloads of docs/benchmarks.md (1 KiB ping-pong at 64 and
+# 1000 connections), 3 rounds of 3 s for every server: about 2 minutes. The
+# full matrix is --conns 1,64,1000 --sizes 64,1024,65536 (about 9 minutes).
+DEFAULT_SERVERS = ("fastecho", "python", "asyncio", "uvloop", "reference")
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    conns: str
+    sizes: str
+    duration: float
+    warmup: float
+    rounds: int
+
+
+DEFAULTS = RunDefaults(conns="64,1000", sizes="1024", duration=3.0, warmup=0.5, rounds=3)
+# --quick: a ~20 s smoke run of every server; explicit flags still win.
+QUICK = RunDefaults(conns="64,1000", sizes="1024", duration=1.5, warmup=0.25, rounds=1)
+
+
+def _fail(message: str) -> None:
+    raise click.UsageError(message)
+
+
+def _int_list(option: str, text: str) -> list[int]:
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(int(item.strip()))
+        except ValueError:
+            _fail(f"{option}: {item.strip()!r} is not a whole number (expected e.g. 64,1000)")
+    return list(dict.fromkeys(values))
+
+
+def _cpu_set(option: str, text: str) -> frozenset[int]:
+    """'0', '0,2' or '0-3' -> CPUs, each checked against what this process may use."""
+    cpus: set[int] = set()
+    for item in text.split(","):
+        low, _, high = item.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            _fail(f"{option}: {item.strip()!r} is not a CPU number or range (expected e.g. 0 or 0-3)")
+        cpus.update(range(first, last + 1))
+    available = os.sched_getaffinity(0)
+    missing = sorted(cpus - available) if cpus else [text]
+    if missing:
+        _fail(f"{option}: CPU {missing[0]} does not exist or is not available to this process "
+              f"(available: {','.join(map(str, sorted(available)))})")
+    return frozenset(cpus)
+
+
+def _servers(text: str | None) -> list[str]:
+    if text is None:  # default: every server that can run here; uvloop is an optional extra
+        names = [n for n in DEFAULT_SERVERS if n != "uvloop" or SERVERS[n].unavailable_reason() is None]
+    else:
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        if not names:
+            _fail("--servers: give at least one server")
+    for name in names:
+        if name not in SERVERS:
+            _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
+        reason = SERVERS[name].unavailable_reason()
+        if reason:
+            _fail(f"--servers: {name} is not available: {reason}")
+    return names
+
+
+def _local_port_count() -> int | None:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return high - low + 1
+
+
+def _check_conns(conns: list[int]) -> None:
+    for n in conns:
+        if n < 1:
+            _fail(f"--conns: {n} is not a valid connection count (at least 1)")
+    needed = max(conns) + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        _fail(f"--conns: {max(conns)} connections need about {needed} open files but RLIMIT_NOFILE allows "
+              f"{hard}; raise the limit (ulimit -n) or use fewer connections")
+    ports = _local_port_count()
+    if ports is not None and max(conns) > ports:
+        _fail(f"--conns: {max(conns)} connections need more local ports than the {ports} in "
+              f"net.ipv4.ip_local_port_range")
+
+
+def _raise_fd_limit(conns: int) -> None:
+    """Lift the soft RLIMIT_NOFILE to what the run needs (checked against the
+    hard limit already); the servers inherit it."""
+    needed = conns + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard),
+                                                    hard))
+
+
+def _check_output_path(option: str, path: Path | None) -> None:
+    if path is not None and not path.resolve().parent.is_dir():
+        _fail(f"{option}: directory {path.resolve().parent} does not exist")
+
+
+def _in_range(option: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
+    if not ((value >= low if low_inclusive else value > low) and value <= high):
+        bound = "at least" if low_inclusive else "more than"
+        _fail(f"{option}: {value:g} is out of range ({bound} {low:g}, at most {high:g})")
+
+
+def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, duration: float, warmup: float,
+               rounds: int, threads: int | None, baseline_threads: int, server_cpus: str | None,
+               client_cpus: str | None) -> Plan:
+    """Check every input and return the plan; raises click.UsageError."""
+    server_names = _servers(servers)
+    conn_counts = _int_list("--conns", conns)
+    _check_conns(conn_counts)
+    message_sizes = _int_list("--sizes", sizes)
+    for size in message_sizes:
+        if not 1 <= size <= MAX_SIZE:
+            _fail(f"--sizes: {size} is not a valid message size (1 to {MAX_SIZE} bytes)")
+    _in_range("--depth", depth, 1, MAX_DEPTH)
+    _in_range("--duration", duration, 0, 3600, low_inclusive=False)
+    _in_range("--warmup", warmup, 0, 3600)
+    _in_range("--rounds", rounds, 1, 1000)
+    _in_range("--baseline-threads", baseline_threads, 1, 10000)
+    available = sorted(os.sched_getaffinity(0))
+    server_set = _cpu_set("--server-cpus", server_cpus) if server_cpus is not None else frozenset(available[:1])
+    default_client = available[1:2] or available[:1]  # a single-CPU box shares it
+    client_set = _cpu_set("--client-cpus", client_cpus) if client_cpus is not None else frozenset(default_client)
+    if threads is None:
+        threads = len(server_set)  # more threads than CPUs only adds context switches
+    _in_range("--threads", threads, 1, 1024)
+    return Plan(
+        servers=server_names,
+        workloads=[Workload(c, s, depth) for s in message_sizes for c in conn_counts],
+        rounds=rounds, duration=duration, warmup=warmup, threads=threads, baseline_threads=baseline_threads,
+        server_cpus=server_set, client_cpus=client_set,
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Sequence[str]) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fastecho.bench import report
+
+    _raise_fd_limit(max(w.conns for w in plan.workloads))
+    machine = report.machine_info(plan, argv)
+    err = report.stderr_console()
+    seconds = plan.estimated_seconds()
+    err.print(f"[bold]fastecho bench[/bold]: {_count(plan.run_count, 'run')} ({_count(len(plan.servers), 'server')}"
+              f" × {_count(len(plan.workloads), 'workload')} × {_count(plan.rounds, 'round')}), about "
+              + (f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("starting", total=plan.run_count)
+        done = 0
+
+        def on_run(round_index: int, server: str, workload: Workload) -> None:
+            nonlocal done
+            progress.update(task, completed=done,
+                            description=f"round {round_index + 1}/{plan.rounds} · {workload.label} · {server}")
+            done += 1
+
+        rows = run_plan(plan, on_run=on_run)
+        progress.update(task, completed=done)
+
+    report.render_tables(report.stdout_console(), plan, rows)
+    if json_path is not None:
+        report.write_json(json_path, machine, rows)
+        err.print(f"wrote {json_path}")
+    if plot_path is not None:
+        report.write_plot(plot_path, plan, rows)
+        err.print(f"wrote {plot_path}")
+    return EXIT_OK if all(r.ok for r in rows) else EXIT_SOME_FAILED
+
+
+@click.command(name="bench", context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Defaults: 1 KiB ping-pong at 64 and 1000 connections, 3 rounds of 3 s, every server "
+                      "(about 2 minutes). Full matrix: --conns 1,64,1000 --sizes 64,1024,65536.")
+@click.option("--servers", metavar="LIST", help="Servers to compare, comma-separated: "
+              + ", ".join(SERVERS) + " (default: all that are installed).")
+@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}).")
+@click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}).")
+@click.option("--depth", type=int, default=1, show_default=True, help="Messages in flight per connection.")
+@click.option("--duration", type=float, help=f"Seconds measured per run (default {DEFAULTS.duration:g}).")
+@click.option("--warmup", type=float, help=f"Seconds of traffic before each window (default {DEFAULTS.warmup:g}).")
+@click.option("--rounds", type=int, help=f"Interleaved rounds; medians are reported (default {DEFAULTS.rounds}).")
+@click.option("--threads", type=int, help="Threads of fastecho and the reference loop (default: one per server CPU).")
+@click.option("--baseline-threads", type=int, default=32, show_default=True,
+              help="Thread pool of the Python baseline (the seed design had 32).")
+@click.option("--server-cpus", metavar="CPUS", help="CPUs the servers are pinned to, e.g. 0 or 0-1 (default: first).")
+@click.option("--client-cpus", metavar="CPUS", help="CPUs the load generator is pinned to (default: second).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write medians as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of msgs/s and CPU/msg against connections (needs matplotlib).")
+@click.option("--quick", is_flag=True, help="Smoke run, about 20 s: one short round of the default workloads.")
+def command(servers: str | None, conns: str | None, sizes: str | None, depth: int, duration: float | None,
+            warmup: float | None, rounds: int | None, threads: int | None, baseline_threads: int,
+            server_cpus: str | None, client_cpus: str | None, json_path: Path | None, plot_path: Path | None,
+            quick: bool) -> int:
+    """Compare fastecho with a Python baseline, asyncio, uvloop and a bare C
+    epoll loop on loopback, servers and load generator pinned to separate CPUs."""
+    base = QUICK if quick else DEFAULTS
+    plan = build_plan(
+        servers=servers,
+        conns=conns if conns is not None else base.conns,
+        sizes=sizes if sizes is not None else base.sizes,
+        depth=depth,
+        duration=duration if duration is not None else base.duration,
+        warmup=warmup if warmup is not None else base.warmup,
+        rounds=rounds if rounds is not None else base.rounds,
+        threads=threads, baseline_threads=baseline_threads, server_cpus=server_cpus, client_cpus=client_cpus,
+    )
+    _check_output_path("--json", json_path)
+    _check_output_path("--plot", plot_path)
+    if plot_path is not None:
+        from fastecho.bench.report import check_plot_support
+
+        reason = check_plot_support()
+        if reason:
+            _fail(reason)
+    return _run(plan, json_path, plot_path, click.get_current_context().obj or [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m fastecho.bench`` and ``fastecho bench``;
+    returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # obj carries the raw arguments to the JSON report, so it can say how to rerun
+        result = command.main(args=args, prog_name="python -m fastecho.bench", standalone_mode=False, obj=args)
+    except click.ClickException as e:  # UsageError, BadParameter, NoSuchOption, ...
+        click.echo(f"fastecho bench: error: {e.format_message()}", err=True)
+        return EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code
+    except click.Abort:  # Ctrl-C; the servers were stopped on the way out
+        click.echo("fastecho bench: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result is None else int(result)

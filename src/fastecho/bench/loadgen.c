@@ -1,0 +1,639 @@
+/*
+ * loadgen.c: the load generator behind `python -m fastecho.bench`.
+ * The contract is in loadgen.h.
+ *
+ * Why it looks like this:
+ * - One thread, one epoll set, level-triggered. On a 2-core box the server
+ *   gets one core and this gets the other; more client threads would only
+ *   compete with the server for CPU.
+ * - Payload: one random pattern buffer of `size + LG_PATTERN_ROTATIONS` bytes
+ *   is filled from the seed once. Message m of connection c is the `size`
+ *   bytes starting at a rotation derived from (seed, c, m). Sending therefore
+ *   never generates or copies bytes, and checking an echo is one memcmp
+ *   against the very bytes that were sent. A flipped, dropped, duplicated or
+ *   reordered byte changes what is compared and is caught.
+ * - Latency of a message: from the send() that carries its first byte to the
+ *   recv() that completes its echo, CLOCK_MONOTONIC.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "loadgen.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+enum {
+    /* Distinct start offsets into the pattern: how many different messages
+     * exist. Large enough that two messages rarely share bytes. */
+    LG_PATTERN_ROTATIONS = 65536,
+    LG_RECV_BUFFER_SIZE = 256 * 1024,
+    LG_MAX_EVENTS = 256,
+    /* Messages coalesced into one sendmsg() when depth > 1, so that the
+     * generator does not pay one syscall per small message. */
+    LG_MAX_IOV = 64,
+    /* recv() calls per readiness event, so one busy connection cannot
+     * starve the others of the generator's attention. */
+    LG_READS_PER_EVENT = 4,
+    /* The longest epoll_wait() sleep; deadlines are also checked after it. */
+    LG_MAX_WAIT_MS = 100,
+};
+
+#define LG_HIST_SUB_BITS 6
+_Static_assert(LG_HIST_SUB_BUCKETS == (1 << LG_HIST_SUB_BITS), "sub-bucket count must match its bit width");
+
+enum lg_phase { LG_CONNECTING, LG_WARMING_UP, LG_MEASURING };
+
+typedef struct lg_conn {
+    int fd;
+    int index;
+    int connected;
+    int polling_output;        /* EPOLLOUT currently requested */
+    uint64_t sent_messages;    /* messages fully handed to the kernel */
+    size_t send_offset;        /* bytes of message `sent_messages` already sent */
+    uint64_t echoed_messages;  /* messages fully echoed and verified */
+    size_t echo_offset;        /* bytes of message `echoed_messages` verified */
+    uint64_t window_messages;  /* echoed inside the measured window */
+    uint64_t *started_ns;      /* depth slots: start time of message m at m % depth */
+} lg_conn;
+
+typedef struct lg_state {
+    const lg_config *config;
+    lg_result *result;
+    struct sockaddr_in address;
+    int epoll_fd;
+    enum lg_phase phase;
+    int connected_count;
+    uint64_t window_messages;
+    /* Snapshots taken when the measured window opens. */
+    uint64_t window_start_ns;
+    int64_t window_server_user_us, window_server_system_us;
+    int64_t window_own_cpu_us;
+    lg_conn *conns;
+    uint64_t *started_ns;
+    uint8_t *pattern;
+    uint8_t *recv_buffer;
+    lg_histogram *latency;
+} lg_state;
+
+static uint64_t lg_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t lg_seconds_to_ns(double seconds)
+{
+    return (uint64_t)(seconds * 1e9);
+}
+
+/* splitmix64's output function: a cheap bijective mixer. */
+static uint64_t lg_mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15u;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+    return x ^ (x >> 31);
+}
+
+static size_t lg_message_rotation(uint64_t seed, int conn_index, uint64_t message)
+{
+    uint64_t h = lg_mix(seed);
+    h = lg_mix(h ^ (uint64_t)(unsigned)conn_index);
+    h = lg_mix(h ^ message);
+    return (size_t)(h % LG_PATTERN_ROTATIONS);
+}
+
+static void lg_fill_pattern(uint8_t *pattern, size_t length, uint64_t seed)
+{
+    uint64_t state = seed;
+    for (size_t i = 0; i < length; i += sizeof state) {
+        uint64_t word = lg_mix(state++);
+        size_t n = length - i < sizeof word ? length - i : sizeof word;
+        memcpy(pattern + i, &word, n);
+    }
+}
+
+__attribute__((format(printf, 2, 3)))
+static int lg_fail(lg_state *s, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(s->result->error, sizeof s->result->error, format, args);
+    va_end(args);
+    return -1;
+}
+
+/* ---- histogram ---------------------------------------------------------- */
+
+static size_t lg_bucket_index(uint64_t value)
+{
+    if (value < 2 * LG_HIST_SUB_BUCKETS)
+        return (size_t)value;
+    int top_bit = 63 - __builtin_clzll(value);
+    int shift = top_bit - LG_HIST_SUB_BITS;
+    /* value >> shift lies in [SUB, 2*SUB): the top LG_HIST_SUB_BITS+1 bits. */
+    return (size_t)shift * LG_HIST_SUB_BUCKETS + (size_t)(value >> shift);
+}
+
+static uint64_t lg_bucket_midpoint(size_t index)
+{
+    if (index < 2 * LG_HIST_SUB_BUCKETS)
+        return index;
+    unsigned shift = (unsigned)(index / LG_HIST_SUB_BUCKETS) - 1;
+    uint64_t mantissa = index - (uint64_t)shift * LG_HIST_SUB_BUCKETS;
+    uint64_t width = (uint64_t)1 << shift;
+    return (mantissa << shift) + (width - 1) / 2;
+}
+
+void lg_histogram_reset(lg_histogram *hist)
+{
+    memset(hist->counts, 0, sizeof hist->counts);
+    hist->total = 0;
+    hist->min = UINT64_MAX;
+    hist->max = 0;
+}
+
+void lg_histogram_record(lg_histogram *hist, uint64_t value)
+{
+    hist->counts[lg_bucket_index(value)]++;
+    hist->total++;
+    if (value < hist->min)
+        hist->min = value;
+    if (value > hist->max)
+        hist->max = value;
+}
+
+uint64_t lg_histogram_quantile(const lg_histogram *hist, double q)
+{
+    if (hist->total == 0)
+        return 0;
+    if (!(q > 0.0))
+        return hist->min;
+    if (q >= 1.0)
+        return hist->max;
+    double exact_rank = q * (double)hist->total;
+    uint64_t rank = (uint64_t)exact_rank;
+    if ((double)rank < exact_rank)
+        rank++;
+    if (rank == 0)
+        rank = 1;
+    uint64_t seen = 0;
+    for (size_t i = 0; i < LG_HIST_BUCKETS; i++) {
+        seen += hist->counts[i];
+        if (seen >= rank) {
+            uint64_t value = lg_bucket_midpoint(i);
+            if (value < hist->min)
+                value = hist->min;
+            if (value > hist->max)
+                value = hist->max;
+            return value;
+        }
+    }
+    return hist->max;
+}
+
+/* ---- /proc readers ------------------------------------------------------ */
+
+static int lg_read_file(const char *path, char *buffer, size_t size)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    size_t n = fread(buffer, 1, size - 1, f);
+    int failed = ferror(f);
+    fclose(f);
+    if (failed)
+        return -1;
+    buffer[n] = '\0';
+    return 0;
+}
+
+/* The server's user and system CPU so far, all threads together. */
+static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
+{
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", s->config->server_pid);
+    if (lg_read_file(path, text, sizeof text) < 0)
+        return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
+    /* The command name (field 2) may hold spaces and ')', so parse from the
+     * last ')'. utime and stime are fields 14 and 15. */
+    const char *after_name = strrchr(text, ')');
+    unsigned long long user_ticks, system_ticks;
+    if (!after_name ||
+        sscanf(after_name + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &user_ticks, &system_ticks) != 2)
+        return lg_fail(s, "cannot parse %s", path);
+    long ticks_per_second = sysconf(_SC_CLK_TCK);
+    if (ticks_per_second <= 0)
+        return lg_fail(s, "sysconf(_SC_CLK_TCK) failed");
+    *user_us = (int64_t)(user_ticks * 1000000u / (unsigned long long)ticks_per_second);
+    *system_us = (int64_t)(system_ticks * 1000000u / (unsigned long long)ticks_per_second);
+    return 0;
+}
+
+static int lg_read_server_rss(lg_state *s, int64_t *rss_kib)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", s->config->server_pid);
+    if (lg_read_file(path, text, sizeof text) < 0)
+        return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
+    const char *line = strstr(text, "\nVmRSS:");
+    long long kib;
+    if (!line || sscanf(line + strlen("\nVmRSS:"), " %lld", &kib) != 1)
+        return lg_fail(s, "no VmRSS in %s", path);
+    *rss_kib = kib;
+    return 0;
+}
+
+/* CPU this thread (the generator) has used so far, in microseconds. */
+static int64_t lg_own_cpu_us(void)
+{
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) < 0)
+        return 0;
+    return (int64_t)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000 + usage.ru_utime.tv_usec +
+           usage.ru_stime.tv_usec;
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static int lg_watch(lg_state *s, lg_conn *c, int op, uint32_t events)
+{
+    struct epoll_event ev = { .events = events, .data.ptr = c };
+    if (epoll_ctl(s->epoll_fd, op, c->fd, &ev) < 0)
+        return lg_fail(s, "connection %d: epoll_ctl failed: %s", c->index, strerror(errno));
+    return 0;
+}
+
+static int lg_set_output_interest(lg_state *s, lg_conn *c, int wanted)
+{
+    if (c->polling_output == wanted)
+        return 0;
+    c->polling_output = wanted;
+    return lg_watch(s, c, EPOLL_CTL_MOD, EPOLLIN | (wanted ? EPOLLOUT : 0u));
+}
+
+static int lg_start_connect(lg_state *s, lg_conn *c)
+{
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        return lg_fail(s, "connection %d: socket() failed: %s", c->index, strerror(errno));
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (const struct sockaddr *)&s->address, sizeof s->address) == 0) {
+        c->connected = 1;
+        s->connected_count++;
+        return lg_watch(s, c, EPOLL_CTL_ADD, EPOLLIN);
+    }
+    /* On a nonblocking socket an interrupted connect() carries on in the
+     * background, exactly like EINPROGRESS; completion shows as EPOLLOUT. */
+    if (errno != EINPROGRESS && errno != EINTR)
+        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
+                       s->config->host, s->config->port, strerror(errno));
+    return lg_watch(s, c, EPOLL_CTL_ADD, EPOLLOUT);
+}
+
+static int lg_finish_connect(lg_state *s, lg_conn *c)
+{
+    int error = 0;
+    socklen_t length = sizeof error;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0)
+        error = errno;
+    if (error != 0)
+        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
+                       s->config->host, s->config->port, strerror(error));
+    c->connected = 1;
+    s->connected_count++;
+    return lg_watch(s, c, EPOLL_CTL_MOD, EPOLLIN);
+}
+
+static uint64_t lg_sent_bytes(const lg_state *s, const lg_conn *c)
+{
+    return c->sent_messages * s->config->size + c->send_offset;
+}
+
+static uint64_t lg_echoed_bytes(const lg_state *s, const lg_conn *c)
+{
+    return c->echoed_messages * s->config->size + c->echo_offset;
+}
+
+/* Send until `depth` messages are in flight or the socket is full. */
+static int lg_send_ready(lg_state *s, lg_conn *c, uint64_t now)
+{
+    const lg_config *cfg = s->config;
+    if (s->phase == LG_CONNECTING)
+        return 0;
+    for (;;) {
+        uint64_t may_start_below = c->echoed_messages + (uint64_t)cfg->depth;
+        if (c->sent_messages >= may_start_below)
+            return lg_set_output_interest(s, c, 0);
+        struct iovec iov[LG_MAX_IOV];
+        int count = 0;
+        size_t offered = 0;
+        for (uint64_t m = c->sent_messages; m < may_start_below && count < LG_MAX_IOV; m++, count++) {
+            size_t skip = m == c->sent_messages ? c->send_offset : 0;
+            iov[count].iov_base = s->pattern + lg_message_rotation(cfg->seed, c->index, m) + skip;
+            iov[count].iov_len = cfg->size - skip;
+            offered += iov[count].iov_len;
+            /* Overwritten on the next attempt if this one sends nothing of
+             * message m, so it holds the time its first byte really left. */
+            if (skip == 0)
+                c->started_ns[m % (uint64_t)cfg->depth] = now;
+        }
+        struct msghdr message = { .msg_iov = iov, .msg_iovlen = (size_t)count };
+        ssize_t sent = sendmsg(c->fd, &message, MSG_NOSIGNAL);
+        if (sent < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return lg_set_output_interest(s, c, 1);
+            return lg_fail(s, "connection %d: send failed: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)",
+                           c->index, strerror(errno), lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+        }
+        size_t left = (size_t)sent;
+        while (left > 0) {
+            size_t rest_of_message = cfg->size - c->send_offset;
+            if (left < rest_of_message) {
+                c->send_offset += left;
+                break;
+            }
+            left -= rest_of_message;
+            c->sent_messages++;
+            c->send_offset = 0;
+        }
+        if ((size_t)sent < offered)
+            return lg_set_output_interest(s, c, 1);
+    }
+}
+
+/* Compare freshly received bytes with what was sent; complete messages. */
+static int lg_check_echo(lg_state *s, lg_conn *c, const uint8_t *data, size_t length, uint64_t now)
+{
+    const lg_config *cfg = s->config;
+    uint64_t echoed = lg_echoed_bytes(s, c), sent = lg_sent_bytes(s, c);
+    if (echoed + length > sent)
+        return lg_fail(s, "connection %d: server echoed %" PRIu64 " more bytes than it was sent (%" PRIu64 " sent)",
+                       c->index, echoed + length - sent, sent);
+    while (length > 0) {
+        size_t take = cfg->size - c->echo_offset;
+        if (take > length)
+            take = length;
+        const uint8_t *expected = s->pattern + lg_message_rotation(cfg->seed, c->index, c->echoed_messages) +
+                                  c->echo_offset;
+        if (memcmp(data, expected, take) != 0) {
+            size_t i = 0;
+            while (data[i] == expected[i])
+                i++;
+            return lg_fail(s,
+                           "connection %d: echoed byte %" PRIu64 " of the stream (message %" PRIu64
+                           ", byte %zu of %zu) is 0x%02x, expected 0x%02x",
+                           c->index, lg_echoed_bytes(s, c) + i, c->echoed_messages, c->echo_offset + i,
+                           cfg->size, data[i], expected[i]);
+        }
+        data += take;
+        length -= take;
+        c->echo_offset += take;
+        if (c->echo_offset == cfg->size) {
+            if (s->phase == LG_MEASURING) {
+                lg_histogram_record(s->latency, now - c->started_ns[c->echoed_messages % (uint64_t)cfg->depth]);
+                c->window_messages++;
+                s->window_messages++;
+            }
+            c->echoed_messages++;
+            c->echo_offset = 0;
+        }
+    }
+    return 0;
+}
+
+static int lg_receive(lg_state *s, lg_conn *c)
+{
+    uint64_t now = lg_now_ns();
+    for (int reads = 0; reads < LG_READS_PER_EVENT; reads++) {
+        ssize_t n = recv(c->fd, s->recv_buffer, LG_RECV_BUFFER_SIZE, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            return lg_fail(s, "connection %d: receive failed: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)",
+                           c->index, strerror(errno), lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+        }
+        if (n == 0)
+            return lg_fail(s,
+                           "connection %d: server closed the connection (EOF) after echoing %" PRIu64
+                           " of %" PRIu64 " bytes sent",
+                           c->index, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+        now = lg_now_ns();
+        if (lg_check_echo(s, c, s->recv_buffer, (size_t)n, now) < 0)
+            return -1;
+        if ((size_t)n < LG_RECV_BUFFER_SIZE)
+            break;
+    }
+    return lg_send_ready(s, c, now);
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+static int lg_validate(lg_state *s)
+{
+    const lg_config *cfg = s->config;
+    if (!cfg->host || inet_pton(AF_INET, cfg->host, &s->address.sin_addr) != 1)
+        return lg_fail(s, "host %s is not an IPv4 address", cfg->host ? cfg->host : "(null)");
+    if (cfg->port < 1 || cfg->port > 65535)
+        return lg_fail(s, "port %d is outside 1..65535", cfg->port);
+    if (cfg->conns < 1 || cfg->conns > (1 << 22))
+        return lg_fail(s, "conns %d is outside 1..%d", cfg->conns, 1 << 22);
+    if (cfg->size < 1 || cfg->size > LG_MAX_MESSAGE_SIZE)
+        return lg_fail(s, "size %zu is outside 1..%u", cfg->size, LG_MAX_MESSAGE_SIZE);
+    if (cfg->depth < 1 || cfg->depth > 4096)
+        return lg_fail(s, "depth %d is outside 1..4096", cfg->depth);
+    if (!(cfg->warmup_s >= 0.0 && cfg->warmup_s <= 3600.0))
+        return lg_fail(s, "warmup %g s is outside 0..3600", cfg->warmup_s);
+    if (!(cfg->duration_s > 0.0 && cfg->duration_s <= 3600.0))
+        return lg_fail(s, "duration %g s is outside (0, 3600]", cfg->duration_s);
+    if (!(cfg->connect_timeout_s > 0.0 && cfg->connect_timeout_s <= 600.0))
+        return lg_fail(s, "connect timeout %g s is outside (0, 600]", cfg->connect_timeout_s);
+    if (cfg->server_pid < 0)
+        return lg_fail(s, "server pid %d is negative", cfg->server_pid);
+    s->address.sin_family = AF_INET;
+    s->address.sin_port = htons((uint16_t)cfg->port);
+    return 0;
+}
+
+static int lg_allocate(lg_state *s)
+{
+    const lg_config *cfg = s->config;
+    size_t conns = (size_t)cfg->conns, depth = (size_t)cfg->depth;
+    s->conns = calloc(conns, sizeof *s->conns);
+    s->started_ns = calloc(conns * depth, sizeof *s->started_ns);
+    s->pattern = malloc(cfg->size + LG_PATTERN_ROTATIONS);
+    s->recv_buffer = malloc(LG_RECV_BUFFER_SIZE);
+    s->latency = malloc(sizeof *s->latency);
+    if (!s->conns || !s->started_ns || !s->pattern || !s->recv_buffer || !s->latency)
+        return lg_fail(s, "out of memory for %d connections of %zu-byte messages", cfg->conns, cfg->size);
+    lg_fill_pattern(s->pattern, cfg->size + LG_PATTERN_ROTATIONS, cfg->seed);
+    lg_histogram_reset(s->latency);
+    for (size_t i = 0; i < conns; i++) {
+        s->conns[i].fd = -1;
+        s->conns[i].index = (int)i;
+        s->conns[i].started_ns = s->started_ns + i * depth;
+    }
+    s->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (s->epoll_fd < 0)
+        return lg_fail(s, "epoll_create1 failed: %s", strerror(errno));
+    return 0;
+}
+
+static void lg_release(lg_state *s)
+{
+    if (s->conns)
+        for (int i = 0; i < s->config->conns; i++)
+            if (s->conns[i].fd >= 0)
+                close(s->conns[i].fd);
+    if (s->epoll_fd >= 0)
+        close(s->epoll_fd);
+    free(s->conns);
+    free(s->started_ns);
+    free(s->pattern);
+    free(s->recv_buffer);
+    free(s->latency);
+}
+
+/* Start counting: everything before this moment was warm-up. */
+static int lg_open_window(lg_state *s)
+{
+    lg_histogram_reset(s->latency);
+    for (int i = 0; i < s->config->conns; i++)
+        s->conns[i].window_messages = 0;
+    s->window_messages = 0;
+    s->phase = LG_MEASURING;
+    if (s->config->server_pid > 0 &&
+        lg_read_server_cpu(s, &s->window_server_user_us, &s->window_server_system_us) < 0)
+        return -1;
+    s->window_own_cpu_us = lg_own_cpu_us();
+    s->window_start_ns = lg_now_ns();
+    return 0;
+}
+
+static int lg_close_window(lg_state *s)
+{
+    const lg_config *cfg = s->config;
+    lg_result *r = s->result;
+    r->elapsed_s = (double)(lg_now_ns() - s->window_start_ns) / 1e9;
+    r->own_cpu_us = lg_own_cpu_us() - s->window_own_cpu_us;
+    if (cfg->server_pid > 0) {
+        int64_t user_us, system_us;
+        if (lg_read_server_cpu(s, &user_us, &system_us) < 0 || lg_read_server_rss(s, &r->server_rss_kib) < 0)
+            return -1;
+        r->server_utime_us = user_us - s->window_server_user_us;
+        r->server_stime_us = system_us - s->window_server_system_us;
+    }
+    r->messages = s->window_messages;
+    r->p50_ns = lg_histogram_quantile(s->latency, 0.50);
+    r->p99_ns = lg_histogram_quantile(s->latency, 0.99);
+    r->p999_ns = lg_histogram_quantile(s->latency, 0.999);
+    r->max_ns = s->latency->max;
+    r->min_conn_messages = UINT64_MAX;
+    for (int i = 0; i < cfg->conns; i++) {
+        uint64_t n = s->conns[i].window_messages;
+        if (n == 0)
+            r->starved_conns++;
+        if (n < r->min_conn_messages)
+            r->min_conn_messages = n;
+        if (n > r->max_conn_messages)
+            r->max_conn_messages = n;
+    }
+    return 0;
+}
+
+static int lg_drive(lg_state *s)
+{
+    const lg_config *cfg = s->config;
+    uint64_t started = lg_now_ns();
+    uint64_t deadline = started + lg_seconds_to_ns(cfg->connect_timeout_s);
+    struct epoll_event events[LG_MAX_EVENTS];
+
+    for (int i = 0; i < cfg->conns; i++)
+        if (lg_start_connect(s, &s->conns[i]) < 0)
+            return -1;
+
+    /* Each pass either sleeps until an event or the next deadline (at most
+     * LG_MAX_WAIT_MS), so the loop ends by the last deadline. */
+    for (;;) {
+        uint64_t now = lg_now_ns();
+        if (s->phase == LG_CONNECTING) {
+            if (s->connected_count == cfg->conns) {
+                s->result->connect_s = (double)(now - started) / 1e9;
+                s->phase = LG_WARMING_UP;
+                deadline = now + lg_seconds_to_ns(cfg->warmup_s);
+                for (int i = 0; i < cfg->conns; i++)
+                    if (lg_send_ready(s, &s->conns[i], now) < 0)
+                        return -1;
+            } else if (now >= deadline) {
+                return lg_fail(s, "only %d of %d connections to %s:%d were established within %g s",
+                               s->connected_count, cfg->conns, cfg->host, cfg->port, cfg->connect_timeout_s);
+            }
+        }
+        if (s->phase == LG_WARMING_UP && now >= deadline) {
+            if (lg_open_window(s) < 0)
+                return -1;
+            deadline = s->window_start_ns + lg_seconds_to_ns(cfg->duration_s);
+        }
+        if (s->phase == LG_MEASURING &&
+            (now >= deadline || (cfg->max_messages > 0 && s->window_messages >= cfg->max_messages)))
+            return lg_close_window(s);
+
+        now = lg_now_ns();
+        uint64_t wait_ns = deadline > now ? deadline - now : 0;
+        uint64_t wait_ms = (wait_ns + 999999u) / 1000000u;
+        if (wait_ms > LG_MAX_WAIT_MS)
+            wait_ms = LG_MAX_WAIT_MS;
+        int ready = epoll_wait(s->epoll_fd, events, LG_MAX_EVENTS, (int)wait_ms);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            return lg_fail(s, "epoll_wait failed: %s", strerror(errno));
+        }
+        for (int i = 0; i < ready; i++) {
+            lg_conn *c = events[i].data.ptr;
+            uint32_t what = events[i].events;
+            int rc;
+            if (!c->connected)
+                rc = lg_finish_connect(s, c);
+            else if (what & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                rc = lg_receive(s, c); /* recv() reports the error or EOF */
+            else
+                rc = lg_send_ready(s, c, lg_now_ns());
+            if (rc < 0)
+                return -1;
+        }
+    }
+}
+
+int lg_run(const lg_config *config, lg_result *result)
+{
+    memset(result, 0, sizeof *result);
+    result->server_utime_us = result->server_stime_us = result->server_rss_kib = -1;
+    lg_state s = { .config = config, .result = result, .epoll_fd = -1, .phase = LG_CONNECTING };
+    if (lg_validate(&s) < 0)
+        return LG_BAD_CONFIG;
+    int rc = lg_allocate(&s) == 0 ? lg_drive(&s) : -1;
+    lg_release(&s);
+    return rc == 0 ? LG_OK : LG_FAILED;
+}

@@ -1,0 +1,100 @@
+/*
+ * loadgen.h: a single-threaded epoll load generator for TCP echo servers.
+ *
+ * It opens N connections to one IPv4 host:port, keeps `depth` messages of
+ * `size` bytes in flight on each, checks every echoed byte, and records the
+ * latency of each message in a log-linear histogram. It has no Python in it;
+ * src/fastecho/bench/_loadgen.pyx calls lg_run() with the GIL released.
+ *
+ * The run is bounded in time: connect_timeout_s + warmup_s + duration_s
+ * (plus one epoll tick), whatever the server does.
+ */
+#ifndef FASTECHO_LOADGEN_H
+#define FASTECHO_LOADGEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Largest message the generator accepts. The whole pattern buffer it sends
+ * from is allocated up front, so this bounds its memory. */
+#define LG_MAX_MESSAGE_SIZE (16u * 1024u * 1024u)
+
+/* Histogram layout: values below 2 * LG_HIST_SUB_BUCKETS are exact; above,
+ * each power-of-two range is split into LG_HIST_SUB_BUCKETS equal buckets, so
+ * a bucket is at most 1/LG_HIST_SUB_BUCKETS (1.6%) of its value wide and the
+ * reported midpoint is within 0.8% of every value in it. */
+#define LG_HIST_SUB_BUCKETS 64
+#define LG_HIST_BUCKETS ((64 - 5) * LG_HIST_SUB_BUCKETS)
+
+#define LG_ERROR_SIZE 512
+
+typedef struct lg_histogram {
+    uint64_t counts[LG_HIST_BUCKETS];
+    uint64_t total; /* values recorded */
+    uint64_t min;   /* smallest value recorded; UINT64_MAX when empty */
+    uint64_t max;   /* largest value recorded; 0 when empty */
+} lg_histogram;
+
+typedef struct lg_config {
+    const char *host;         /* IPv4 address in dotted form, e.g. "127.0.0.1" */
+    int port;                 /* 1..65535 */
+    int conns;                /* connections to open, >= 1 */
+    size_t size;              /* bytes per message, 1..LG_MAX_MESSAGE_SIZE */
+    int depth;                /* messages in flight per connection, >= 1 */
+    double warmup_s;          /* traffic before the measured window, >= 0 */
+    double duration_s;        /* length of the measured window, > 0 */
+    double connect_timeout_s; /* all connections must be up within this, > 0 */
+    uint64_t max_messages;    /* end the window early after this many; 0 = no limit */
+    int server_pid;           /* read this process's CPU and RSS; 0 = don't */
+    uint64_t seed;            /* payload pattern seed */
+} lg_config;
+
+typedef struct lg_result {
+    /* Everything below counts only the measured window. */
+    uint64_t messages;          /* messages fully echoed and verified */
+    double elapsed_s;           /* actual window length */
+    double connect_s;           /* time to establish all connections */
+    uint64_t p50_ns, p99_ns, p999_ns, max_ns; /* per-message latency */
+    int starved_conns;          /* connections that completed no message */
+    uint64_t min_conn_messages; /* fewest messages one connection completed */
+    uint64_t max_conn_messages; /* most messages one connection completed */
+    int64_t own_cpu_us;         /* CPU the generator itself used: near elapsed_s
+                                   means the client, not the server, was the limit */
+    /* Only when lg_config.server_pid != 0, else -1. */
+    int64_t server_utime_us;    /* user CPU the server used in the window */
+    int64_t server_stime_us;    /* system CPU the server used in the window */
+    int64_t server_rss_kib;     /* server VmRSS at the end of the window */
+    char error[LG_ERROR_SIZE];  /* why lg_run failed; empty on success */
+} lg_result;
+
+enum lg_status {
+    LG_OK = 0,
+    LG_FAILED = -1,     /* the run failed; see lg_result.error */
+    LG_BAD_CONFIG = -2, /* a config field is out of range; see lg_result.error */
+};
+
+/*
+ * Run one measurement. Returns LG_OK and fills *result, or returns
+ * LG_BAD_CONFIG or LG_FAILED with a one-line reason in result->error.
+ * The run fails when: connections are not all established within
+ * connect_timeout_s, an echoed byte differs from what was sent, the server
+ * closes or resets a connection, or /proc/<server_pid> cannot be read.
+ * A connection the server never answers is NOT a failure; it is counted in
+ * starved_conns. Thread-safe: keeps no global state.
+ */
+int lg_run(const lg_config *config, lg_result *result);
+
+/* Empty the histogram. */
+void lg_histogram_reset(lg_histogram *hist);
+
+/* Count one value (nanoseconds, or any unit). O(1). */
+void lg_histogram_record(lg_histogram *hist, uint64_t value);
+
+/*
+ * The value at quantile q (0 <= q <= 1): the midpoint of the bucket holding
+ * the ceil(q * total)-th smallest value, clamped to [min, max]. Returns 0 for
+ * an empty histogram.
+ */
+uint64_t lg_histogram_quantile(const lg_histogram *hist, double q);
+
+#endif /* FASTECHO_LOADGEN_H */
