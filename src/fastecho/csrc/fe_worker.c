@@ -29,6 +29,9 @@ enum {
     FE_ABORT_LINGER_MS = 2000,
 };
 
+/* Field order matters: everything the echo path touches per message sits
+ * in the first 64-byte cache line; list links, timestamps and the peer are
+ * only needed on open, close, and when timeouts are on. */
 struct fe_conn {
     int fd;
     uint32_t events;      /* the interest currently registered with epoll */
@@ -36,12 +39,13 @@ struct fe_conn {
     bool lingering;       /* we sent FIN: discard input until the peer closes */
     bool finishing;       /* line too long: send what is queued, then close */
     bool counted_per_ip;
-    fe_conn *prev, *next; /* links in w->active or w->aborting */
     fe_buf out;           /* echoed bytes the socket has not taken yet */
-    fe_buf partial_line;  /* line mode: a line still waiting for its newline */
-    int64_t accepted_ns;
-    int64_t active_ns;    /* last time the client sent or took echo; aborting: since when */
     uint64_t bytes_in, bytes_out;
+    /* cold */
+    fe_conn *prev, *next; /* links in w->active or w->aborting */
+    int64_t active_ns;    /* last time the client sent or took echo; aborting: since when */
+    int64_t accepted_ns;
+    fe_buf partial_line;  /* line mode: a line still waiting for its newline */
     fe_peer peer;
 };
 
@@ -79,6 +83,19 @@ static bool is_aborting(const fe_conn *c)
 static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
 {
     return is_aborting(c) ? &w->aborting : &w->active;
+}
+
+/* Records activity for the idle timeout: the connection moves to the tail
+ * of the activity list. A no-op (no memory touched) when timeouts are off. */
+static void conn_touch(fe_worker *w, fe_conn *c)
+{
+    if (w->server->cfg.idle_timeout_ms <= 0 || is_aborting(c))
+        return;
+    c->active_ns = w->now_ns;
+    if (c != w->active.tail) {
+        list_remove(&w->active, c);
+        list_append(&w->active, c);
+    }
 }
 
 static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason)
@@ -258,7 +275,7 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     }
     if (c->lingering)
         return 0; /* after our FIN, input is discarded, not echoed: not activity */
-    c->active_ns = w->now_ns;
+    conn_touch(w, c);
     fe_counter_add(&w->bytes_received, (uint64_t)n);
     c->bytes_in += (uint64_t)n;
 
@@ -329,7 +346,6 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
 static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
 {
     enum fe_close_reason reason = FE_CLOSE_RESET;
-    int64_t was_active = c->active_ns;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
         conn_close(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
@@ -341,7 +357,7 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
             return;
         }
         if (c->out.len < before) /* a slow reader that is reading is not idle */
-            c->active_ns = w->now_ns;
+            conn_touch(w, c);
     }
     if (c->events & EPOLLIN) {
         if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c, &reason) != 0) {
@@ -354,11 +370,6 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
          * be reported forever. */
         conn_close(w, c, FE_CLOSE_RESET);
         return;
-    }
-    if (w->server->cfg.idle_timeout_ms > 0 && c->active_ns != was_active && !is_aborting(c) &&
-        c != w->active.tail) {
-        list_remove(&w->active, c); /* most recently active goes last */
-        list_append(&w->active, c);
     }
     conn_settle(w, c);
 }
