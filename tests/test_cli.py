@@ -1,12 +1,15 @@
 """The command line: every error path prints one clear line and exits non-zero."""
 from __future__ import annotations
 
+import re
+import signal
 import socket
+import subprocess
 from importlib.metadata import version
 
 import pytest
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, fastecho_command, read_line, run_cli
 
 
 @pytest.mark.parametrize(
@@ -57,11 +60,22 @@ def test_help_lists_the_commands():
     assert "serve" in result.stdout.decode()
 
 
-def test_listening_line_reports_real_port_and_threads(serve):
-    server = serve("--threads", "3")
-    assert server.port != 0
-    with open(f"/proc/{server.pid}/cmdline", "rb") as f:
-        assert b"--threads\x003" in f.read()
-    with socket.create_connection((server.host, server.port), timeout=5) as s:
-        s.sendall(b"x")
-        assert s.recv(1) == b"x"
+def test_listening_line_reports_real_port_and_threads():
+    proc = subprocess.Popen(fastecho_command("serve", "--port", "0", "--threads", "3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        line = read_line(proc, 15).decode()
+        match = re.fullmatch(r"fastecho listening on 127\.0\.0\.1:(\d+) \(3 threads\)\n", line)
+        assert match, line
+        port = int(match[1])
+        assert port != 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"x")
+            assert s.recv(1) == b"x"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
