@@ -13,12 +13,14 @@ import time
 from fastecho._core import Engine
 from helpers import echo_roundtrip, proc_fd_count, proc_rss_kib, wait_until
 
+# "Forever" is 60 s at most, in case the test that should kill it never does.
 CLIENT_THAT_SENDS_FOREVER = """
-import socket, sys
+import socket, sys, time
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 print("connected", flush=True)
 chunk = b"k" * 65536
-while True:
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
     s.sendall(chunk)
     s.recv(65536)
 """
