@@ -44,6 +44,16 @@ def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str | None] | None
                           env=child_env(env), cwd=cwd)
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Kill proc if it still runs, wait for it, and close the pipes the test opened."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def read_line(proc: subprocess.Popen, timeout: float) -> bytes:
     """One line of proc's stdout, or b'' if none arrives within timeout."""
     with selectors.DefaultSelector() as sel:
@@ -118,9 +128,7 @@ def start_server(tmp_path, *args: str, prefix: list[str] | None = None,
     line = read_line(proc, START_TIMEOUT)
     match = LISTENING.search(line)
     if not match:
-        proc.kill()
-        proc.wait(5)
-        proc.stdout.close()
+        reap(proc)
         with open(stderr_path, encoding="utf-8", errors="replace") as f:
             raise AssertionError(f"server did not start: {line!r} {f.read()}")
     host = (match["v6"] or match["v4"]).decode()

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import pytest
 
-from helpers import assert_one_line_error, fastecho_command, read_line, run_cli
+from helpers import assert_one_line_error, fastecho_command, read_line, reap, run_cli
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,4 @@ def test_listening_line_reports_real_port_and_threads():
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
+        reap(proc)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from helpers import fastecho_command, run_cli
+from helpers import fastecho_command, reap, run_cli
 
 
 def one_error_line(result, code: int = 1) -> str:
@@ -65,11 +65,7 @@ def test_replies_come_back_one_line_at_a_time(shared_server):
         proc.stdin.close()
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
-        proc.stderr.close()
+        reap(proc)
 
 
 def test_connection_refused_is_one_line_exit_1():

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import (LISTENING, echo_roundtrip, fastecho_command, file_text, pid_alive,
+from helpers import (LISTENING, echo_roundtrip, fastecho_command, file_text, pid_alive, reap,
                      read_line, run_cli, wait_until)
 
 
@@ -152,8 +152,5 @@ def test_pidfile_is_removed_when_the_server_stops_on_sigint(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        proc.stdout.close()
+        reap(proc)
     assert not pidfile.exists()

@@ -11,7 +11,7 @@ import sys
 import time
 
 from fastecho._core import Engine
-from helpers import echo_roundtrip, proc_fd_count, proc_rss_kib, wait_until
+from helpers import echo_roundtrip, proc_fd_count, proc_rss_kib, reap, wait_until
 
 # "Forever" is 60 s at most, in case the test that should kill it never does.
 CLIENT_THAT_SENDS_FOREVER = """
@@ -56,9 +56,7 @@ def test_client_killed_mid_write_is_cleaned_up_and_others_are_served(serve):
                 assert client.stdout.readline() == b"connected\n"
                 time.sleep(0.2)  # mid-stream
             finally:
-                client.kill()
-                client.wait(10)
-                client.stdout.close()
+                reap(client)
         assert wait_until(lambda: proc_fd_count(server.pid) == baseline, timeout=10)
         assert echo_roundtrip(bystander, b"still served") == b"still served"
 
@@ -79,9 +77,7 @@ def test_frozen_peer_that_stops_reading_does_not_block_the_worker(serve):
                 assert echo_roundtrip(bystander, msg) == msg
         assert proc_rss_kib(server.pid) - rss < 4096
     finally:
-        client.kill()
-        client.wait(10)
-        client.stdout.close()
+        reap(client)
 
 
 def test_stop_during_1000_connection_load_echoes_everything_received_then_fin():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+from fastecho.addresses import format_address
 from fastecho.logs import access_log, log
 
 INTERVAL = 0.05  # seconds between drains when the rings are quiet
@@ -17,16 +18,12 @@ BATCH = 4096  # events per drain_events() call
 FINAL_BATCHES = 10_000  # bound on the last drain after the engine has stopped
 
 
-def peer(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def format_event(event: Sequence) -> str:
     """`open 127.0.0.1:53422` or `close 127.0.0.1:53422 in=10 out=10 duration=0.012s reason=eof`."""
     kind, host, port, bytes_in, bytes_out, duration, reason = event
     if kind == "open":
-        return f"open {peer(host, port)}"
-    return (f"{kind} {peer(host, port)} in={bytes_in} out={bytes_out} "
+        return f"open {format_address(host, port)}"
+    return (f"{kind} {format_address(host, port)} in={bytes_in} out={bytes_out} "
             f"duration={duration:.3f}s reason={reason or '-'}")
 
 

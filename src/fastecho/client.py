@@ -17,17 +17,14 @@ import sys
 import time
 from typing import BinaryIO
 
+from fastecho.addresses import format_address
 from fastecho.errors import ClientError
 
 PROMPT = "> "
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def connect(host: str, port: int, timeout: float) -> socket.socket:
-    where = _address(host, port)
+    where = format_address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as e:
@@ -105,7 +102,7 @@ def run(host: str, port: int, timeout: float = 10.0,
     stdout = stdout or sys.stdout.buffer
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     sock = connect(host, port, timeout)
-    client = LineClient(sock, _address(host, port), timeout, stdout)
+    client = LineClient(sock, format_address(host, port), timeout, stdout)
     try:
         while True:
             if interactive:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from fastecho.addresses import format_address
 from fastecho.errors import ServeError
 
 # (metric name, help, engine stats key); counters end in _total.
@@ -44,8 +45,7 @@ REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a lim
 class EngineCollector:
     """Turns one engine.stats() snapshot into metric families, per scrape.
 
-    Only counters the engine reports are exported. After the engine is
-    closed, the last snapshot is served.
+    After the engine is closed, the last snapshot is served.
     """
 
     def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
@@ -63,22 +63,20 @@ class EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         stats = self.snapshot()
+        if not stats:  # never scraped while the engine was up
+            return
         for name, help_text, key in COUNTERS:
-            if key in stats:
-                yield CounterMetricFamily(name, help_text, value=stats[key])
+            yield CounterMetricFamily(name, help_text, value=stats[key])
         for name, help_text, key in GAUGES:
-            if key in stats:
-                yield GaugeMetricFamily(name, help_text, value=stats[key])
+            yield GaugeMetricFamily(name, help_text, value=stats[key])
         name, help_text, reasons = REJECTED
-        present = {reason: key for reason, key in reasons.items() if key in stats}
-        if present:
-            family = CounterMetricFamily(name, help_text, labels=["reason"])
-            for reason, key in present.items():
-                family.add_metric([reason], stats[key])
-            yield family
+        family = CounterMetricFamily(name, help_text, labels=["reason"])
+        for reason, key in reasons.items():
+            family.add_metric([reason], stats[key])
+        yield family
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())  # names vary with the engine's counters; skip registration checks
+        return iter(())  # nothing to check at registration: names are fixed above
 
 
 @dataclass
@@ -90,8 +88,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
+        return f"http://{format_address(self.host, self.port)}/metrics"
 
     def stop(self) -> None:
         self._httpd.shutdown()  # type: ignore[attr-defined]
@@ -107,8 +104,7 @@ def start(host: str, port: int, stats: Callable[[], dict[str, int]]) -> MetricsS
     try:
         httpd, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         reason = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        raise ServeError(f"cannot serve metrics on {shown}: {reason}") from None
+        raise ServeError(f"cannot serve metrics on {format_address(host, port)}: {reason}") from None
     bound_port = httpd.server_address[1]
     return MetricsServer(host, bound_port, httpd, thread)

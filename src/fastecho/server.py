@@ -29,6 +29,7 @@ from typing import TextIO
 
 from fastecho import logs, systemd
 from fastecho._core import Engine
+from fastecho.addresses import format_address
 from fastecho.config import ServeConfig
 from fastecho.errors import ServeError
 from fastecho.logs import log
@@ -37,10 +38,6 @@ TICK_SECONDS = 0.1
 LINGER_SECONDS = 1.0  # after the drain deadline: time to flush, FIN, and see the peer close
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
