@@ -6,6 +6,7 @@ and releases the GIL around every call that can block. C threads never call
 back into Python.
 """
 from libc.errno cimport errno, EINVAL
+from libc.math cimport ceil
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -13,7 +14,7 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_EVENT_OPEN, fe_cidr, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
+    FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, fe_cidr, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
     fe_server_wait, fe_stats,
@@ -66,6 +67,8 @@ def _defaults():
         "thread_stack_size": cfg.thread_stack_size,
         "queue_capacity": cfg.queue_capacity,
         "max_line": cfg.max_line,
+        "fds_per_server": FE_FDS_PER_SERVER,
+        "fds_per_worker": FE_FDS_PER_WORKER,
     }
 
 
@@ -77,7 +80,8 @@ cdef class Engine:
                   bytes suffix=None, size_t max_line=0, size_t event_ring_size=0,
                   unsigned long long max_connections=0,
                   unsigned long long max_connections_per_ip=0,
-                  double idle_timeout=0.0, allow=None):
+                  double idle_timeout=0.0, allow=None, size_t max_memory=0,
+                  size_t fd_reserve=0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -101,7 +105,10 @@ cdef class Engine:
         cfg.event_ring_size = event_ring_size
         cfg.max_connections = max_connections
         cfg.max_connections_per_ip = max_connections_per_ip
-        cfg.idle_timeout_ms = <int64_t>(idle_timeout * 1000)
+        # Rounded up: a timeout shorter than the core's 1 ms tick must not become 0 ("off").
+        cfg.idle_timeout_ms = <int64_t>ceil(idle_timeout * 1000)
+        cfg.max_memory = max_memory
+        cfg.fd_reserve = fd_reserve
         networks = [ipaddress.ip_network(n) for n in (allow or ())]
         if networks:
             ranges = <fe_cidr *>malloc(len(networks) * sizeof(fe_cidr))
@@ -181,6 +188,9 @@ cdef class Engine:
             "idle_timeouts": s.idle_timeouts,
             "lines_too_long": s.lines_too_long,
             "events_dropped": s.events_dropped,
+            "accept_fd_exhausted": s.accept_fd_exhausted,
+            "memory_held": s.memory_held,
+            "memory_budget_waits": s.memory_budget_waits,
         }
 
     def drain_events(self, int max_events=4096):

@@ -50,6 +50,32 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def physical_memory() -> int:
+    """Bytes of memory this process may use: RAM, or a smaller cgroup (container) limit."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def default_max_memory() -> int:
+    """A quarter of usable memory (at least 16 MiB) for all buffered echo together."""
+    return max(16 * MIB, physical_memory() // 4)
+
+
+# Options whose default is computed for this machine when they are not set.
+COMPUTED_DEFAULTS: dict[str, Callable[[], Any]] = {
+    "threads": default_threads,
+    "max_memory": default_max_memory,
+}
+
+
 class Invalid(ValueError):
     """A value's problem, without the key or source (format_error adds those)."""
 
@@ -124,6 +150,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Seconds open connections may finish after SIGTERM/SIGINT."),
     Option("max_pending_output", "int", 1 * MIB, low=4 * KIB, high=1024 * MIB, metavar="BYTES",
            help="Per-connection cap (bytes) on unsent output; above it the client is not read."),
+    Option("max_memory", "int", None, low=1 * MIB, high=2**62, metavar="BYTES",
+           help="Budget (bytes) for all connections' buffered output and partial lines together; "
+                "a connection that would pass it is not read until memory frees "
+                "(default: a quarter of RAM or of the container's memory limit)."),
     # Logging
     Option("log_level", "choice", "normal", choices=LOG_LEVELS, metavar="LEVEL",
            help="Lowest level logged: debug, normal, warning, error or fatal."),
@@ -259,7 +289,7 @@ def _from_toml(opt: Option, value: Any) -> Any:
 def _validate(opt: Option, value: Any) -> Any:
     """Limits and checks shared by every source; returns the normalized value."""
     if value is None:
-        if opt.optional or opt.name == "threads":
+        if opt.optional or opt.name in COMPUTED_DEFAULTS:
             return value
         raise Invalid("must be set")
     kind = opt.kind
@@ -317,6 +347,7 @@ class ServeConfig:
     backlog: int = 1024
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = 1 * MIB  # per-connection unsent bytes before reading pauses
+    max_memory: int = field(default_factory=default_max_memory)  # all connections' buffers
     log_level: str = "normal"
     log_dir: str | None = None
     log_time: str = "unix"
@@ -340,8 +371,8 @@ class ServeConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             opt = OPTION_BY_NAME[f.name]
-            if f.name == "threads" and value is None:
-                value = default_threads()
+            if value is None and f.name in COMPUTED_DEFAULTS:
+                value = COMPUTED_DEFAULTS[f.name]()
             try:
                 value = _validate(opt, value)
             except Invalid as e:
@@ -357,7 +388,7 @@ def _check_table_matches_dataclass() -> None:
     assert names == [o.name for o in OPTIONS], "OPTIONS and ServeConfig fields differ"
     for o in OPTIONS:
         default = ServeConfig.__dataclass_fields__[o.name].default
-        if o.name != "threads":
+        if o.name not in COMPUTED_DEFAULTS:
             assert default == o.default, o.name
 
 

@@ -30,9 +30,17 @@ COUNTERS = (
     ("fastecho_lines_too_long_total",
      "Line mode: connections closed for a line longer than --max-line.", "lines_too_long"),
     ("fastecho_idle_timeouts_total", "Connections closed by --idle-timeout.", "idle_timeouts"),
+    ("fastecho_accept_fd_exhausted_total",
+     "Accepts put off for want of file descriptors (EMFILE, ENFILE, or the fds kept in reserve).",
+     "accept_fd_exhausted"),
+    ("fastecho_memory_budget_waits_total",
+     "Times a connection stopped being read because --max-memory was reached.",
+     "memory_budget_waits"),
 )
 GAUGES = (
     ("fastecho_connections_active", "Connections open now.", "connections_active"),
+    ("fastecho_memory_held_bytes",
+     "Bytes of buffered output and partial lines held now, against --max-memory.", "memory_held"),
 )
 # One counter with a reason label for each way a connection is refused.
 REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a limit.", {

@@ -36,6 +36,9 @@ from fastecho.logs import log
 
 TICK_SECONDS = 0.1
 LINGER_SECONDS = 1.0  # after the drain deadline: time to flush, FIN, and see the peer close
+# File descriptors the engine leaves free for this process (metrics scrapes,
+# log files reopened on SIGHUP) when connections take all the others.
+FD_RESERVE = 64
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
 
@@ -125,6 +128,8 @@ def create_engine(cfg: ServeConfig) -> Engine:
         max_connections_per_ip=cfg.max_connections_per_ip,
         idle_timeout=cfg.idle_timeout,
         allow=list(cfg.allow),
+        max_memory=cfg.max_memory,
+        fd_reserve=FD_RESERVE,
     )
 
 

@@ -25,6 +25,11 @@ extern "C" {
 
 typedef struct fe_server fe_server;
 
+/* File descriptors the core opens: FE_FDS_PER_SERVER for the server plus
+ * FE_FDS_PER_WORKER for each worker, all in fe_server_create. Every
+ * connection then costs one more. Callers check RLIMIT_NOFILE with these. */
+enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2 };
+
 /* A client address. family is 4 or 6 (0: unknown); IPv4-mapped IPv6
  * addresses are reported as IPv4. addr holds 4 or 16 bytes, network order. */
 typedef struct fe_peer {
@@ -108,6 +113,24 @@ typedef struct fe_config {
      * served. The array is copied. */
     const fe_cidr *allow;
     size_t allow_count;
+
+    /* A budget, in bytes, for all buffered output and pending partial lines
+     * of every connection together (buffer capacity, which is what memory
+     * they hold); 0 means none. A connection whose next read could take the
+     * total past it is not read, exactly as at its own max_pending_output,
+     * until memory is freed, so nothing received is ever dropped. The last
+     * quarter is kept for connections that hold nothing yet, so clients that
+     * read their echo keep being served while others hold the rest. Workers
+     * check without locking, so the total can pass the budget by at most one
+     * read's growth per worker. At least 1 MiB when set. */
+    size_t max_memory;
+    /* File descriptors kept free for the caller (a metrics endpoint, log
+     * files reopened): the acceptor stops accepting, as it does at EMFILE
+     * (clients wait in the backlog, and it is counted as fd exhaustion),
+     * while the fds open when the server started plus its connections plus
+     * this reserve reach RLIMIT_NOFILE. At most a quarter of the limit is
+     * kept, so that a small limit still serves. 0 keeps none. */
+    size_t fd_reserve;
 } fe_config;
 
 typedef struct fe_stats {
@@ -123,11 +146,16 @@ typedef struct fe_stats {
     uint64_t idle_timeouts;            /* closed for idleness */
     uint64_t lines_too_long;           /* closed in line mode for an overlong line */
     uint64_t events_dropped;           /* access events lost to a full ring */
+    uint64_t accept_fd_exhausted;      /* accepts refused for want of fds: EMFILE,
+                                          ENFILE, or closed to keep fd_reserve free */
+    uint64_t memory_held;              /* bytes held by connection buffers now (a gauge) */
+    uint64_t memory_budget_waits;      /* times a connection stopped being read for max_memory */
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
  * buffer, 256 KiB stacks, queue capacity 4096, byte-exact echo (max_line
- * 64 KiB if line mode is turned on), no access events, no limits. */
+ * 64 KiB if line mode is turned on), no access events, no limits, no memory
+ * budget, no fd reserve. */
 void fe_config_init(fe_config *cfg);
 
 /* Allocates a server from cfg (copied; the caller keeps ownership of cfg).

@@ -5,6 +5,16 @@
 
 enum { FE_BUF_MIN_CAPACITY = 4096 };
 
+size_t fe_buf_capacity_after(const fe_buf *b, size_t n)
+{
+    if (n == 0 || b->len + n <= b->capacity)
+        return b->capacity;
+    size_t cap = b->capacity ? b->capacity : FE_BUF_MIN_CAPACITY;
+    while (cap < b->len + n)
+        cap *= 2;
+    return cap;
+}
+
 int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
 {
     if (n == 0)
@@ -15,9 +25,7 @@ int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
             b->start = 0;
         }
         if (b->len + n > b->capacity) {
-            size_t cap = b->capacity ? b->capacity : FE_BUF_MIN_CAPACITY;
-            while (cap < b->len + n)
-                cap *= 2;
+            size_t cap = fe_buf_capacity_after(b, n);
             char *grown = realloc(b->data, cap);
             if (grown == NULL)
                 return -1;

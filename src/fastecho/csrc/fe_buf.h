@@ -18,6 +18,10 @@ typedef struct fe_buf {
  * the buffer unchanged. */
 int fe_buf_append(fe_buf *b, const void *bytes, size_t n);
 
+/* The capacity b would have after appending n bytes (its capacity now when
+ * they fit): what an append may allocate, for memory budgets. Pure. */
+size_t fe_buf_capacity_after(const fe_buf *b, size_t n);
+
 /* Drops the first n (<= len) bytes; frees the memory once empty, so that an
  * idle connection holds no buffer. */
 void fe_buf_consume(fe_buf *b, size_t n);

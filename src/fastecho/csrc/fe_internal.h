@@ -54,6 +54,7 @@ typedef struct fe_worker {
     fe_counter connections_closed;
     fe_counter idle_timeouts;
     fe_counter lines_too_long;
+    fe_counter budget_waits;
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -69,6 +70,8 @@ typedef struct fe_worker {
     /* Connections closing after an overlong line, oldest first. */
     fe_conn_list aborting;
     size_t conn_count;
+    size_t budget_blocked; /* connections not read until the memory budget frees */
+    int64_t budget_retry_ns; /* when they were last looked at again */
     int64_t now_ns;    /* when the current batch of events arrived */
     bool closing;      /* past the drain deadline: no more echoing */
     bool ring_ready;
@@ -99,11 +102,24 @@ struct fe_server {
     fe_counter rejected_max_connections;
     fe_counter rejected_per_ip;
     fe_counter rejected_not_allowed;
+    fe_counter accept_fd_exhausted;
+    /* The acceptor pauses while this many connections are open, to keep
+     * cfg.fd_reserve fds free; UINT64_MAX when no reserve is kept. Set at
+     * start from RLIMIT_NOFILE and the fds open then. */
+    uint64_t fd_connection_limit;
     uint64_t *assigned;             /* per worker; the acceptor's private tally */
 
     /* Connections open now: the acceptor adds, workers subtract. One atomic
      * add per connection open and close, never per message. */
     _Atomic uint64_t open_connections;
+    /* Bytes of buffer capacity held by every connection together, for
+     * cfg.max_memory. Written only when a buffer is allocated, grows or is
+     * freed (never on the plain echo path, which buffers nothing); read
+     * before each read while a budget is set. */
+    _Atomic size_t memory_held;
+    /* Below max_memory by the quarter reserved for connections that hold
+     * nothing yet: the ceiling for those that already buffer. */
+    size_t memory_ceiling_buffered;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
     bool ip_table_ready;
     pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */

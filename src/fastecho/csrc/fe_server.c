@@ -20,6 +20,8 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,6 +80,8 @@ void fe_config_init(fe_config *cfg)
     cfg->idle_timeout_ms = 0;
     cfg->allow = NULL;
     cfg->allow_count = 0;
+    cfg->max_memory = 0;
+    cfg->fd_reserve = 0;
 }
 
 static int validate_config(const fe_config *cfg, char *err, size_t errlen)
@@ -106,6 +110,10 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     if (cfg->idle_timeout_ms < 0 || cfg->idle_timeout_ms > FE_MAX_TIMEOUT_MS)
         return fail(err, errlen, 0, "the idle timeout must be between 0 and %lld ms",
                     (long long)FE_MAX_TIMEOUT_MS);
+    if (cfg->max_memory != 0 && cfg->max_memory < (1u << 20))
+        return fail(err, errlen, 0, "the memory budget must be at least 1 MiB (or 0 for none)");
+    if (cfg->fd_reserve > (1u << 20))
+        return fail(err, errlen, 0, "the fd reserve must be at most 1048576");
     if (cfg->allow_count > 0 && cfg->allow == NULL)
         return fail(err, errlen, 0, "allow_count is set but allow is NULL");
     for (size_t i = 0; i < cfg->allow_count; i++) {
@@ -171,6 +179,9 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     pthread_cond_init(&s->workers_exited_cond, &cattr);
     pthread_condattr_destroy(&cattr);
     atomic_init(&s->open_connections, 0);
+    atomic_init(&s->memory_held, 0);
+    s->memory_ceiling_buffered = cfg->max_memory - cfg->max_memory / 4;
+    s->fd_connection_limit = UINT64_MAX;
 
     const char *what = NULL;
     /* aligned_alloc: fe_worker keeps its counters on their own cache line. */
@@ -327,6 +338,40 @@ static bool is_resource_exhaustion(int e)
     return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
 }
 
+/* How many fds are open in this process now; 0 if /proc is not mounted. */
+static uint64_t open_fd_count(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL)
+        return 0;
+    uint64_t n = 0;
+    for (struct dirent *d; (d = readdir(dir)) != NULL;)
+        n += d->d_name[0] != '.';
+    closedir(dir);
+    return n > 0 ? n - 1 : 0; /* less the directory's own fd */
+}
+
+/* The most connections that leave `reserve` fds (at most a quarter of
+ * RLIMIT_NOFILE) free, counting the fds open now; UINT64_MAX for none. */
+static uint64_t fd_connection_limit(size_t reserve)
+{
+    struct rlimit nofile;
+    if (reserve == 0 || getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY)
+        return UINT64_MAX;
+    uint64_t limit = nofile.rlim_cur;
+    if (reserve > limit / 4)
+        reserve = limit / 4;
+    uint64_t used = open_fd_count() + reserve;
+    return limit > used ? limit - used : 0;
+}
+
+/* The pause after the acceptor runs out of a resource: doubling, capped. */
+static int next_backoff_ms(int backoff_ms)
+{
+    backoff_ms = backoff_ms ? backoff_ms * 2 : FE_BACKOFF_MIN_MS;
+    return backoff_ms > FE_BACKOFF_MAX_MS ? FE_BACKOFF_MAX_MS : backoff_ms;
+}
+
 static void *acceptor_main(void *arg)
 {
     fe_server *s = arg;
@@ -348,6 +393,14 @@ static void *acceptor_main(void *arg)
             return NULL;
 
         for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
+            if (atomic_load_explicit(&s->open_connections, memory_order_relaxed) >=
+                s->fd_connection_limit) {
+                /* Another connection would eat into the caller's reserve of
+                 * fds: wait as at EMFILE, with clients in the backlog. */
+                fe_counter_add(&s->accept_fd_exhausted, 1);
+                backoff_ms = next_backoff_ms(backoff_ms);
+                break;
+            }
             struct sockaddr_storage addr;
             socklen_t addr_len = sizeof addr;
             int fd = accept4(s->listen_fd, (struct sockaddr *)&addr, &addr_len,
@@ -377,9 +430,9 @@ static void *acceptor_main(void *arg)
                  * backlog and retry after a pause that doubles each time, so
                  * the acceptor costs nothing while it waits, and serves
                  * again soon after fds are freed. */
-                backoff_ms = backoff_ms ? backoff_ms * 2 : FE_BACKOFF_MIN_MS;
-                if (backoff_ms > FE_BACKOFF_MAX_MS)
-                    backoff_ms = FE_BACKOFF_MAX_MS;
+                if (e == EMFILE || e == ENFILE)
+                    fe_counter_add(&s->accept_fd_exhausted, 1);
+                backoff_ms = next_backoff_ms(backoff_ms);
                 break;
             }
             /* EBADF, EINVAL, ENOTSOCK: the listener itself is unusable. */
@@ -450,6 +503,7 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
         return fail(err, errlen, e, "making fd %d non-blocking", listen_fd);
     }
     s->listen_fd = listen_fd;
+    s->fd_connection_limit = fd_connection_limit(s->cfg.fd_reserve);
 
     /* Threads inherit the creator's signal mask: block everything while
      * spawning so that signals are only ever delivered to the caller. */
@@ -542,7 +596,7 @@ int fe_server_wait(fe_server *s, int timeout_ms)
 
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
-    uint64_t received = 0, sent = 0, closed = 0, idle = 0, too_long = 0, dropped = 0;
+    uint64_t received = 0, sent = 0, closed = 0, idle = 0, too_long = 0, dropped = 0, waits = 0;
     for (int i = 0; i < s->worker_count; i++) {
         const fe_worker *w = &s->workers[i];
         received += fe_counter_read(&w->bytes_received);
@@ -550,6 +604,7 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
         closed += fe_counter_read(&w->connections_closed);
         idle += fe_counter_read(&w->idle_timeouts);
         too_long += fe_counter_read(&w->lines_too_long);
+        waits += fe_counter_read(&w->budget_waits);
         if (w->ring_ready)
             dropped += atomic_load_explicit(&((fe_worker *)w)->events.dropped, memory_order_relaxed);
     }
@@ -569,6 +624,9 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->idle_timeouts = idle;
     out->lines_too_long = too_long;
     out->events_dropped = dropped;
+    out->accept_fd_exhausted = fe_counter_read(&s->accept_fd_exhausted);
+    out->memory_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
+    out->memory_budget_waits = waits;
 }
 
 size_t fe_server_drain_events(fe_server *s, fe_event *out, size_t max)

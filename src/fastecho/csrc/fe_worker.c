@@ -27,6 +27,11 @@ enum {
     /* After an overlong line's error reply and FIN: how long the client gets
      * to close before we do. Its further input is discarded meanwhile. */
     FE_ABORT_LINGER_MS = 2000,
+    /* While connections wait for the memory budget: how often their worker
+     * looks again (memory freed on another worker wakes nobody here). */
+    FE_BUDGET_RETRY_MS = 10,
+    /* Room for line mode's error line ("error: line longer than N bytes\n"). */
+    FE_LINE_ERROR_MAX = 96,
 };
 
 /* Field order matters: everything the echo path touches per message sits
@@ -39,6 +44,7 @@ struct fe_conn {
     bool lingering;       /* we sent FIN: discard input until the peer closes */
     bool finishing;       /* line too long: send what is queued, then close */
     bool counted_per_ip;
+    bool budget_wait;     /* not read until the memory budget frees (w->budget_blocked) */
     fe_buf out;           /* echoed bytes the socket has not taken yet */
     uint64_t bytes_in, bytes_out;
     /* cold */
@@ -113,6 +119,32 @@ static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t rea
     fe_ring_push(&w->events, &ev);
 }
 
+/* Records a change in the buffer capacity connections hold, for the memory
+ * budget. Called only where a buffer may have been allocated, grown or
+ * freed, so the plain echo path (which buffers nothing) never writes the
+ * shared total. */
+static void account_memory(fe_worker *w, size_t before, size_t after)
+{
+    if (after > before)
+        atomic_fetch_add_explicit(&w->server->memory_held, after - before, memory_order_relaxed);
+    else if (after < before)
+        atomic_fetch_sub_explicit(&w->server->memory_held, before - after, memory_order_relaxed);
+}
+
+/* Marks c as waiting (or no longer waiting) for the memory budget. */
+static void set_budget_wait(fe_worker *w, fe_conn *c, bool waiting)
+{
+    if (waiting == c->budget_wait)
+        return;
+    c->budget_wait = waiting;
+    if (waiting) {
+        w->budget_blocked++;
+        fe_counter_add(&w->budget_waits, 1);
+    } else {
+        w->budget_blocked--;
+    }
+}
+
 static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     fe_server *s = w->server;
@@ -131,6 +163,8 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
      * fork ever duplicated the fd, and its events would then name freed c. */
     epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    set_budget_wait(w, c, false);
+    account_memory(w, c->out.capacity + c->partial_line.capacity, 0);
     fe_buf_free(&c->out);
     fe_buf_free(&c->partial_line);
     free(c);
@@ -214,13 +248,47 @@ static int flush_pending(fe_worker *w, fe_conn *c)
     ssize_t n = send_some(w, c, c->out.data + c->out.start, c->out.len);
     if (n < 0)
         return -1;
+    size_t before = c->out.capacity;
     fe_buf_consume(&c->out, (size_t)n);
+    account_memory(w, before, c->out.capacity);
+    return 0;
+}
+
+/* The most buffer capacity a read of n bytes can add to c: all of it
+ * buffered in raw mode; in line mode, every byte a line of its own (plus
+ * the pending line and the error line) and the tail kept as partial. */
+static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n)
+{
+    const fe_server *s = w->server;
+    if (s->suffix == NULL)
+        return fe_buf_capacity_after(&c->out, n) - c->out.capacity;
+    size_t out_bytes = c->partial_line.len + n * (1 + s->line_format.suffix_len) + FE_LINE_ERROR_MAX;
+    return fe_buf_capacity_after(&c->out, out_bytes) - c->out.capacity +
+           fe_buf_capacity_after(&c->partial_line, n) - c->partial_line.capacity;
+}
+
+/* How many of want bytes may be read without the memory budget being
+ * passed (want itself when no budget is set); 0 means wait. A connection
+ * that already buffers gets only the first three quarters of the budget,
+ * so that one that holds nothing (a client reading its echo) still can. */
+static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want)
+{
+    const fe_server *s = w->server;
+    if (s->cfg.max_memory == 0)
+        return want;
+    size_t held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
+    bool holds = c->out.capacity > 0 || (s->suffix && c->partial_line.capacity > 0);
+    size_t ceiling = holds ? s->memory_ceiling_buffered : s->cfg.max_memory;
+    for (; want > 0; want /= 2) { /* halving: rarely more than once, and only near the budget */
+        if (held <= ceiling && worst_growth(w, c, want) <= ceiling - held)
+            return want;
+    }
     return 0;
 }
 
 /* How many bytes may be read now without the output passing the cap. In
  * line mode each input byte can become 1 + suffix_len output bytes. */
-static size_t read_room(const fe_worker *w, const fe_conn *c)
+static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     size_t limit = s->cfg.max_pending_output;
@@ -232,10 +300,19 @@ static size_t read_room(const fe_worker *w, const fe_conn *c)
     return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
 }
 
+/* The bytes the next read may take: within the output cap and the budget. */
+static size_t read_room(const fe_worker *w, const fe_conn *c)
+{
+    size_t room = cap_room(w, c);
+    return room ? budget_room(w, c, room) : 0;
+}
+
 /* Line mode: frame the bytes just read and send what is complete. */
 static int line_echo(fe_worker *w, fe_conn *c, size_t n, enum fe_close_reason *reason)
 {
+    size_t before = c->out.capacity + c->partial_line.capacity;
     int rc = fe_line_feed(&w->server->line_format, &c->partial_line, w->read_buffer, n, &c->out);
+    account_memory(w, before, c->out.capacity + c->partial_line.capacity);
     if (rc == FE_LINE_NO_MEMORY) {
         *reason = FE_CLOSE_NO_MEMORY;
         return -1;
@@ -266,10 +343,14 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     }
     if (n == 0) {
         c->peer_eof = true;
-        if (w->server->suffix && !c->finishing &&
-            fe_line_finish(&w->server->line_format, &c->partial_line, &c->out) != FE_LINE_OK) {
-            *reason = FE_CLOSE_NO_MEMORY;
-            return -1;
+        if (w->server->suffix && !c->finishing) {
+            size_t before = c->out.capacity + c->partial_line.capacity;
+            int rc = fe_line_finish(&w->server->line_format, &c->partial_line, &c->out);
+            account_memory(w, before, c->out.capacity + c->partial_line.capacity);
+            if (rc != FE_LINE_OK) {
+                *reason = FE_CLOSE_NO_MEMORY;
+                return -1;
+            }
         }
         return 0;
     }
@@ -289,9 +370,13 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
             return -1;
         sent = (size_t)s;
     }
-    if (sent < (size_t)n && fe_buf_append(&c->out, w->read_buffer + sent, (size_t)n - sent) != 0) {
-        *reason = FE_CLOSE_NO_MEMORY;
-        return -1;
+    if (sent < (size_t)n) {
+        size_t before = c->out.capacity;
+        if (fe_buf_append(&c->out, w->read_buffer + sent, (size_t)n - sent) != 0) {
+            *reason = FE_CLOSE_NO_MEMORY;
+            return -1;
+        }
+        account_memory(w, before, c->out.capacity);
     }
     return 0;
 }
@@ -330,8 +415,17 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
     uint32_t want = 0;
     if (c->out.len > 0)
         want |= EPOLLOUT;
-    if (!c->peer_eof && (c->lingering || (!w->closing && !c->finishing && read_room(w, c) > 0)))
-        want |= EPOLLIN;
+    if (!c->peer_eof && c->lingering) {
+        want |= EPOLLIN; /* discarding input: needs no room */
+    } else if (!c->peer_eof && !w->closing && !c->finishing) {
+        size_t room = cap_room(w, c);
+        size_t allowed = room ? budget_room(w, c, room) : 0;
+        set_budget_wait(w, c, room > 0 && allowed == 0);
+        if (allowed > 0)
+            want |= EPOLLIN;
+    } else {
+        set_budget_wait(w, c, false);
+    }
     if (want != c->events) {
         struct epoll_event ev = {.events = want, .data.ptr = c};
         if (epoll_ctl(w->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) != 0) {
@@ -382,6 +476,23 @@ static void sweep_idle(fe_worker *w)
     int64_t limit_ns = w->server->cfg.idle_timeout_ms * 1000000;
     while (w->active.head && w->now_ns - w->active.head->active_ns >= limit_ns)
         conn_close(w, w->active.head, w->active.head->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE);
+}
+
+/* Looks again at connections waiting for the memory budget, at most every
+ * FE_BUDGET_RETRY_MS: memory is freed by whichever worker's client reads,
+ * and that worker does not wake this one. */
+static void retry_budget_waits(fe_worker *w)
+{
+    if (w->now_ns - w->budget_retry_ns < FE_BUDGET_RETRY_MS * 1000000LL)
+        return;
+    w->budget_retry_ns = w->now_ns;
+    fe_conn *c = w->active.head;
+    while (c && w->budget_blocked > 0) {
+        fe_conn *next = c->next;
+        if (c->budget_wait)
+            conn_settle(w, c);
+        c = next;
+    }
 }
 
 /* Closes aborting connections whose client did not close in time. */
@@ -438,6 +549,8 @@ static int wait_timeout_ms(const fe_worker *w)
         if (ms < 0 || abort < ms)
             ms = abort;
     }
+    if (w->budget_blocked > 0 && (ms < 0 || ms > FE_BUDGET_RETRY_MS))
+        ms = FE_BUDGET_RETRY_MS;
     return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
 }
 
@@ -446,7 +559,7 @@ static int wait_timeout_ms(const fe_worker *w)
 static bool needs_clock(const fe_worker *w)
 {
     return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           atomic_load(&w->server->state) != FE_RUNNING;
+           w->budget_blocked > 0 || atomic_load(&w->server->state) != FE_RUNNING;
 }
 
 void *fe_worker_main(void *arg)
@@ -476,6 +589,8 @@ void *fe_worker_main(void *arg)
             sweep_idle(w);
         if (w->aborting.head)
             sweep_aborting(w);
+        if (w->budget_blocked > 0)
+            retry_budget_waits(w);
         if (atomic_load(&s->state) == FE_RUNNING)
             continue;
 

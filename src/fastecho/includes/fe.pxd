@@ -7,6 +7,10 @@ cdef extern from "fe.h" nogil:
     ctypedef struct fe_server:
         pass
 
+    enum:
+        FE_FDS_PER_SERVER
+        FE_FDS_PER_WORKER
+
     ctypedef struct fe_peer:
         uint8_t family
         uint16_t port
@@ -53,6 +57,8 @@ cdef extern from "fe.h" nogil:
         int64_t idle_timeout_ms
         const fe_cidr *allow
         size_t allow_count
+        size_t max_memory
+        size_t fd_reserve
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -67,6 +73,9 @@ cdef extern from "fe.h" nogil:
         uint64_t idle_timeouts
         uint64_t lines_too_long
         uint64_t events_dropped
+        uint64_t accept_fd_exhausted
+        uint64_t memory_held
+        uint64_t memory_budget_waits
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
