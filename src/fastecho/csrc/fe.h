@@ -118,11 +118,13 @@ typedef struct fe_config {
      * of every connection together (buffer capacity, which is what memory
      * they hold); 0 means none. A connection whose next read could take the
      * total past it is not read, exactly as at its own max_pending_output,
-     * until memory is freed, so nothing received is ever dropped. The last
-     * quarter is kept for connections that hold nothing yet, so clients that
-     * read their echo keep being served while others hold the rest. Workers
-     * check without locking, so the total can pass the budget by at most one
-     * read's growth per worker. At least 1 MiB when set. */
+     * until memory is freed, so nothing received is ever dropped. While the
+     * budget is spent, a connection that holds nothing still reads as much
+     * as its socket can send at once, so clients that read their echo keep
+     * being served while others hold the budget. Workers check without
+     * locking, so the total can pass the budget by one read's growth per
+     * worker, and by the rare remainder of a send the kernel cut short
+     * after it said there was room. At least 1 MiB when set. */
     size_t max_memory;
     /* File descriptors kept free for the caller (a metrics endpoint, log
      * files reopened): the acceptor stops accepting, as it does at EMFILE

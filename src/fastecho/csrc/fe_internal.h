@@ -117,9 +117,6 @@ struct fe_server {
      * freed (never on the plain echo path, which buffers nothing); read
      * before each read while a budget is set. */
     _Atomic size_t memory_held;
-    /* Below max_memory by the quarter reserved for connections that hold
-     * nothing yet: the ceiling for those that already buffer. */
-    size_t memory_ceiling_buffered;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
     bool ip_table_ready;
     pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */

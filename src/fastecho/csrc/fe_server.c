@@ -180,7 +180,6 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     pthread_condattr_destroy(&cattr);
     atomic_init(&s->open_connections, 0);
     atomic_init(&s->memory_held, 0);
-    s->memory_ceiling_buffered = cfg->max_memory - cfg->max_memory / 4;
     s->fd_connection_limit = UINT64_MAX;
 
     const char *what = NULL;

@@ -17,7 +17,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,6 +47,7 @@ struct fe_conn {
     bool finishing;       /* line too long: send what is queued, then close */
     bool counted_per_ip;
     bool budget_wait;     /* not read until the memory budget frees (w->budget_blocked) */
+    bool space_wait;      /* budget spent, holds nothing: not read until its socket drains */
     fe_buf out;           /* echoed bytes the socket has not taken yet */
     uint64_t bytes_in, bytes_out;
     /* cold */
@@ -131,18 +134,25 @@ static void account_memory(fe_worker *w, size_t before, size_t after)
         atomic_fetch_sub_explicit(&w->server->memory_held, before - after, memory_order_relaxed);
 }
 
-/* Marks c as waiting (or no longer waiting) for the memory budget. */
-static void set_budget_wait(fe_worker *w, fe_conn *c, bool waiting)
+/* What the memory budget allows c's next read. */
+enum fe_budget_verdict {
+    FE_BUDGET_OK = 0,      /* read (up to the room granted) */
+    FE_BUDGET_PEEK,        /* budget spent, raw mode, holds nothing: echo only
+                              what the socket takes now, leave the rest unread */
+    FE_BUDGET_WAIT_MEMORY, /* holds buffers: wait until memory frees anywhere (polled) */
+    FE_BUDGET_WAIT_SOCKET, /* holds nothing: wait until its socket drains (EPOLLOUT) */
+};
+
+/* Records how c now waits for the budget; counts each wait as it begins. */
+static void set_budget_wait(fe_worker *w, fe_conn *c, enum fe_budget_verdict how)
 {
-    if (waiting == c->budget_wait)
-        return;
-    c->budget_wait = waiting;
-    if (waiting) {
-        w->budget_blocked++;
+    bool memory = how == FE_BUDGET_WAIT_MEMORY, socket = how == FE_BUDGET_WAIT_SOCKET;
+    if ((memory && !c->budget_wait) || (socket && !c->space_wait))
         fe_counter_add(&w->budget_waits, 1);
-    } else {
-        w->budget_blocked--;
-    }
+    if (memory != c->budget_wait)
+        w->budget_blocked += memory ? 1 : (size_t)-1;
+    c->budget_wait = memory;
+    c->space_wait = socket;
 }
 
 static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
@@ -163,7 +173,7 @@ static void conn_close(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
      * fork ever duplicated the fd, and its events would then name freed c. */
     epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
-    set_budget_wait(w, c, false);
+    set_budget_wait(w, c, FE_BUDGET_OK);
     account_memory(w, c->out.capacity + c->partial_line.capacity, 0);
     fe_buf_free(&c->out);
     fe_buf_free(&c->partial_line);
@@ -267,23 +277,53 @@ static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n)
            fe_buf_capacity_after(&c->partial_line, n) - c->partial_line.capacity;
 }
 
+/* Payload bytes c's socket can surely take at once: half the free send
+ * buffer, since the kernel also charges its own overhead against it. */
+static size_t send_space(const fe_conn *c)
+{
+    int sndbuf = 0, queued = 0;
+    socklen_t len = sizeof sndbuf;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0 ||
+        ioctl(c->fd, SIOCOUTQ, &queued) != 0 || sndbuf <= queued)
+        return 0;
+    return (size_t)(sndbuf - queued) / 2;
+}
+
 /* How many of want bytes may be read without the memory budget being
- * passed (want itself when no budget is set); 0 means wait. A connection
- * that already buffers gets only the first three quarters of the budget,
- * so that one that holds nothing (a client reading its echo) still can. */
-static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want)
+ * passed (want itself when no budget is set), and how (*how); 0 means wait.
+ * Once the budget is spent, a connection that holds nothing still echoes
+ * what its socket can take at once (exactly, by peeking, in raw mode; in
+ * line mode, reads sized to half the free send buffer): a client that reads
+ * its echo keeps being served, and one that does not leaves its bytes in
+ * the kernel. */
+static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enum fe_budget_verdict *how)
 {
     const fe_server *s = w->server;
+    *how = FE_BUDGET_OK;
     if (s->cfg.max_memory == 0)
         return want;
+    size_t budget = s->cfg.max_memory;
     size_t held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
-    bool holds = c->out.capacity > 0 || (s->suffix && c->partial_line.capacity > 0);
-    size_t ceiling = holds ? s->memory_ceiling_buffered : s->cfg.max_memory;
-    for (; want > 0; want /= 2) { /* halving: rarely more than once, and only near the budget */
-        if (held <= ceiling && worst_growth(w, c, want) <= ceiling - held)
-            return want;
+    for (size_t n = want; n > 0 && held <= budget; n /= 2) { /* halving: only near the budget */
+        if (worst_growth(w, c, n) <= budget - held)
+            return n;
     }
-    return 0;
+    if (c->out.capacity > 0 || (s->suffix && c->partial_line.capacity > 0)) {
+        *how = FE_BUDGET_WAIT_MEMORY;
+        return 0;
+    }
+    if (c->space_wait) {
+        *how = FE_BUDGET_WAIT_SOCKET;
+        return 0;
+    }
+    if (s->suffix == NULL) {
+        *how = FE_BUDGET_PEEK;
+        return want;
+    }
+    size_t space = send_space(c) / (1 + s->line_format.suffix_len);
+    if (space == 0)
+        *how = FE_BUDGET_WAIT_SOCKET;
+    return space < want ? space : want;
 }
 
 /* How many bytes may be read now without the output passing the cap. In
@@ -300,11 +340,46 @@ static size_t cap_room(const fe_worker *w, const fe_conn *c)
     return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
 }
 
-/* The bytes the next read may take: within the output cap and the budget. */
-static size_t read_room(const fe_worker *w, const fe_conn *c)
+/* The bytes the next read may take, within the output cap and the budget;
+ * *how says how the budget allows them. */
+static size_t read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how)
 {
     size_t room = cap_room(w, c);
-    return room ? budget_room(w, c, room) : 0;
+    *how = FE_BUDGET_OK;
+    return room ? budget_room(w, c, room, how) : 0;
+}
+
+/* Raw echo while the budget is spent, for a connection that holds nothing:
+ * peek, send what the socket takes, then consume exactly that much. Bytes
+ * the socket would not take stay in the kernel, so nothing is buffered and
+ * nothing is lost. Returns -1 when the connection must be closed. */
+static int peek_echo(fe_worker *w, fe_conn *c, size_t want)
+{
+    ssize_t n;
+    do {
+        n = recv(c->fd, w->read_buffer, want, MSG_PEEK | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    if (n == 0) {
+        c->peer_eof = true;
+        return 0;
+    }
+    ssize_t sent = send_some(w, c, w->read_buffer, (size_t)n);
+    if (sent < 0)
+        return -1;
+    if (sent == 0) {
+        c->space_wait = true; /* full: conn_settle waits for EPOLLOUT */
+        fe_counter_add(&w->budget_waits, 1);
+        return 0;
+    }
+    /* MSG_TRUNC on TCP discards the bytes already echoed without copying. */
+    while (recv(c->fd, w->read_buffer, (size_t)sent, MSG_TRUNC | MSG_DONTWAIT) < 0 && errno == EINTR) {
+    }
+    conn_touch(w, c);
+    fe_counter_add(&w->bytes_received, (uint64_t)sent);
+    c->bytes_in += (uint64_t)sent;
+    return 0;
 }
 
 /* Line mode: frame the bytes just read and send what is complete. */
@@ -330,9 +405,13 @@ static int line_echo(fe_worker *w, fe_conn *c, size_t n, enum fe_close_reason *r
 static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
     /* Input after our FIN is discarded, so it needs no room for output. */
-    size_t want = c->lingering ? w->server->cfg.read_buffer_size : read_room(w, c);
+    enum fe_budget_verdict how = FE_BUDGET_OK;
+    size_t want = c->lingering ? w->server->cfg.read_buffer_size : read_room(w, c, &how);
+    *reason = FE_CLOSE_RESET;
+    if (how == FE_BUDGET_PEEK)
+        return peek_echo(w, c, want);
     if (want == 0)
-        return 0; /* at the cap: conn_settle turns EPOLLIN off */
+        return 0; /* at the cap or the budget: conn_settle turns EPOLLIN off */
     ssize_t n;
     do {
         n = recv(c->fd, w->read_buffer, want, MSG_DONTWAIT);
@@ -418,13 +497,14 @@ static bool conn_settle(fe_worker *w, fe_conn *c)
     if (!c->peer_eof && c->lingering) {
         want |= EPOLLIN; /* discarding input: needs no room */
     } else if (!c->peer_eof && !w->closing && !c->finishing) {
-        size_t room = cap_room(w, c);
-        size_t allowed = room ? budget_room(w, c, room) : 0;
-        set_budget_wait(w, c, room > 0 && allowed == 0);
-        if (allowed > 0)
+        enum fe_budget_verdict how;
+        if (read_room(w, c, &how) > 0)
             want |= EPOLLIN;
+        else if (how == FE_BUDGET_WAIT_SOCKET)
+            want |= EPOLLOUT; /* writable again: there is room to read into */
+        set_budget_wait(w, c, how);
     } else {
-        set_budget_wait(w, c, false);
+        set_budget_wait(w, c, FE_BUDGET_OK);
     }
     if (want != c->events) {
         struct epoll_event ev = {.events = want, .data.ptr = c};
@@ -444,6 +524,8 @@ static void conn_handle(fe_worker *w, fe_conn *c, uint32_t events)
         conn_close(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
     }
+    if ((events & EPOLLOUT) && c->space_wait)
+        c->space_wait = false; /* its socket drained: conn_settle looks at the budget again */
     if ((events & EPOLLOUT) && c->out.len > 0) {
         size_t before = c->out.len;
         if (flush_pending(w, c) != 0) {
