@@ -5,6 +5,7 @@ runs are shortened with flags; nothing here asserts on timing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,12 +61,77 @@ def assert_one_line_usage_error(result: subprocess.CompletedProcess, *fragments:
         (["--rounds", "0"], ["--rounds"]),
         (["--threads", "0"], ["--threads"]),
         (["--rounds", "three"], ["--rounds"]),
-        (["--json", "/nonexistent-dir/out.json"], ["--json", "/nonexistent-dir"]),
         (["--no-such-flag"], ["--no-such-flag"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, fragments):
     assert_one_line_usage_error(bench(*args), *fragments)
+
+
+# Input that must be refused before anything starts, in a child capped at 1 GiB
+# of address space and 20 s: a billion-CPU range once grew to 3.9 GB in 15 s,
+# and a bad --json path once failed with a traceback after the whole run. With
+# the cap, a regression fails fast instead of exhausting the test machine.
+FAST_FAIL_TIMEOUT = 20.0
+CAP_MEMORY = "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))"
+# A workload that would really run if the input were let through.
+SMALL_RUN = ["--servers", "fastecho", "--conns", "1", "--sizes", "64", *FAST]
+
+
+def refused_fast(*args: str, prelude: str = CAP_MEMORY) -> subprocess.CompletedProcess:
+    return bench(*args, *SMALL_RUN, prelude=prelude, timeout=FAST_FAIL_TIMEOUT)
+
+
+@pytest.mark.parametrize("option", ["--server-cpus", "--client-cpus"])
+@pytest.mark.parametrize(
+    "value, fragments",
+    [
+        ("0-1000000000", ["CPU 1000000000 does not exist"]),  # checked before it is expanded
+        ("0-" + "9" * 5000, ["is not a CPU number or range"]),  # int() would refuse the digits
+        ("5-2", ["'5-2' is a reversed range"]),
+        ("-1", ["'-1' is not a CPU number or range"]),
+        ("0--1", ["'0--1' is not a CPU number or range"]),
+        ("0-", ["'0-' is not a CPU number or range"]),
+        ("+1", ["'+1' is not a CPU number or range"]),  # int() would take it
+        ("0,,1", ["empty item in '0,,1'"]),
+        ("", ["empty item in ''"]),
+    ],
+)
+def test_bad_cpu_lists_are_refused_before_being_expanded(option, value, fragments):
+    assert_one_line_usage_error(refused_fast(option, value), option, *fragments)
+
+
+def test_cpu_lists_take_numbers_ranges_and_spaces():
+    cpu = min(os.sched_getaffinity(0))
+    assert cli._cpu_set("--server-cpus", f" {cpu} , {cpu} - {cpu}") == {cpu}
+
+
+@pytest.mark.parametrize("option", ["--json", "--plot"])
+@pytest.mark.parametrize(
+    "path, fragments",
+    [
+        ("/nonexistent-dir/out", ["directory /nonexistent-dir does not exist"]),
+        ("{tmp_path}", ["is a directory"]),
+        # Tests run as root, which passes every permission bit, so the
+        # unwritable paths are ones the kernel refuses even to root.
+        ("/proc/fastecho-bench-out", ["cannot write /proc/fastecho-bench-out"]),
+        ("/sys/fastecho-bench-out", ["cannot write /sys/fastecho-bench-out", "Permission denied"]),
+    ],
+)
+def test_an_unwritable_report_path_is_refused_before_anything_runs(option, path, fragments, tmp_path):
+    result = refused_fast(option, path.format(tmp_path=tmp_path))
+    assert_one_line_usage_error(result, option, *fragments)
+
+
+def test_checking_report_paths_leaves_the_files_as_they_were(tmp_path):
+    existing, new = tmp_path / "existing.json", tmp_path / "new.png"
+    existing.write_text("the user's\n")
+    # Both paths pass the check; the missing matplotlib then stops the run.
+    result = refused_fast("--json", str(existing), "--plot", str(new),
+                          prelude=f"{CAP_MEMORY}\nsys.modules['matplotlib'] = None")
+    assert_one_line_usage_error(result, "--plot needs matplotlib")
+    assert existing.read_text() == "the user's\n"  # not truncated
+    assert not new.exists()  # created by the check, then removed
 
 
 def test_uvloop_asked_but_not_installed_is_a_usage_error():

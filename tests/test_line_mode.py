@@ -24,6 +24,14 @@ def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return bytes(data)
 
 
+def send_in_two_reads(sock: socket.socket, first: bytes, second: bytes) -> None:
+    """Send first and second so that the server reads them separately."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(first)
+    time.sleep(0.05)  # the server reads first before second is sent
+    sock.sendall(second)
+
+
 def test_suffix_reproduces_the_original_servers_replies(serve):
     server = serve("--threads", "2", "--suffix", ORIGINAL)
     with server.connect() as sock:
@@ -36,12 +44,45 @@ def test_suffix_reproduces_the_original_servers_replies(serve):
 def test_lines_split_and_batched_across_packets_each_get_the_suffix(serve):
     server = serve("--threads", "1", "--suffix", "!")
     with server.connect() as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(b"a\nb")
-        time.sleep(0.05)  # so that "b" and "c" arrive in separate reads
-        sock.sendall(b"c\n\nd\n")
+        send_in_two_reads(sock, b"a\nb", b"c\n\nd\n")  # "b" and "c" in separate reads
         expected = b"a!\nbc!\n!\nd!\n"
         assert recv_exactly(sock, len(expected)) == expected
+
+
+def test_crlf_lines_get_the_suffix_before_their_crlf(serve):
+    # Telnet and `nc -C` end lines with "\r\n": the suffix goes before the
+    # "\r", and each line keeps its own ending.
+    server = serve("--threads", "1", "--suffix", " S")
+    with server.connect() as sock:
+        sock.sendall(b"abc\r\nlf\n\r\na\rb\r\n\rc\n")
+        # CRLF, LF, "\r\n" alone, and a lone "\r", which is line content.
+        expected = b"abc S\r\nlf S\n S\r\na\rb S\r\n\rc S\n"
+        assert recv_exactly(sock, len(expected)) == expected
+        # The "\r" ends one read and its "\n" is alone in the next.
+        for first, reply in ((b"split\r", b"split S\r\n"), (b"\r", b" S\r\n")):
+            send_in_two_reads(sock, first, b"\n")
+            assert recv_exactly(sock, len(reply)) == reply
+
+
+def test_max_line_excludes_the_crlf_even_when_the_cr_ends_a_read(serve):
+    server = serve("--threads", "1", "--suffix", "!", "--max-line", "4")
+    with server.connect() as sock:
+        # 4 bytes and a "\r" wait for the next read: a "\n" may still follow.
+        send_in_two_reads(sock, b"abcd\r", b"\n")
+        assert recv_exactly(sock, 7) == b"abcd!\r\n"
+        # It did not: the "\r" is content, and the line 5 bytes long.
+        send_in_two_reads(sock, b"abcd\r", b"x\n")
+        assert read_until_closed(sock) == b"error: line longer than 4 bytes\n"
+
+
+def test_a_last_line_ending_in_cr_at_end_of_stream_comes_back_whole(serve):
+    # No "\n" can follow after the client's FIN, so the "\r" is content; the
+    # unterminated line gets the suffix appended, as any last line does.
+    server = serve("--threads", "1", "--suffix", "!", "--max-line", "2")
+    with server.connect() as sock:
+        sock.sendall(b"ok\r\nab\r")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_until_closed(sock) == b"ok!\r\nab\r!"
 
 
 def test_line_longer_than_max_line_gets_an_error_line_then_close(serve):

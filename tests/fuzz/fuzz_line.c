@@ -5,8 +5,8 @@
  * length (0..7), the rest is the client's byte stream. The stream is fed in
  * pieces whose sizes come from the data itself, and the output is compared
  * with a whole-input reference model (the stream then ends, as with a
- * client's FIN), so a framing bug at any read boundary shows up as a
- * mismatch, not only as a crash.
+ * client's FIN), so a framing bug at any read boundary (such as a "\r\n"
+ * split between two reads) shows up as a mismatch, not only as a crash.
  */
 #include "fe_line.h"
 
@@ -17,36 +17,38 @@
 static const char suffixes[] = " srv[e]";
 
 /* What line mode must produce for the whole input at once. Returns the
- * output length; *too_long says an error line ended it. */
+ * output length; *too_long says an error line ended it.
+ *
+ * The rule (fe_line.h): a line ends at "\n", and a "\r" just before it is
+ * part of its terminator; the reply is the line, the suffix, then the line's
+ * own terminator. A line longer than max_line, its terminator excluded, is
+ * refused. The unterminated tail at end of stream comes back whole with the
+ * suffix appended; a final "\r" there is content, but is not counted against
+ * max_line (while it was pending a "\n" could still have followed it). */
 static size_t reference(const uint8_t *in, size_t n, size_t max_line, const char *sfx,
                         size_t sfx_len, char *out, int *too_long)
 {
     size_t o = 0, start = 0;
     *too_long = 0;
-    for (size_t i = 0; i <= n; i++) {
-        int at_end = i == n;
-        if (!at_end && in[i] != '\n') {
-            if (i - start + 1 > max_line) {
-                *too_long = 1;
-                break;
-            }
-            continue;
-        }
-        if (at_end) { /* at end of stream the unterminated tail gets the suffix */
-            if (i > start) {
-                memcpy(out + o, in + start, i - start);
-                o += i - start;
-                memcpy(out + o, sfx, sfx_len);
-                o += sfx_len;
-            }
+    while (start < n) {
+        const uint8_t *newline = memchr(in + start, '\n', n - start);
+        size_t len = (newline ? (size_t)(newline - in) : n) - start;
+        size_t cr = len > 0 && in[start + len - 1] == '\r';
+        if (len - cr > max_line) {
+            *too_long = 1;
             break;
         }
-        memcpy(out + o, in + start, i - start);
-        o += i - start;
+        size_t content = newline ? len - cr : len; /* at end of stream the "\r" is content */
+        memcpy(out + o, in + start, content);
+        o += content;
         memcpy(out + o, sfx, sfx_len);
         o += sfx_len;
+        if (newline == NULL)
+            break;
+        if (cr)
+            out[o++] = '\r';
         out[o++] = '\n';
-        start = i + 1;
+        start += len + 1;
     }
     return o;
 }
@@ -75,8 +77,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (piece > n - pos)
             piece = n - pos;
         rc = fe_line_feed(&fmt, &partial, (const char *)in + pos, piece, &out);
-        if (partial.len > max_line)
-            abort(); /* the pending line is bounded */
+        /* The pending line is bounded: max_line bytes, plus one "\r" that
+         * may begin a "\r\n". */
+        if (partial.len > max_line + 1 ||
+            (partial.len == max_line + 1 && partial.data[partial.start + partial.len - 1] != '\r'))
+            abort();
         pos += piece;
     }
     if (rc == FE_LINE_OK)

@@ -6,7 +6,9 @@ exits 1; a clean run exits 0; Ctrl-C exits 130 after stopping the servers.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import resource
 import sys
 from collections.abc import Sequence
@@ -57,21 +59,38 @@ def _int_list(option: str, text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+CPU_ITEM = re.compile(r"([0-9]+)(?: *- *([0-9]+))?")  # ASCII digits only: int() takes "+1", "1_0", "٣"
+
+
 def _cpu_set(option: str, text: str) -> frozenset[int]:
-    """'0', '0,2' or '0-3' -> CPUs, each checked against what this process may use."""
-    cpus: set[int] = set()
-    for item in text.split(","):
-        low, _, high = item.strip().partition("-")
-        try:
-            first, last = int(low), int(high or low)
-        except ValueError:
-            _fail(f"{option}: {item.strip()!r} is not a CPU number or range (expected e.g. 0 or 0-3)")
-        cpus.update(range(first, last + 1))
+    """'0', '0,2' or '0-3' -> CPUs, each checked against what this process may use.
+
+    A range's ends are checked before it is expanded: '0-1000000000' would
+    otherwise build a billion-element set before being refused."""
     available = os.sched_getaffinity(0)
-    missing = sorted(cpus - available) if cpus else [text]
-    if missing:
-        _fail(f"{option}: CPU {missing[0]} does not exist or is not available to this process "
+
+    def unavailable(cpu: int) -> None:
+        _fail(f"{option}: CPU {cpu} does not exist or is not available to this process "
               f"(available: {','.join(map(str, sorted(available)))})")
+
+    cpus: set[int] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            _fail(f"{option}: empty item in {text!r} (expected e.g. 0,2 or 0-3)")
+        match = CPU_ITEM.fullmatch(item)
+        # No match: a negative number, a range with an end missing, ... The
+        # length cap keeps int() from refusing thousands of digits with a traceback.
+        if match is None or len(item) > 64:
+            _fail(f"{option}: {item!r} is not a CPU number or range (expected e.g. 0 or 0-3)")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if first > last:
+            _fail(f"{option}: {item!r} is a reversed range (did you mean {last}-{first}?)")
+        if last > max(available):
+            unavailable(last)
+        cpus.update(range(first, last + 1))  # now at most max(available) + 1 of them
+    missing = sorted(cpus - available)  # CPUs this process may not use, below the highest it may
+    if missing:
+        unavailable(missing[0])
     return frozenset(cpus)
 
 
@@ -125,8 +144,35 @@ def _raise_fd_limit(conns: int) -> None:
 
 
 def _check_output_path(option: str, path: Path | None) -> None:
-    if path is not None and not path.resolve().parent.is_dir():
-        _fail(f"{option}: directory {path.resolve().parent} does not exist")
+    """Refuse, before anything runs, a report file that cannot be written.
+
+    The report is written after the whole run, so finding out then wastes it.
+    Opening the file for writing is the check that meets what the write will
+    meet: root passes every permission bit, but not /proc, /sys or a read-only
+    mount. Nothing the user had is changed: an existing file is opened without
+    truncating, and a file the check creates is removed again."""
+    if path is None:
+        return
+    # The file a write would reach: with O_EXCL a symlink, even a dangling
+    # one the write would create the target of, counts as existing.
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        _fail(f"{option}: directory {target.parent} does not exist")
+    try:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            created = True
+        except FileExistsError:
+            # O_NONBLOCK: a FIFO with no reader yet must not hang the check.
+            fd = os.open(target, os.O_WRONLY | os.O_NONBLOCK)
+            created = False
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            return  # a FIFO with no reader yet: writable once one opens it
+        _fail(f"{option}: cannot write {path}: {e.strerror}")
+    os.close(fd)
+    if created:
+        os.unlink(target)
 
 
 def _in_range(option: str, value: float, low: float, high: float, low_inclusive: bool = True) -> None:
