@@ -19,12 +19,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-enum { CLIENT_THREADS = 8, ROUNDS_PER_CLIENT = 60, LINGERING_CLIENTS = 16 };
+enum { CLIENT_THREADS = 8, ROUNDS_PER_CLIENT = 60, LINGERING_CLIENTS = 16, HOARDERS = 8 };
+/* The memory budget run: small enough that the hoarders spend it. */
+#define BUDGET_BYTES ((size_t)1 << 20)
 
 static struct sockaddr_in server_addr;
 static atomic_int failures;
@@ -233,6 +236,40 @@ static void *stats_reader_main(void *arg)
     return NULL;
 }
 
+/* Connects HOARDERS clients that send without ever reading, each until the
+ * server stops taking its bytes (or 16 MiB), so that the memory budget is
+ * spent while the other clients run. */
+static void start_hoarders(int *fds)
+{
+    static unsigned char junk[65536];
+    memset(junk, 'm', sizeof junk);
+    for (size_t i = 999; i < sizeof junk; i += 1000)
+        junk[i] = '\n'; /* whole lines, so that line mode buffers their echo too */
+    for (int i = 0; i < HOARDERS; i++) {
+        fds[i] = connect_client();
+        if (fds[i] < 0) {
+            fprintf(stderr, "stress_core: hoarder %d could not connect\n", i);
+            atomic_fetch_add(&failures, 1);
+            continue;
+        }
+        int small = 4096;
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    for (int pass = 0, stalled = 0; pass < 4000 && stalled < 50; pass++) {
+        bool progress = false;
+        for (int i = 0; i < HOARDERS; i++) {
+            if (fds[i] >= 0 && send(fds[i], junk, sizeof junk, MSG_NOSIGNAL) > 0)
+                progress = true;
+        }
+        stalled = progress ? 0 : stalled + 1;
+        if (!progress) {
+            struct timespec pause = {.tv_nsec = 2000000};
+            nanosleep(&pause, NULL);
+        }
+    }
+}
+
 static int listen_ephemeral(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -248,7 +285,7 @@ static int listen_ephemeral(void)
     return fd;
 }
 
-static int run(int threads, size_t queue_capacity, bool line_mode)
+static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
 {
     line_mode_run = line_mode;
     int listen_fd = listen_ephemeral();
@@ -270,12 +307,27 @@ static int run(int threads, size_t queue_capacity, bool line_mode)
         cfg.allow = &loopback;
         cfg.allow_count = 1;
     }
+    if (budget) { /* spent by the hoarders: every budget path runs */
+        cfg.max_memory = BUDGET_BYTES;
+        cfg.max_pending_output = 512 * 1024;
+    }
     fe_server *srv = NULL;
     char err[256];
     if (fe_server_create(&cfg, &srv, err, sizeof err) != 0 ||
         fe_server_start(srv, listen_fd, err, sizeof err) != 0) {
         fprintf(stderr, "stress_core: %s\n", err);
         return 1;
+    }
+
+    int hoarders[HOARDERS];
+    if (budget)
+        start_hoarders(hoarders);
+    fe_stats spent;
+    fe_server_stats(srv, &spent);
+    if (budget && (spent.memory_budget_waits == 0 || spent.memory_held > 2 * BUDGET_BYTES)) {
+        fprintf(stderr, "stress_core: hoarders left %llu bytes held after %llu budget waits\n",
+                (unsigned long long)spent.memory_held, (unsigned long long)spent.memory_budget_waits);
+        atomic_fetch_add(&failures, 1);
     }
 
     atomic_store(&stop_stats_reader, false);
@@ -285,6 +337,10 @@ static int run(int threads, size_t queue_capacity, bool line_mode)
         pthread_create(&clients[i], NULL, client_main, (void *)(uintptr_t)(i + 1));
     for (int i = 0; i < CLIENT_THREADS; i++)
         pthread_join(clients[i], NULL);
+    for (int i = 0; budget && i < HOARDERS; i++) {
+        if (hoarders[i] >= 0)
+            close(hoarders[i]);
+    }
 
     /* Clients still connected and mid-stream when the stop begins. In line
      * mode the request is one line and the reply carries the suffix. */
@@ -342,12 +398,18 @@ static int run(int threads, size_t queue_capacity, bool line_mode)
     fe_stats st;
     fe_server_stats(srv, &st);
     fe_server_destroy(srv);
-    printf("%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
-           line_mode ? "line" : "echo", threads, queue_capacity, (unsigned long long)st.connections_accepted,
+    printf("%s%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
+           line_mode ? "line" : "echo", budget ? "+budget" : "", threads, queue_capacity,
+           (unsigned long long)st.connections_accepted,
            (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
            (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent);
     if (st.connections_active != 0 || st.connections_accepted != st.connections_closed) {
         fprintf(stderr, "stress_core: connections leaked\n");
+        atomic_fetch_add(&failures, 1);
+    }
+    if (st.memory_held != 0) {
+        fprintf(stderr, "stress_core: %llu bytes still counted as held after stop\n",
+                (unsigned long long)st.memory_held);
         atomic_fetch_add(&failures, 1);
     }
     return 0;
@@ -355,8 +417,9 @@ static int run(int threads, size_t queue_capacity, bool line_mode)
 
 int main(void)
 {
-    if (run(4, 2, false) != 0 || run(1, 1, false) != 0 || run(16, 4096, false) != 0 ||
-        run(3, 8, true) != 0)
+    if (run(4, 2, false, false) != 0 || run(1, 1, false, false) != 0 ||
+        run(16, 4096, false, false) != 0 || run(3, 8, true, false) != 0 ||
+        run(4, 64, false, true) != 0 || run(2, 64, true, true) != 0)
         return 1;
     int n = atomic_load(&failures);
     printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);
