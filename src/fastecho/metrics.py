@@ -2,21 +2,28 @@
 
 Nothing polls: each scrape calls engine.stats() (a lock-free snapshot of the
 C atomics) through EngineCollector, so the numbers are exactly the engine's.
-The HTTP server is prometheus_client's, on its own daemon thread.
+prometheus_client writes the exposition; the HTTP side is metrics_http's
+bounded server on its own daemon thread (its docstring says why not
+prometheus_client's).
 """
 from __future__ import annotations
 
 import errno
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from fastecho.addresses import format_address
 from fastecho.errors import ServeError
+from fastecho.metrics_http import LISTEN_BACKLOG, HttpServer
+
+INDEX = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
 
 # (metric name, help, engine stats key); counters end in _total.
 COUNTERS = (
@@ -91,17 +98,30 @@ class EngineCollector:
 class MetricsServer:
     host: str
     port: int
-    _httpd: object
-    _thread: threading.Thread
+    _httpd: HttpServer
 
     @property
     def url(self) -> str:
         return f"http://{format_address(self.host, self.port)}/metrics"
 
     def stop(self) -> None:
-        self._httpd.shutdown()  # type: ignore[attr-defined]
-        self._httpd.server_close()  # type: ignore[attr-defined]
-        self._thread.join(5)
+        self._httpd.stop()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The metrics listener on host:port; ServeError with one clear line if not."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        # Dual stack on "::", as the echo listener (and the old server) had.
+        return socket.create_server(address, family=family, backlog=LISTEN_BACKLOG,
+                                    dualstack_ipv6=family == socket.AF_INET6)
+    except socket.gaierror as e:
+        reason = e.strerror
+    except OSError as e:
+        # create_server writes the address into strerror; the errno says it all.
+        reason = "address already in use" if e.errno == errno.EADDRINUSE else os.strerror(e.errno)
+    raise ServeError(f"cannot serve metrics on {format_address(host, port)}: {reason}")
 
 
 def start(host: str, port: int, stats: Callable[[], dict[str, int]]) -> MetricsServer:
@@ -109,10 +129,9 @@ def start(host: str, port: int, stats: Callable[[], dict[str, int]]) -> MetricsS
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(stats))
     ProcessCollector(registry=registry)
-    try:
-        httpd, thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as e:
-        reason = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-        raise ServeError(f"cannot serve metrics on {format_address(host, port)}: {reason}") from None
-    bound_port = httpd.server_address[1]
-    return MetricsServer(host, bound_port, httpd, thread)
+    httpd = HttpServer(listen(host, port), {
+        "/metrics": lambda: (CONTENT_TYPE_LATEST, generate_latest(registry)),
+        "/": lambda: ("text/html; charset=utf-8", INDEX),
+    })
+    httpd.start()
+    return MetricsServer(host, httpd.port, httpd)
