@@ -6,11 +6,17 @@ and its source, with exit 2.
 """
 from __future__ import annotations
 
+import ipaddress
+import pwd
 import sys
+from decimal import ROUND_CEILING, Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers import assert_one_line_error, recv_exactly, run_cli
+from fastecho import config as cfg
+from helpers import assert_one_line_error, closed_by_server, recv_exactly, run_cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,11 +28,35 @@ CLEAN = {"FASTECHO_THREADS": None, "FASTECHO_CONFIG": None, "FASTECHO_PORT": Non
          "FASTECHO_GRACE": None, "FASTECHO_ALLOW": None}
 
 
-def effective(*args: str, env: dict | None = None) -> dict:
+def printed(*args: str, env: dict | None = None) -> bytes:
+    """`serve --print-config ARGS`'s output (which must succeed, silently)."""
     result = run_cli("serve", "--print-config", *args, env={**CLEAN, **(env or {})})
     assert result.returncode == 0, result.stderr.decode()
     assert result.stderr == b""
-    return tomllib.loads(result.stdout.decode())
+    return result.stdout
+
+
+def effective(*args: str, env: dict | None = None) -> dict:
+    return tomllib.loads(printed(*args, env=env).decode())
+
+
+def assert_print_config_reads_back(tmp_path, *args: str, env: dict | None = None) -> bytes:
+    """--print-config's output, fed to --config, prints the very same bytes."""
+    first = printed(*args, env=env)
+    path = tmp_path / "printed.toml"
+    path.write_bytes(first)
+    assert printed("--config", str(path), env=env) == first
+    return first
+
+
+def assert_reads_back(config: cfg.ServeConfig, directory) -> None:
+    """In process: to_toml(config) read back by read_config_file is the same config, same text."""
+    text = cfg.to_toml(config)
+    path = directory / "printed.toml"
+    path.write_bytes(text.encode("utf-8"))  # as `serve --print-config` writes it
+    again = cfg.resolve({}, {}, str(path))
+    assert cfg.to_toml(again) == text
+    assert again == config
 
 
 @pytest.fixture
@@ -76,16 +106,11 @@ def test_command_line_can_turn_off_a_flag_the_file_turns_on(config_file):
     assert effective("--config", path, "--no-access-log")["access_log"] is False
 
 
-def test_printed_config_reads_back_to_the_same_config(config_file, tmp_path):
-    first = run_cli("serve", "--print-config", "--threads", "3", "--suffix", ' server["echo"]',
-                    "--allow", "10.0.0.0/8", "--allow", "::1/128", "--log-dir", str(tmp_path),
-                    "--metrics-port", "9999", "--access-log", env=CLEAN)
-    assert first.returncode == 0, first.stderr
-    path = str(config_file(first.stdout.decode(), "printed.toml"))
-    second = run_cli("serve", "--print-config", "--config", path, env=CLEAN)
-    assert second.returncode == 0, second.stderr
-    assert second.stdout == first.stdout
-    config = tomllib.loads(second.stdout.decode())
+def test_printed_config_reads_back_to_the_same_config(tmp_path):
+    out = assert_print_config_reads_back(
+        tmp_path, "--threads", "3", "--suffix", ' server["echo"]', "--allow", "10.0.0.0/8",
+        "--allow", "::1/128", "--log-dir", str(tmp_path), "--metrics-port", "9999", "--access-log")
+    config = tomllib.loads(out.decode())
     assert config["suffix"] == ' server["echo"]'
     assert config["allow"] == ["10.0.0.0/8", "::1/128"]
 
@@ -189,3 +214,124 @@ def test_config_file_settings_reach_the_running_server(serve, config_file):
     assert server.stop() == 0
     # The listening line reports the file's thread count.
     assert "3 threads" in server.stderr()
+
+
+# ---------------------------------------------------------------- --print-config round trip
+
+def _limit(opt: cfg.Option, which: str) -> str:
+    value = opt.low if which == "low" else opt.high
+    return str(int(value)) if opt.kind == "int" else repr(value)
+
+
+@pytest.mark.parametrize("which", ["low", "high"])
+def test_every_number_at_its_limit_reads_back_byte_for_byte(tmp_path, which):
+    args = [arg for opt in cfg.OPTIONS if opt.kind in ("int", "float")
+            for arg in (opt.flag, _limit(opt, which))]
+    config = tomllib.loads(assert_print_config_reads_back(tmp_path, *args).decode())
+    for opt in cfg.OPTIONS:
+        if opt.kind in ("int", "float"):
+            assert config[opt.name] == (opt.low if which == "low" else opt.high), opt.name
+
+
+def test_non_ascii_and_control_characters_read_back_byte_for_byte(tmp_path):
+    # DEL and the other controls must be written as TOML escapes (raw, TOML refuses
+    # them); é, ö and an emoji as they are; NBSP escaped so it can be seen.
+    out = assert_print_config_reads_back(
+        tmp_path, "--suffix", " é\t\x7f\x1b[0m\u00a0😀\"", "--log-dir", str(tmp_path / "jörg"),
+        "--host", "::1", "--metrics-host", "localhost")
+    assert 'suffix = " é\\t\\u007f\\u001b[0m\\u00a0😀\\""' in out.decode()
+    assert tomllib.loads(out.decode())["log_dir"] == str(tmp_path / "jörg")
+
+
+def test_print_config_writes_utf_8_whatever_the_locale(tmp_path):
+    # With a Latin-1 stdout, text output would write é as one byte (a file --config
+    # calls "not UTF-8") and fail outright on a character Latin-1 lacks.
+    out = assert_print_config_reads_back(tmp_path, "--suffix", "é€",
+                                         env={"PYTHONIOENCODING": "latin-1"})
+    assert 'suffix = "é€"'.encode() in out
+
+
+# Command-line text for each kind of option, as a user could type it.
+_NAME = st.characters(blacklist_categories=("Cs", "Cc"))  # what a name or a path may hold
+_SUFFIX = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n")
+_USERS = sorted({p.pw_name for p in pwd.getpwall()} | {str(p.pw_uid) for p in pwd.getpwall()})
+
+
+def _network(draw_addr) -> str:
+    address, prefix = draw_addr
+    return str(ipaddress.ip_network(f"{address}/{prefix % (address.max_prefixlen + 1)}", strict=False))
+
+
+def _is_host(text: str) -> bool:
+    try:
+        text.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
+    """What read_command_line takes for opt: text, a bool, or a tuple of CIDR texts."""
+    if opt.kind == "int":
+        return st.integers(int(opt.low), int(opt.high)).map(str)
+    if opt.kind == "float":
+        # Floats in range (subnormals included) and decimals finer than the engine's step.
+        return st.one_of(st.floats(opt.low, opt.high).map(repr),
+                         st.decimals(opt.low, opt.high, places=7).map(str),
+                         st.sampled_from(["1e-400", "0.0004", "0", "-0", f"{opt.high:g}"]))
+    if opt.kind == "bool":
+        return st.booleans()
+    if opt.kind == "choice":
+        aliases = tuple(alias for alias, name in cfg._LEVEL_ALIASES.items() if name in opt.choices)
+        return st.sampled_from(opt.choices + aliases).map(str.upper)
+    if opt.kind == "networks":
+        return st.lists(st.tuples(st.ip_addresses(), st.integers(0, 128)).map(_network),
+                        max_size=3).map(tuple)
+    if opt.kind == "path":
+        return st.text(_NAME, min_size=1, max_size=40)
+    if opt.name == "user":
+        return st.sampled_from(_USERS)
+    if opt.controls_ok:
+        return st.text(_SUFFIX, max_size=40)
+    if opt.kind == "str":
+        return st.text(_NAME, min_size=1, max_size=40).filter(_is_host)
+    raise AssertionError(f"no strategy for {opt.name} ({opt.kind}): add one")
+
+
+COMMAND_LINES = st.fixed_dictionaries({}, optional={o.name: command_line_text(o) for o in cfg.OPTIONS})
+
+
+@settings(max_examples=150, deadline=None)
+@given(given_values=COMMAND_LINES)
+def test_any_valid_settings_read_back_unchanged(tmp_path_factory, given_values):
+    config = cfg.resolve(given_values, {})
+    assert_reads_back(config, tmp_path_factory.mktemp("roundtrip"))
+
+
+# ---------------------------------------------------------------- rounding to the engine's step
+
+@settings(max_examples=200, deadline=None)
+@given(text=command_line_text(cfg.OPTION_BY_NAME["idle_timeout"]))
+def test_seconds_round_up_to_the_millisecond_and_never_to_zero(text):
+    # The engine takes whole milliseconds (int(seconds * 1000)); a positive value
+    # that became 0 would turn the idle timeout off, or make --grace "stop at once".
+    for name in ("idle_timeout", "grace"):
+        value = getattr(cfg.resolve({name: text}, {}), name)
+        written = Decimal(text)
+        milliseconds = written.scaleb(3).to_integral_value(rounding=ROUND_CEILING)  # exact
+        assert Decimal(repr(value)).scaleb(3) == milliseconds
+        assert (int(value * 1000) > 0) == (written > 0)
+
+
+@pytest.mark.parametrize("option", ["--idle-timeout", "--grace"])
+@pytest.mark.parametrize("text, shown", [("0.0004", 0.001), ("1e-400", 0.001), ("0.07", 0.07),
+                                         ("2.0001", 2.001), ("0", 0.0)])
+def test_print_config_shows_seconds_rounded_up_to_the_millisecond(option, text, shown):
+    assert effective(option, text)[option[2:].replace("-", "_")] == shown
+
+
+def test_sub_millisecond_idle_timeout_still_closes_idle_connections(serve):
+    # Issue 9: 0.0004 s became 0 ms in the engine, which means "never".
+    server = serve("--idle-timeout", "0.0004", env=CLEAN)
+    with server.connect() as sock:
+        assert closed_by_server(sock, timeout=10)

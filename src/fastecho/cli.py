@@ -55,6 +55,7 @@ def _serve_options(command):
 @cli.command()
 @click.option("--config", "config_file", metavar="FILE",
               help=f"TOML file of settings (keys as the long options, with _); else ${CONFIG_ENV}. "
+                   "A regular file of at most 1 MiB. "
                    "Precedence: command line > FASTECHO_<OPTION> > file > defaults.")
 @click.option("--print-config", is_flag=True, help="Print the effective settings as TOML and exit.")
 @_serve_options
@@ -65,7 +66,9 @@ def serve(ctx: click.Context, config_file: str | None, print_config: bool, **val
              if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
     config = resolve(given, os.environ, config_file)
     if print_config:
-        click.echo(to_toml(config), nl=False)
+        # TOML is UTF-8 whatever the locale says (with LANG=...ISO-8859-1, text
+        # output would write a file --config cannot read, or fail on a character).
+        click.echo(to_toml(config).encode("utf-8"), nl=False)
         return 0
     return _run_server(config)
 

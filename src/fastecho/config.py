@@ -11,12 +11,13 @@ Precedence is command line > environment > config file > defaults.
 """
 from __future__ import annotations
 
+import decimal
 import difflib
+import errno
 import ipaddress
-import json
-import math
 import os
 import pwd
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 KIB = 1024
 MIB = 1024 * KIB
+
+MAX_CONFIG_FILE = 1 * MIB  # a config file is a few hundred bytes; more is a mistake (or /dev/zero)
+SHOWN_MAX = 200  # characters of a bad value an error line repeats
 
 ENV_PREFIX = "FASTECHO_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"  # the config file, when --config is not given
@@ -94,6 +98,12 @@ class Option:
     optional: bool = False  # None (unset) is a valid value
     check: Callable[[Any], Any] | None = None  # extra check; may return a normalized value
     metavar: str | None = None
+    # Strings: control characters (NUL, ESC, DEL...) are refused unless the value
+    # is only ever handled with its length (never as a C string, path or name).
+    controls_ok: bool = False
+    # Floats: the engine's step (seconds); values round up to it so that a tiny
+    # positive value never becomes 0, which the engine reads as "off" or "at once".
+    resolution: str | None = None
 
     @property
     def flag(self) -> str:
@@ -107,7 +117,39 @@ class Option:
 def _check_host(value: str) -> str:
     if not value:
         raise Invalid("must be a non-empty host name or address")
+    # getaddrinfo() encodes a name with the idna codec, which raises (a traceback
+    # at bind time) for a label over 63 characters or an empty one ("a..b").
+    try:
+        value.encode("idna")
+    except UnicodeError:
+        raise Invalid("must be a host name or address "
+                      "(dot-separated labels of 1 to 63 characters)") from None
     return value
+
+
+def _check_text(value: str, *, controls_ok: bool = False, bytes_ok: bool = False) -> None:
+    """What every string option holds: UTF-8 text, and no control characters unless allowed.
+
+    Text from argv or the environment that is not UTF-8 arrives with its bytes
+    as surrogate escapes; a TOML file cannot hold those, so --print-config could
+    not write the value back. NUL would be cut off by the C side (a host name
+    "127.0.0.1\\0x" would quietly listen on 127.0.0.1) or make os calls raise.
+    """
+    for char in value:
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF and not bytes_ok:
+            shown = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+            raise Invalid(f"must be UTF-8 text ({shown} is not)")
+        if not controls_ok and (code < 0x20 or 0x7F <= code <= 0x9F):
+            raise Invalid(f"must not contain a control character (U+{code:04X})")
+
+
+def _absolute(path: str) -> str:
+    """os.path.abspath(path), or Invalid where a relative path has no directory to start from."""
+    try:
+        return os.path.abspath(path)
+    except OSError:  # getcwd() fails once the directory the command runs in is removed
+        raise Invalid("is relative, and the current directory no longer exists") from None
 
 
 def _check_suffix(value: str) -> str:
@@ -122,11 +164,11 @@ def _check_user(value: str) -> str:
     if not value:
         raise Invalid("must be a user name")
     try:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # "²" is a digit to isdigit(), not to int()
             pwd.getpwuid(int(value))
         else:
             pwd.getpwnam(value)
-    except KeyError:
+    except (KeyError, ValueError, OverflowError):  # ValueError, OverflowError: a uid too long or large
         raise Invalid("no such user") from None
     return value
 
@@ -135,7 +177,7 @@ def _parse_network(text: str) -> Network:
     try:
         return ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as e:
-        raise Invalid(f"{text.strip()!r} is not a CIDR network ({e})") from None
+        raise Invalid(_clip(f"{text.strip()!r} is not a CIDR network ({e})")) from None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -146,8 +188,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "int", None, low=1, high=4096, metavar="N",
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
-    Option("grace", "float", 10.0, low=0.0, high=24 * 3600.0, metavar="SECONDS",
-           help="Seconds open connections may finish after SIGTERM/SIGINT."),
+    Option("grace", "float", 10.0, low=0.0, high=24 * 3600.0, resolution="0.001", metavar="SECONDS",
+           help="Seconds open connections may finish after SIGTERM/SIGINT "
+                "(rounded up to whole milliseconds)."),
     Option("max_pending_output", "int", 1 * MIB, low=4 * KIB, high=1024 * MIB, metavar="BYTES",
            help="Per-connection cap (bytes) on unsent output; above it the client is not read."),
     Option("max_memory", "int", None, low=1 * MIB, high=2**62, metavar="BYTES",
@@ -184,9 +227,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics_host", "str", "127.0.0.1", check=_check_host, metavar="HOST",
            help="Address for the metrics endpoint."),
     # Line mode
-    Option("suffix", "str", None, optional=True, check=_check_suffix, metavar="TEXT",
+    Option("suffix", "str", None, optional=True, check=_check_suffix, controls_ok=True, metavar="TEXT",
            help='Line mode: reply to each line with TEXT inserted before its newline '
-                '(--suffix " server[echo]" answers like the original server).'),
+                '(--suffix " server[echo]" answers like the original server). '
+                'TEXT is UTF-8, at most 4096 bytes, without a newline; other control '
+                'characters, NUL included, are sent as they are.'),
     Option("max_line", "int", 64 * KIB, low=1, high=64 * MIB, metavar="BYTES",
            help="Line mode: a longer line gets an error line and the connection closes."),
     # Limits
@@ -194,8 +239,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Refuse connections beyond N open ones (0: no limit)."),
     Option("max_connections_per_ip", "int", 0, low=0, high=10_000_000, metavar="N",
            help="Refuse a peer address's connections beyond N open ones (0: no limit)."),
-    Option("idle_timeout", "float", 0.0, low=0.0, high=24 * 3600.0, metavar="SECONDS",
-           help="Close a connection idle this long (0: never)."),
+    Option("idle_timeout", "float", 0.0, low=0.0, high=24 * 3600.0, resolution="0.001",
+           metavar="SECONDS",
+           help="Close a connection idle this long (0: never; others round up to whole "
+                "milliseconds, so 0.0004 is 0.001, not never)."),
     Option("allow", "networks", (), metavar="CIDR",
            help="Accept only peers in this network; repeat for more (default: everyone)."),
 )
@@ -210,14 +257,27 @@ def option_name(key: str) -> str:
 
 # ---------------------------------------------------------------- values
 
+def _clip(shown: str) -> str:
+    """A shown value cut to SHOWN_MAX characters: an error line stays short, whatever the input."""
+    return shown if len(shown) <= SHOWN_MAX else shown[:SHOWN_MAX] + "..."
+
+
+def _display(text: str) -> str:
+    """Text as is, or quoted and escaped where a terminal would act on (or not show) a character."""
+    return text if text.isprintable() else _toml_string(text)
+
+
 def _shown(value: Any, text: bool) -> str:
-    """A value as the user wrote it: command-line and environment text as is, others as TOML."""
-    if text and isinstance(value, str) and value.isprintable():
-        return value
+    """A value as the user wrote it: command-line and environment text as is, others as TOML.
+
+    Either way an error stays one printable line (see _display, _clip).
+    """
+    if text and isinstance(value, str):
+        return _clip(_display(value))
     try:
-        return toml_value(value)
+        return _clip(toml_value(value))
     except TypeError:
-        return repr(value)
+        return _clip(repr(value))
 
 
 def format_error(key: str, value: Any, source: str | None, problem: str, *, text: bool = False) -> str:
@@ -225,7 +285,7 @@ def format_error(key: str, value: Any, source: str | None, problem: str, *, text
     return f"{key} = {_shown(value, text)}{where}: {problem}"
 
 
-def _number_range(opt: Option, value: float) -> None:
+def _number_range(opt: Option, value: float | decimal.Decimal) -> None:
     if opt.low is not None and opt.high is not None and not opt.low <= value <= opt.high:
         low, high = opt.low, opt.high
         if opt.kind == "int":
@@ -243,11 +303,12 @@ def _from_text(opt: Option, text: str) -> Any:
         except ValueError:
             raise Invalid("must be an integer") from None
     if kind == "float":
+        # Decimal, not float: "1e-400" must not underflow to 0 (which means "off")
+        # before _validate rounds it up.
         try:
-            value = float(text.strip())
-        except ValueError:
+            return decimal.Decimal(text.strip())
+        except decimal.InvalidOperation:
             raise Invalid("must be a number") from None
-        return value
     if kind == "bool":
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -261,16 +322,19 @@ def _from_text(opt: Option, text: str) -> Any:
 
 
 def _from_toml(opt: Option, value: Any) -> Any:
-    """Check a TOML value's type (no string-to-number guessing)."""
+    """Check a TOML value's type (no string-to-number guessing).
+
+    read_config_file parses TOML floats as Decimal; in-process callers may pass floats.
+    """
     kind = opt.kind
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid("must be an integer")
         return value
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
             raise Invalid("must be a number")
-        return float(value)
+        return value
     if kind == "bool":
         if not isinstance(value, bool):
             raise Invalid("must be true or false")
@@ -286,6 +350,21 @@ def _from_toml(opt: Option, value: Any) -> Any:
     return value
 
 
+def _float_value(opt: Option, value: int | float | decimal.Decimal) -> float:
+    """A float option's value: in range, rounded up to opt.resolution, never -0.0."""
+    # The shortest repr is the decimal the user wrote (0.07, not 0.0700000000000000067).
+    exact = decimal.Decimal(repr(value) if isinstance(value, float) else value)
+    if exact.is_nan():
+        raise Invalid("must be a number")
+    _number_range(opt, exact)
+    if opt.resolution is not None:
+        with decimal.localcontext() as ctx:
+            ctx.prec = 60  # ample for the ranges in OPTIONS; quantize never fails
+            exact = exact.quantize(decimal.Decimal(opt.resolution), rounding=decimal.ROUND_CEILING)
+        _number_range(opt, exact)  # 86400.0004 rounds to 86400.001, past the limit
+    return float(exact) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
 def _validate(opt: Option, value: Any) -> Any:
     """Limits and checks shared by every source; returns the normalized value."""
     if value is None:
@@ -294,15 +373,14 @@ def _validate(opt: Option, value: Any) -> Any:
         raise Invalid("must be set")
     kind = opt.kind
     if kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
             raise Invalid("must be a number")
-        if kind == "int" and not isinstance(value, int):
-            raise Invalid("must be an integer")
-        if kind == "float":
-            value = float(value)
-            if math.isnan(value):
-                raise Invalid("must be a number")
-        _number_range(opt, value)
+        if kind == "int":
+            if not isinstance(value, int):
+                raise Invalid("must be an integer")
+            _number_range(opt, value)
+        else:
+            value = _float_value(opt, value)
     elif kind == "choice":
         lowered = _LEVEL_ALIASES.get(str(value).lower(), str(value).lower())
         if lowered not in opt.choices:
@@ -314,12 +392,15 @@ def _validate(opt: Option, value: Any) -> Any:
     elif kind == "networks":
         value = tuple(n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network))
                       else _parse_network(str(n)) for n in value)
-    elif kind == "path":
-        if not isinstance(value, str) or not value:
-            raise Invalid("must be a non-empty path")
-        value = os.path.abspath(value)
     elif not isinstance(value, str):
         raise Invalid("must be a string")
+    elif kind == "path":
+        if not value:
+            raise Invalid("must be a non-empty path")
+        _check_text(value, controls_ok=opt.controls_ok)
+        value = _absolute(value)
+    else:
+        _check_text(value, controls_ok=opt.controls_ok)
     if opt.check is not None:
         checked = opt.check(value)
         if checked is not None:
@@ -397,29 +478,94 @@ _check_table_matches_dataclass()
 
 # ---------------------------------------------------------------- sources
 
-def read_config_file(path: str, source: str) -> dict[str, Any]:
-    """The TOML file's keys, type-checked; ConfigError for a missing file, bad TOML or key."""
-    shown = os.path.abspath(path)
+_FILE_TYPES = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
+               (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+               (stat.S_ISSOCK, "is a socket"))
+
+
+def _not_regular(mode: int) -> str:
+    for test, problem in _FILE_TYPES:
+        if test(mode):
+            return f"{problem}, not a regular file"
+    return "not a regular file"
+
+
+def _read_config_bytes(path: str, shown: str, source: str) -> bytes:
+    """The file's bytes: a regular file of at most MAX_CONFIG_FILE bytes, read once.
+
+    Anything else is refused without reading it: /dev/zero would be read until
+    memory runs out, and a FIFO with no writer would block forever. A device is
+    not even opened (opening some, a tape or a serial line, has effects); the
+    opened file is checked again in case the name was swapped in between.
+    """
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(f"config file {shown} (from {source}): {problem}")
+
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise fail(_not_regular(mode))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise ConfigError(f"config file {shown} (from {source}): no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {shown} (from {source}): is a directory") from None
+        raise fail("no such file") from None
     except OSError as e:
-        raise ConfigError(f"config file {shown} (from {source}): {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        message = " ".join(str(e).split())
-        raise ConfigError(f"config file {shown}: invalid TOML: {message}") from None
+        raise fail("not a regular file" if e.errno == errno.ENXIO else (e.strerror or str(e))) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise fail(_not_regular(mode))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_FILE:  # one byte past the limit tells "too large" from "full"
+            chunk = os.read(fd, MAX_CONFIG_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise fail(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_FILE:
+        raise fail(f"larger than {MAX_CONFIG_FILE // MIB} MiB")
+    return b"".join(chunks)
+
+
+def read_config_file(path: str, source: str) -> dict[str, Any]:
+    """The TOML file's keys, type-checked; ConfigError for a bad file, bad TOML or key.
+
+    Floats are read as Decimal, so that a tiny value is rounded up rather than
+    underflowing to 0 (see _float_value).
+    """
+    # The name is shown in every error about the file: quoted if it holds what a
+    # terminal would act on. Such a name (NUL included) is refused outright.
+    shown = _display(path) if path else '""'
+    if not path:
+        raise ConfigError(f"config file {shown} (from {source}): must be a non-empty file name")
+    try:
+        _check_text(path, bytes_ok=True)  # a non-UTF-8 name is fine: it is never printed as TOML
+        shown = _display(_absolute(path))
+    except Invalid as e:
+        raise ConfigError(f"config file {shown} (from {source}): {e}") from None
+    data = _read_config_bytes(path, shown, source)
+    try:
+        document = tomllib.loads(data.decode("utf-8"), parse_float=decimal.Decimal)
     except UnicodeDecodeError:
         raise ConfigError(f"config file {shown}: invalid TOML: not UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {shown}: invalid TOML: nested too deeply") from None
+    except tomllib.TOMLDecodeError as e:
+        message = _clip(" ".join(str(e).split()))
+        raise ConfigError(f"config file {shown}: invalid TOML: {message}") from None
+    except ValueError as e:  # int()'s limit: "Exceeds the limit (4300 digits) ...; use sys.set_..."
+        message = _clip(" ".join(str(e).split(";")[0].split()))
+        raise ConfigError(f"config file {shown}: invalid TOML: {message}") from None
     values: dict[str, Any] = {}
-    for key, raw in data.items():
+    for key, raw in document.items():
         if key not in OPTION_BY_NAME:
             hint = difflib.get_close_matches(key, OPTION_BY_NAME, n=1)
             did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError(f"unknown key {key!r} (from {shown}){did_you_mean}")
+            raise ConfigError(f"unknown key {_clip(repr(key))} (from {shown}){did_you_mean}")
         values[key] = parse_value(key, raw, shown, text=False)
     return values
 
@@ -478,18 +624,50 @@ def resolve(command_line: Mapping[str, Any], environ: Mapping[str, str] | None =
 
 # ---------------------------------------------------------------- printing
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+            "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: printable characters as they are, every other one escaped.
+
+    TOML forbids raw control characters (DEL included) and has no escape for a
+    surrogate. Validated values hold none; an error message may show one, so a
+    surrogate-escaped byte is shown as \\xff (which is for reading, not TOML).
+    """
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
 def toml_value(value: Any) -> str:
-    """A TOML literal for the values a config holds."""
+    """A TOML literal for the values a config holds (and for showing rejected ones)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, decimal.Decimal):  # a TOML float as read_config_file parses it
+        if value.is_finite():
+            return str(value)
+        return "nan" if value.is_nan() else "-inf" if value.is_signed() else "inf"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON strings are TOML basic strings
+        return _toml_string(value)
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return json.dumps(str(value))
+        return _toml_string(str(value))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")
