@@ -6,7 +6,7 @@ and releases the GIL around every call that can block. C threads never call
 back into Python.
 """
 from libc.errno cimport errno, EINVAL
-from libc.math cimport ceil
+from libc.math cimport llround
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -35,6 +35,15 @@ cdef int _raise_error(int errnum, const char *message) except -1:
     if errnum == EINVAL:
         raise ConfigError(text)
     raise OSError(errnum, text)  # OSError picks the subclass from errnum
+
+
+cdef inline int64_t _milliseconds(double seconds):
+    # Nearest, not truncated: config hands over whole milliseconds (k / 1000),
+    # and 1.001 * 1000 is 1000.9999999999999 in binary floating point.
+    # Far past the core's limits it saturates (the core then refuses it).
+    if not seconds < 9e15:
+        return 9000000000000000000
+    return <int64_t>llround(seconds * 1000)
 
 
 cdef object _peer_host(const fe_peer *peer):
@@ -105,8 +114,9 @@ cdef class Engine:
         cfg.event_ring_size = event_ring_size
         cfg.max_connections = max_connections
         cfg.max_connections_per_ip = max_connections_per_ip
-        # Rounded up: a timeout shorter than the core's 1 ms tick must not become 0 ("off").
-        cfg.idle_timeout_ms = <int64_t>ceil(idle_timeout * 1000)
+        cfg.idle_timeout_ms = _milliseconds(idle_timeout)
+        if idle_timeout > 0 and cfg.idle_timeout_ms == 0:
+            cfg.idle_timeout_ms = 1  # shorter than the core's 1 ms tick, but never 0 ("off")
         cfg.max_memory = max_memory
         cfg.fd_reserve = fd_reserve
         networks = [ipaddress.ip_network(n) for n in (allow or ())]
@@ -157,8 +167,8 @@ cdef class Engine:
     def shutdown(self, double drain_seconds, double linger_seconds=1.0):
         """Stop accepting (done when this returns), then drain; see fe.h."""
         cdef fe_server *server = self._live()
-        cdef int64_t drain_ms = <int64_t>(max(drain_seconds, 0.0) * 1000)
-        cdef int64_t linger_ms = <int64_t>(max(linger_seconds, 0.0) * 1000)
+        cdef int64_t drain_ms = _milliseconds(max(drain_seconds, 0.0))
+        cdef int64_t linger_ms = _milliseconds(max(linger_seconds, 0.0))
         with nogil:
             fe_server_shutdown(server, drain_ms, linger_ms)
 
