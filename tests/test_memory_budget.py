@@ -128,10 +128,11 @@ def test_partial_lines_count_against_the_budget(serve):
         for s in socks:
             stack.callback(s.close)
         # Four 60 MiB lines that never end took 256 MB before the budget.
-        pushed = push_until_blocked(socks, 60 * MIB, seconds=60, chunk=b"x" * 65536)
-        assert pushed > BUDGET
+        push_until_blocked(socks, 60 * MIB, seconds=60, chunk=b"x" * 65536)
         metrics = scrape(url)
-        assert metrics["fastecho_memory_held_bytes"] <= BUDGET + OVERSHOOT
+        # Reads stop early: a pending line's next read is charged as if it
+        # completed the line, whose echo then copies all of it.
+        assert BUDGET // 4 < metrics["fastecho_memory_held_bytes"] <= BUDGET + OVERSHOOT
         assert metrics["fastecho_memory_budget_waits_total"] > 0
         # A client with short lines is still answered.
         with socket.create_connection((server.host, server.port), timeout=20) as s:

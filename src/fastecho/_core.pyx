@@ -14,7 +14,8 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, fe_cidr, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
+    FE_CLOSE_REASON_COUNT, FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
     fe_server_wait, fe_stats,
@@ -26,8 +27,8 @@ cdef enum:
     ERRLEN = 256
     EVENT_BATCH = 256
 
-# Index = enum fe_close_reason.
-CLOSE_REASONS = ("", "eof", "reset", "idle", "line-too-long", "shutdown", "no-memory")
+# Index = enum fe_close_reason; the names are the core's (fe_close_reason_name).
+CLOSE_REASONS = tuple(fe_close_reason_name(i).decode() for i in range(FE_CLOSE_REASON_COUNT))
 
 
 cdef int _raise_error(int errnum, const char *message) except -1:
@@ -62,7 +63,7 @@ cdef tuple _event_tuple(const fe_event *ev):
         ev.bytes_in,
         ev.bytes_out,
         ev.duration_ns / 1e9,
-        CLOSE_REASONS[ev.reason] if ev.reason < len(CLOSE_REASONS) else "unknown",
+        fe_close_reason_name(ev.reason).decode(),
     )
 
 
@@ -104,7 +105,8 @@ cdef class Engine:
             cfg.read_buffer_size = read_buffer_size
         if queue_capacity:
             cfg.queue_capacity = queue_capacity
-        if suffix is not None:
+        if suffix is not None:  # line mode
+            cfg.framing = FE_FRAMING_LINE
             cfg.suffix = suffix
             cfg.suffix_len = len(suffix)
         if max_line:
@@ -152,14 +154,20 @@ cdef class Engine:
             raise ValueError("engine is closed")
         return self._server
 
-    def start(self, int listen_fd):
-        """Serve the listening socket `listen_fd` (which the caller keeps open)."""
+    def start(self, *listen_fds):
+        """Serve the listening sockets listen_fds (which the caller keeps open)."""
         cdef fe_server *server = self._live()
         cdef char err[ERRLEN]
         cdef int rc
+        cdef fe_listener listeners[FE_MAX_LISTENERS]
+        cdef size_t count = len(listen_fds)
+        if not 1 <= count <= FE_MAX_LISTENERS:
+            raise ConfigError(f"between 1 and {FE_MAX_LISTENERS} listeners are served, not {count}")
+        for i, fd in enumerate(listen_fds):
+            listeners[i].fd = fd
         err[0] = 0
         with nogil:
-            rc = fe_server_start(server, listen_fd, err, ERRLEN)
+            rc = fe_server_start(server, listeners, count, err, ERRLEN)
         if rc != 0:
             _raise_error(errno, err)
         self._started = True
@@ -201,6 +209,7 @@ cdef class Engine:
             "accept_fd_exhausted": s.accept_fd_exhausted,
             "memory_held": s.memory_held,
             "memory_budget_waits": s.memory_budget_waits,
+            "closes": {CLOSE_REASONS[i]: s.closes[i] for i in range(1, FE_CLOSE_REASON_COUNT)},
         }
 
     def drain_events(self, int max_events=4096):

@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,6 +56,8 @@ REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a lim
     "max_connections_per_ip": "rejected_per_ip",
     "not_allowed": "rejected_not_allowed",
 })
+# Closes by reason: the reasons and their names are the C core's own table.
+CLOSES = ("fastecho_closes_total", "Connections closed, by reason.", "closes")
 
 
 class EngineCollector:
@@ -63,12 +66,12 @@ class EngineCollector:
     After the engine is closed, the last snapshot is served.
     """
 
-    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
         self._stats = stats
-        self._last: dict[str, int] = {}
+        self._last: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         with self._lock:
             try:
                 self._last = dict(self._stats())
@@ -88,6 +91,11 @@ class EngineCollector:
         family = CounterMetricFamily(name, help_text, labels=["reason"])
         for reason, key in reasons.items():
             family.add_metric([reason], stats[key])
+        yield family
+        name, help_text, key = CLOSES
+        family = CounterMetricFamily(name, help_text, labels=["reason"])
+        for reason, count in stats[key].items():
+            family.add_metric([reason], count)
         yield family
 
     def describe(self) -> Iterator[Metric]:
@@ -124,7 +132,7 @@ def listen(host: str, port: int) -> socket.socket:
     raise ServeError(f"cannot serve metrics on {format_address(host, port)}: {reason}")
 
 
-def start(host: str, port: int, stats: Callable[[], dict[str, int]]) -> MetricsServer:
+def start(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> MetricsServer:
     """Serve the engine's counters (plus process_* metrics) on host:port. ServeError if it cannot."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(stats))

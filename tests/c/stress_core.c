@@ -297,6 +297,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     cfg.read_buffer_size = 4096;
     fe_cidr loopback = {.family = 4, .prefix_len = 8, .addr = {127}};
     if (line_mode) { /* and every optional feature that costs nothing here */
+        cfg.framing = FE_FRAMING_LINE;
         cfg.suffix = line_suffix;
         cfg.suffix_len = sizeof line_suffix - 1;
         cfg.max_line = LINE_MAX;
@@ -314,7 +315,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     fe_server *srv = NULL;
     char err[256];
     if (fe_server_create(&cfg, &srv, err, sizeof err) != 0 ||
-        fe_server_start(srv, listen_fd, err, sizeof err) != 0) {
+        fe_server_start(srv, &(fe_listener){.fd = listen_fd}, 1, err, sizeof err) != 0) {
         fprintf(stderr, "stress_core: %s\n", err);
         return 1;
     }

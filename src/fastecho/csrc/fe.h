@@ -47,6 +47,9 @@ typedef struct fe_cidr {
 
 enum fe_event_kind { FE_EVENT_OPEN = 1, FE_EVENT_CLOSE = 2 };
 
+/* Why a connection closed: one table, named by fe_close_reason_name, that
+ * the counters (fe_stats.closes), the binding, the metrics and the access
+ * log all read. Append new reasons before FE_CLOSE_REASON_COUNT. */
 enum fe_close_reason {
     FE_CLOSE_NONE = 0,      /* (open events) */
     FE_CLOSE_EOF,           /* the client closed; everything was echoed */
@@ -55,7 +58,28 @@ enum fe_close_reason {
     FE_CLOSE_LINE_TOO_LONG, /* line mode: a line exceeded max_line */
     FE_CLOSE_SHUTDOWN,      /* the server stopped */
     FE_CLOSE_NO_MEMORY,     /* a buffer could not grow */
+    FE_CLOSE_REASON_COUNT
 };
+
+/* The reason's short name ("eof", "reset", ...; "" for FE_CLOSE_NONE), or
+ * "unknown" for a value outside the table. Never NULL. */
+const char *fe_close_reason_name(int reason);
+
+/* How a stream's bytes come back: unchanged (raw), or line by line. */
+enum fe_framing {
+    FE_FRAMING_RAW = 0,  /* byte-exact echo */
+    FE_FRAMING_LINE = 1, /* line mode: see fe_config.suffix */
+};
+
+/* A listening socket handed to fe_server_start. More fields (its transport,
+ * whether a PROXY header comes first) arrive with the protocols that use
+ * them. */
+typedef struct fe_listener {
+    int fd; /* bound, listening SOCK_STREAM socket; the caller owns it */
+} fe_listener;
+
+/* The most listeners one server serves. */
+enum { FE_MAX_LISTENERS = 64 };
 
 /* One access-log record, produced by a worker and drained by the caller. */
 typedef struct fe_event {
@@ -86,13 +110,14 @@ typedef struct fe_config {
      * clients in the kernel's backlog) when a worker falls this far behind. */
     size_t queue_capacity;
 
-    /* Line mode when suffix is not NULL: each newline-terminated line comes
-     * back with suffix inserted before its newline; at end of stream an
-     * unterminated last line comes back with suffix appended. A line longer
-     * than max_line gets an error line and FIN; the client then has 2 s to
-     * close before the server does. NULL keeps the echo byte-exact. The
-     * suffix is copied; max_pending_output must be at least
-     * 2 * (1 + suffix_len). */
+    /* FE_FRAMING_LINE: each line comes back with suffix inserted before its
+     * terminator (see fe_line.h); at end of stream an unterminated last line
+     * comes back with suffix appended. A line longer than max_line gets an
+     * error line and FIN; the client then has 2 s to close before the server
+     * does. The suffix (suffix_len bytes; NULL when suffix_len is 0) is
+     * copied; max_pending_output must be at least 2 * (1 + suffix_len).
+     * suffix and max_line are ignored for raw framing. */
+    enum fe_framing framing;
     const char *suffix;
     size_t suffix_len;
     size_t max_line;
@@ -152,10 +177,11 @@ typedef struct fe_stats {
                                           ENFILE, or closed to keep fd_reserve free */
     uint64_t memory_held;              /* bytes held by connection buffers now (a gauge) */
     uint64_t memory_budget_waits;      /* times a connection stopped being read for max_memory */
+    uint64_t closes[FE_CLOSE_REASON_COUNT]; /* connections closed, by reason */
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
- * buffer, 256 KiB stacks, queue capacity 4096, byte-exact echo (max_line
+ * buffer, 256 KiB stacks, queue capacity 4096, raw framing (max_line
  * 64 KiB if line mode is turned on), no access events, no limits, no memory
  * budget, no fd reserve. */
 void fe_config_init(fe_config *cfg);
@@ -166,17 +192,20 @@ void fe_config_init(fe_config *cfg);
  * returned, errno is set (EINVAL for a bad config) and err holds a message. */
 int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen);
 
-/* Starts serving on listen_fd, a bound, listening SOCK_STREAM socket that the
- * caller owns and must keep open until fe_server_shutdown has returned. The
- * core makes it non-blocking and never closes it. Spawns the acceptor and the
- * workers with every signal blocked, so signals reach the caller's thread.
- * Call at most once. Returns 0, or -1 with errno and err set; on failure no
- * thread is left running and the server may only be destroyed. */
-int fe_server_start(fe_server *srv, int listen_fd, char *err, size_t errlen);
+/* Starts serving the count (1..FE_MAX_LISTENERS) listeners, whose sockets
+ * the caller owns and must keep open until fe_server_shutdown has returned.
+ * The core makes them non-blocking and never closes them. One acceptor
+ * thread serves them all, and they share the workers, the limits and the
+ * counters. Spawns the acceptor and the workers with every signal blocked,
+ * so signals reach the caller's thread. Call at most once. Returns 0, or -1
+ * with errno and err set; on failure no thread is left running and the
+ * server may only be destroyed. */
+int fe_server_start(fe_server *srv, const fe_listener *listeners, size_t count, char *err,
+                    size_t errlen);
 
 /* Begins a graceful stop, and returns without waiting for it:
  *  1. Stops accepting: the acceptor thread is joined before this returns, so
- *     the caller may close listen_fd straight afterwards.
+ *     the caller may close the listening sockets straight afterwards.
  *  2. For drain_ms, connections keep being served normally.
  *  3. Then reading stops; each connection gets up to linger_ms more to flush
  *     what it already received, send FIN, and see its peer close, so that no

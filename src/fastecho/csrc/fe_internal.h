@@ -1,6 +1,7 @@
 /*
- * fe_internal.h - structures shared by fe_server.c (acceptor, lifecycle) and
- * fe_worker.c (echo loops). Not part of the public API.
+ * fe_internal.h - structures shared by the server's lifecycle (fe_server.c),
+ * its acceptor (fe_acceptor.c), the connection state machine (fe_conn.c) and
+ * the worker loop (fe_loop_epoll.c). Not part of the public API.
  */
 #ifndef FE_INTERNAL_H
 #define FE_INTERNAL_H
@@ -52,9 +53,9 @@ typedef struct fe_worker {
     _Alignas(64) fe_counter bytes_received;
     fe_counter bytes_sent;
     fe_counter connections_closed;
-    fe_counter idle_timeouts;
-    fe_counter lines_too_long;
+    fe_counter lines_too_long; /* counted when seen; closes[] when closed */
     fe_counter budget_waits;
+    fe_counter closes[FE_CLOSE_REASON_COUNT];
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -80,7 +81,8 @@ typedef struct fe_worker {
 
 struct fe_server {
     fe_config cfg;
-    int listen_fd;
+    fe_listener listeners[FE_MAX_LISTENERS];
+    size_t listener_count;
     int acceptor_wake_fd; /* eventfd that tells the acceptor to stop */
     pthread_t acceptor;
     bool acceptor_started;
@@ -91,9 +93,9 @@ struct fe_server {
     int worker_count;
 
     /* Owned copies of the config's pointers. */
-    char *suffix;
+    char *suffix;       /* line mode's suffix (never NULL in line mode) */
     fe_cidr *allow;
-    fe_line_format line_format; /* used when suffix != NULL */
+    fe_line_format line_format; /* used in line mode */
 
     /* Written only by the acceptor. */
     fe_counter connections_accepted;
@@ -139,8 +141,11 @@ struct fe_server {
 /* Monotonic clock in nanoseconds. */
 int64_t fe_now_ns(void);
 
-/* Worker thread entry point (fe_worker.c). arg is the fe_worker. */
+/* Worker thread entry point (the backend: fe_loop_epoll.c). arg is the fe_worker. */
 void *fe_worker_main(void *arg);
+
+/* Acceptor thread entry point (fe_acceptor.c). arg is the fe_server. */
+void *fe_acceptor_main(void *arg);
 
 /* Wakes a worker or the acceptor: adds 1 to its eventfd. Never blocks
  * (an eventfd only refuses a write at 2^64-2 pending, which cannot happen). */

@@ -12,29 +12,6 @@ struct fe_ip_entry {
     uint8_t addr[16];
 };
 
-static const uint8_t v4_mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-void fe_peer_from_sockaddr(fe_peer *peer, const struct sockaddr *sa, socklen_t len)
-{
-    memset(peer, 0, sizeof *peer);
-    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        peer->family = 4;
-        peer->port = ntohs(in->sin_port);
-        memcpy(peer->addr, &in->sin_addr, 4);
-    } else if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        peer->port = ntohs(in6->sin6_port);
-        if (memcmp(in6->sin6_addr.s6_addr, v4_mapped_prefix, 12) == 0) {
-            peer->family = 4; /* a dual-stack socket's IPv4 client */
-            memcpy(peer->addr, in6->sin6_addr.s6_addr + 12, 4);
-        } else {
-            peer->family = 6;
-            memcpy(peer->addr, in6->sin6_addr.s6_addr, 16);
-        }
-    }
-}
-
 static bool cidr_contains(const fe_cidr *r, const fe_peer *peer)
 {
     if (r->family != peer->family)

@@ -22,9 +22,6 @@ typedef struct fe_ip_table {
     size_t bucket_count; /* a power of two */
 } fe_ip_table;
 
-/* Fills peer from a socket address; IPv4-mapped IPv6 becomes IPv4. */
-void fe_peer_from_sockaddr(fe_peer *peer, const struct sockaddr *sa, socklen_t len);
-
 /* True if peer lies inside one of the count ranges. */
 bool fe_cidr_contains_any(const fe_cidr *ranges, size_t count, const fe_peer *peer);
 

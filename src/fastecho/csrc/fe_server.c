@@ -1,18 +1,12 @@
 /*
- * fe_server.c - the server's lifecycle and its acceptor thread.
- *
- * The acceptor accepts in batches and hands each socket to the worker with
- * the fewest open connections, through that worker's condvar queue plus an
- * eventfd wake-up. A worker keeps a connection for its whole life, so after
- * the hand-off no message ever crosses threads.
+ * fe_server.c - the server's lifecycle: config, create, start (the workers
+ * of fe_loop_epoll.c and the acceptor of fe_acceptor.c), graceful stop,
+ * wait, counters, access events, destroy.
  */
 #include "fe_internal.h"
+#include "fe_sock.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,21 +14,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <dirent.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 /* The longest drain, linger or idle time accepted (about 11.6 days): keeps
  * nanosecond deadline arithmetic far from overflow. */
 #define FE_MAX_TIMEOUT_MS ((int64_t)1000000000)
-
-enum {
-    FE_ACCEPT_BATCH = 256,   /* accepts per wake, so a stop request is seen promptly */
-    FE_BACKOFF_MIN_MS = 10,  /* first pause after EMFILE/ENFILE/ENOMEM */
-    FE_BACKOFF_MAX_MS = 500, /* longest pause: the slowest we recover */
-};
 
 int64_t fe_now_ns(void)
 {
@@ -71,6 +56,7 @@ void fe_config_init(fe_config *cfg)
     cfg->read_buffer_size = 64u << 10;
     cfg->thread_stack_size = 256u << 10;
     cfg->queue_capacity = 4096;
+    cfg->framing = FE_FRAMING_RAW;
     cfg->suffix = NULL;
     cfg->suffix_len = 0;
     cfg->max_line = 64u << 10;
@@ -96,13 +82,18 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
         return fail(err, errlen, 0, "thread stack size must be at least 64 KiB");
     if (cfg->queue_capacity < 1)
         return fail(err, errlen, 0, "queue capacity must be at least 1");
-    if (cfg->suffix && cfg->suffix_len > 4096)
+    bool line = cfg->framing == FE_FRAMING_LINE;
+    if (cfg->framing != FE_FRAMING_RAW && !line)
+        return fail(err, errlen, 0, "unknown framing %d", (int)cfg->framing);
+    if (line && cfg->suffix_len > 0 && cfg->suffix == NULL)
+        return fail(err, errlen, 0, "suffix_len is set but suffix is NULL");
+    if (line && cfg->suffix_len > 4096)
         return fail(err, errlen, 0, "the line suffix must be at most 4096 bytes");
-    if (cfg->suffix && memchr(cfg->suffix, '\n', cfg->suffix_len))
+    if (line && cfg->suffix_len > 0 && memchr(cfg->suffix, '\n', cfg->suffix_len))
         return fail(err, errlen, 0, "the line suffix must not contain a newline");
-    if (cfg->suffix && (cfg->max_line < 1 || cfg->max_line > (64u << 20)))
+    if (line && (cfg->max_line < 1 || cfg->max_line > (64u << 20)))
         return fail(err, errlen, 0, "max line must be between 1 B and 64 MiB");
-    if (cfg->suffix && cfg->max_pending_output < 2 * (1 + cfg->suffix_len))
+    if (line && cfg->max_pending_output < 2 * (1 + cfg->suffix_len))
         return fail(err, errlen, 0, "max pending output (%zu) must be at least 2 * (1 + suffix length) = %zu",
                     cfg->max_pending_output, 2 * (1 + cfg->suffix_len));
     if (cfg->event_ring_size > (1u << 24))
@@ -164,7 +155,6 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     if (s == NULL)
         return fail(err, errlen, ENOMEM, "allocating the server");
     s->cfg = *cfg;
-    s->listen_fd = -1;
     s->acceptor_wake_fd = -1;
     atomic_init(&s->state, FE_RUNNING);
     atomic_init(&s->drain_deadline_ns, INT64_MAX);
@@ -197,11 +187,12 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
         s->workers[i].epoll_fd = -1;
         s->workers[i].wake_fd = -1;
     }
-    if (what == NULL && cfg->suffix) {
+    s->cfg.suffix = NULL;
+    if (what == NULL && cfg->framing == FE_FRAMING_LINE) {
         s->suffix = malloc(cfg->suffix_len ? cfg->suffix_len : 1);
         if (s->suffix == NULL)
             what = "copying the suffix";
-        else
+        else if (cfg->suffix_len > 0)
             memcpy(s->suffix, cfg->suffix, cfg->suffix_len);
         s->cfg.suffix = s->suffix;
         s->line_format = (fe_line_format){s->suffix, cfg->suffix_len, cfg->max_line};
@@ -255,192 +246,6 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     return 0;
 }
 
-/* Picks the worker with the fewest open connections. Reading the workers'
- * close counters is lock-free; a slightly stale count only skews balance. */
-static int least_loaded_worker(fe_server *s)
-{
-    int best = 0;
-    uint64_t best_load = UINT64_MAX;
-    for (int i = 0; i < s->worker_count; i++) {
-        uint64_t load = s->assigned[i] - fe_counter_read(&s->workers[i].connections_closed);
-        if (load < best_load) {
-            best_load = load;
-            best = i;
-        }
-    }
-    return best;
-}
-
-static void dispatch(fe_server *s, const fe_handoff *h)
-{
-    int one = 1;
-    /* An echo answers small writes at once; Nagle would hold them back. */
-    setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    /* A listener handed in with SO_LINGER set passes it on, and a lingering
-     * close() blocks even on a non-blocking socket: the whole worker would
-     * wait for one client. */
-    struct linger no_linger = {.l_onoff = 0, .l_linger = 0};
-    setsockopt(h->fd, SOL_SOCKET, SO_LINGER, &no_linger, sizeof no_linger);
-    int i = least_loaded_worker(s);
-    bool was_empty = false;
-    if (fe_queue_push(&s->workers[i].inbox, h, &was_empty) != 0) {
-        /* Interrupted by shutdown while the worker's queue was full. */
-        close(h->fd);
-        if (h->counted_per_ip)
-            fe_ip_table_release(&s->ip_table, &h->peer);
-        atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
-        fe_counter_add(&s->connections_refused, 1);
-        return;
-    }
-    s->assigned[i]++;
-    if (was_empty) /* a non-empty queue already has a wake-up pending */
-        fe_wake(s->workers[i].wake_fd);
-}
-
-/* Applies the allow list and the connection limits to a fresh connection.
- * Returns true if it may be served; otherwise it was closed and counted. */
-static bool admit(fe_server *s, fe_handoff *h)
-{
-    fe_counter *rejected = NULL;
-    if (s->cfg.allow_count > 0 && !fe_cidr_contains_any(s->allow, s->cfg.allow_count, &h->peer))
-        rejected = &s->rejected_not_allowed;
-    else if (s->cfg.max_connections > 0 &&
-             atomic_load_explicit(&s->open_connections, memory_order_relaxed) >= s->cfg.max_connections)
-        rejected = &s->rejected_max_connections;
-    else if (s->cfg.max_connections_per_ip > 0) {
-        if (fe_ip_table_acquire(&s->ip_table, &h->peer, s->cfg.max_connections_per_ip))
-            h->counted_per_ip = true;
-        else
-            rejected = &s->rejected_per_ip;
-    }
-    if (rejected) {
-        fe_counter_add(rejected, 1); /* before close: a client that sees the close sees the count */
-        close(h->fd);
-        return false;
-    }
-    /* Only the acceptor adds, so the check above cannot be raced past. */
-    atomic_fetch_add_explicit(&s->open_connections, 1, memory_order_relaxed);
-    return true;
-}
-
-static bool is_transient_accept_error(int e)
-{
-    /* The connection died in the backlog, or the kernel reported a network
-     * error on it (accept(2): treat these like EAGAIN and retry). */
-    return e == ECONNABORTED || e == EPROTO || e == ENETDOWN || e == ENOPROTOOPT ||
-           e == EHOSTDOWN || e == ENONET || e == EHOSTUNREACH || e == EOPNOTSUPP ||
-           e == ENETUNREACH || e == EPERM;
-}
-
-static bool is_resource_exhaustion(int e)
-{
-    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
-}
-
-/* How many fds are open in this process now; 0 if /proc is not mounted. */
-static uint64_t open_fd_count(void)
-{
-    DIR *dir = opendir("/proc/self/fd");
-    if (dir == NULL)
-        return 0;
-    uint64_t n = 0;
-    for (struct dirent *d; (d = readdir(dir)) != NULL;)
-        n += d->d_name[0] != '.';
-    closedir(dir);
-    return n > 0 ? n - 1 : 0; /* less the directory's own fd */
-}
-
-/* The most connections that leave `reserve` fds (at most a quarter of
- * RLIMIT_NOFILE) free, counting the fds open now; UINT64_MAX for none. */
-static uint64_t fd_connection_limit(size_t reserve)
-{
-    struct rlimit nofile;
-    if (reserve == 0 || getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY)
-        return UINT64_MAX;
-    uint64_t limit = nofile.rlim_cur;
-    if (reserve > limit / 4)
-        reserve = limit / 4;
-    uint64_t used = open_fd_count() + reserve;
-    return limit > used ? limit - used : 0;
-}
-
-/* The pause after the acceptor runs out of a resource: doubling, capped. */
-static int next_backoff_ms(int backoff_ms)
-{
-    backoff_ms = backoff_ms ? backoff_ms * 2 : FE_BACKOFF_MIN_MS;
-    return backoff_ms > FE_BACKOFF_MAX_MS ? FE_BACKOFF_MAX_MS : backoff_ms;
-}
-
-static void *acceptor_main(void *arg)
-{
-    fe_server *s = arg;
-    int backoff_ms = 0;
-    struct pollfd fds[2] = {
-        {.fd = s->acceptor_wake_fd, .events = POLLIN},
-        {.fd = s->listen_fd, .events = POLLIN},
-    };
-
-    for (;;) {
-        /* While backing off, only a stop request can wake us: the listener
-         * stays readable and would otherwise spin the loop. */
-        int rc = poll(fds, backoff_ms ? 1 : 2, backoff_ms ? backoff_ms : -1);
-        if (rc < 0 && errno != EINTR) {
-            atomic_store(&s->acceptor_error, errno);
-            return NULL;
-        }
-        if (atomic_load(&s->state) != FE_RUNNING || (fds[0].revents & POLLIN))
-            return NULL;
-
-        for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
-            if (atomic_load_explicit(&s->open_connections, memory_order_relaxed) >=
-                s->fd_connection_limit) {
-                /* Another connection would eat into the caller's reserve of
-                 * fds: wait as at EMFILE, with clients in the backlog. */
-                fe_counter_add(&s->accept_fd_exhausted, 1);
-                backoff_ms = next_backoff_ms(backoff_ms);
-                break;
-            }
-            struct sockaddr_storage addr;
-            socklen_t addr_len = sizeof addr;
-            int fd = accept4(s->listen_fd, (struct sockaddr *)&addr, &addr_len,
-                             SOCK_NONBLOCK | SOCK_CLOEXEC);
-            if (fd >= 0) {
-                backoff_ms = 0;
-                fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns()};
-                fe_peer_from_sockaddr(&h.peer, (struct sockaddr *)&addr, addr_len);
-                if (!admit(s, &h))
-                    continue;
-                fe_counter_add(&s->connections_accepted, 1);
-                dispatch(s, &h);
-                continue;
-            }
-            int e = errno;
-            if (e == EINTR)
-                continue;
-            if (e == EAGAIN || e == EWOULDBLOCK) {
-                backoff_ms = 0; /* the backlog is empty: poll the listener again */
-                break;
-            }
-            fe_counter_add(&s->accept_errors, 1);
-            if (is_transient_accept_error(e))
-                continue;
-            if (is_resource_exhaustion(e)) {
-                /* Out of fds or memory: leave clients queued in the kernel's
-                 * backlog and retry after a pause that doubles each time, so
-                 * the acceptor costs nothing while it waits, and serves
-                 * again soon after fds are freed. */
-                if (e == EMFILE || e == ENFILE)
-                    fe_counter_add(&s->accept_fd_exhausted, 1);
-                backoff_ms = next_backoff_ms(backoff_ms);
-                break;
-            }
-            /* EBADF, EINVAL, ENOTSOCK: the listener itself is unusable. */
-            atomic_store(&s->acceptor_error, e);
-            return NULL;
-        }
-    }
-}
-
 static int spawn(pthread_t *thread, const fe_config *cfg, void *(*fn)(void *), void *arg,
                  const char *name)
 {
@@ -473,7 +278,8 @@ static void join_all(fe_server *s)
     }
 }
 
-int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
+int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, char *err,
+                    size_t errlen)
 {
     /* Held throughout, so that a shutdown from another thread waits until
      * every thread exists and then stops them all. Workers take this lock
@@ -485,24 +291,20 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
     }
     s->started = true;
 
-    int listening = 0;
-    socklen_t len = sizeof listening;
-    int flags;
-    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+    if (count < 1 || count > FE_MAX_LISTENERS || listeners == NULL) {
         pthread_mutex_unlock(&s->control_lock);
-        return fail(err, errlen, errno, "fd %d is not a usable socket", listen_fd);
+        return fail(err, errlen, EINVAL, "between 1 and %d listeners are served, not %zu",
+                    FE_MAX_LISTENERS, count);
     }
-    if (!listening) {
-        pthread_mutex_unlock(&s->control_lock);
-        return fail(err, errlen, EINVAL, "fd %d is not a listening socket", listen_fd);
+    for (size_t i = 0; i < count; i++) {
+        if (fe_sock_prepare_listener(listeners[i].fd) != 0) {
+            int e = errno;
+            pthread_mutex_unlock(&s->control_lock);
+            return fail(err, errlen, e, "fd %d is not a usable listening socket", listeners[i].fd);
+        }
+        s->listeners[i] = listeners[i];
     }
-    if ((flags = fcntl(listen_fd, F_GETFL)) < 0 || fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-        int e = errno;
-        pthread_mutex_unlock(&s->control_lock);
-        return fail(err, errlen, e, "making fd %d non-blocking", listen_fd);
-    }
-    s->listen_fd = listen_fd;
-    s->fd_connection_limit = fd_connection_limit(s->cfg.fd_reserve);
+    s->listener_count = count;
 
     /* Threads inherit the creator's signal mask: block everything while
      * spawning so that signals are only ever delivered to the caller. */
@@ -522,7 +324,7 @@ int fe_server_start(fe_server *s, int listen_fd, char *err, size_t errlen)
         }
     }
     if (rc == 0) {
-        rc = spawn(&s->acceptor, &s->cfg, acceptor_main, s, "fe-acceptor");
+        rc = spawn(&s->acceptor, &s->cfg, fe_acceptor_main, s, "fe-acceptor");
         s->acceptor_started = rc == 0;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -595,13 +397,15 @@ int fe_server_wait(fe_server *s, int timeout_ms)
 
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
-    uint64_t received = 0, sent = 0, closed = 0, idle = 0, too_long = 0, dropped = 0, waits = 0;
+    uint64_t received = 0, sent = 0, closed = 0, too_long = 0, dropped = 0, waits = 0;
+    uint64_t closes[FE_CLOSE_REASON_COUNT] = {0};
     for (int i = 0; i < s->worker_count; i++) {
         const fe_worker *w = &s->workers[i];
         received += fe_counter_read(&w->bytes_received);
         sent += fe_counter_read(&w->bytes_sent);
         closed += fe_counter_read(&w->connections_closed);
-        idle += fe_counter_read(&w->idle_timeouts);
+        for (int r = 0; r < FE_CLOSE_REASON_COUNT; r++)
+            closes[r] += fe_counter_read(&w->closes[r]);
         too_long += fe_counter_read(&w->lines_too_long);
         waits += fe_counter_read(&w->budget_waits);
         if (w->ring_ready)
@@ -620,7 +424,8 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->rejected_max_connections = fe_counter_read(&s->rejected_max_connections);
     out->rejected_per_ip = fe_counter_read(&s->rejected_per_ip);
     out->rejected_not_allowed = fe_counter_read(&s->rejected_not_allowed);
-    out->idle_timeouts = idle;
+    out->idle_timeouts = closes[FE_CLOSE_IDLE];
+    memcpy(out->closes, closes, sizeof closes);
     out->lines_too_long = too_long;
     out->events_dropped = dropped;
     out->accept_fd_exhausted = fe_counter_read(&s->accept_fd_exhausted);

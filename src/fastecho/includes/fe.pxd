@@ -10,6 +10,14 @@ cdef extern from "fe.h" nogil:
     enum:
         FE_FDS_PER_SERVER
         FE_FDS_PER_WORKER
+        FE_MAX_LISTENERS
+
+    enum fe_framing:
+        FE_FRAMING_RAW
+        FE_FRAMING_LINE
+
+    ctypedef struct fe_listener:
+        int fd
 
     ctypedef struct fe_peer:
         uint8_t family
@@ -33,6 +41,9 @@ cdef extern from "fe.h" nogil:
         FE_CLOSE_LINE_TOO_LONG
         FE_CLOSE_SHUTDOWN
         FE_CLOSE_NO_MEMORY
+        FE_CLOSE_REASON_COUNT
+
+    const char *fe_close_reason_name(int reason)
 
     ctypedef struct fe_event:
         uint8_t kind
@@ -48,6 +59,7 @@ cdef extern from "fe.h" nogil:
         size_t read_buffer_size
         size_t thread_stack_size
         size_t queue_capacity
+        fe_framing framing
         const char *suffix
         size_t suffix_len
         size_t max_line
@@ -76,10 +88,12 @@ cdef extern from "fe.h" nogil:
         uint64_t accept_fd_exhausted
         uint64_t memory_held
         uint64_t memory_budget_waits
+        uint64_t closes[FE_CLOSE_REASON_COUNT]
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
-    int fe_server_start(fe_server *srv, int listen_fd, char *err, size_t errlen)
+    int fe_server_start(fe_server *srv, const fe_listener *listeners, size_t count, char *err,
+                        size_t errlen)
     void fe_server_shutdown(fe_server *srv, int64_t drain_ms, int64_t linger_ms)
     int fe_server_wait(fe_server *srv, int timeout_ms)
     void fe_server_stats(const fe_server *srv, fe_stats *out)

@@ -1,0 +1,451 @@
+/*
+ * fe_conn.c - the stream connection's state machine (see fe_conn.h). No
+ * socket I/O happens here except asking the kernel how much room a socket
+ * has while the memory budget is spent.
+ */
+#include "fe_conn.h"
+
+#include <linux/sockios.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum {
+    /* After an overlong line's error reply and FIN: how long the client gets
+     * to close before we do. Its further input is discarded meanwhile. */
+    FE_ABORT_LINGER_MS = 2000,
+    /* While connections wait for the memory budget: how often their worker
+     * looks again (memory freed on another worker wakes nobody here). */
+    FE_BUDGET_RETRY_MS = 10,
+    /* Room for line mode's error line ("error: line longer than N bytes\n"). */
+    FE_LINE_ERROR_MAX = 96,
+};
+
+static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {
+    [FE_CLOSE_NONE] = "",
+    [FE_CLOSE_EOF] = "eof",
+    [FE_CLOSE_RESET] = "reset",
+    [FE_CLOSE_IDLE] = "idle",
+    [FE_CLOSE_LINE_TOO_LONG] = "line-too-long",
+    [FE_CLOSE_SHUTDOWN] = "shutdown",
+    [FE_CLOSE_NO_MEMORY] = "no-memory",
+};
+
+const char *fe_close_reason_name(int reason)
+{
+    if (reason < 0 || reason >= FE_CLOSE_REASON_COUNT || close_reason_names[reason] == NULL)
+        return "unknown";
+    return close_reason_names[reason];
+}
+
+static bool line_mode(const fe_worker *w)
+{
+    return w->server->cfg.framing == FE_FRAMING_LINE;
+}
+
+/* ---------------------------------------------------------------- lists */
+
+static void list_remove(fe_conn_list *list, fe_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        list->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        list->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_append(fe_conn_list *list, fe_conn *c)
+{
+    c->prev = list->tail;
+    c->next = NULL;
+    if (list->tail)
+        list->tail->next = c;
+    else
+        list->head = c;
+    list->tail = c;
+}
+
+/* A connection that sent an overlong line and got its error reply lives on
+ * the aborting list until its client closes or FE_ABORT_LINGER_MS pass. */
+static bool is_aborting(const fe_conn *c)
+{
+    return c->finishing && c->lingering;
+}
+
+static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
+{
+    return is_aborting(c) ? &w->aborting : &w->active;
+}
+
+/* Records activity for the idle timeout: the connection moves to the tail
+ * of the activity list. A no-op (no memory touched) when timeouts are off. */
+static void touch(fe_worker *w, fe_conn *c)
+{
+    if (w->server->cfg.idle_timeout_ms <= 0 || is_aborting(c))
+        return;
+    c->active_ns = w->now_ns;
+    if (c != w->active.tail) {
+        list_remove(&w->active, c);
+        list_append(&w->active, c);
+    }
+}
+
+/* ---------------------------------------------------------------- accounting */
+
+static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason)
+{
+    if (!w->ring_ready)
+        return;
+    fe_event ev = {
+        .kind = kind,
+        .reason = reason,
+        .peer = c->peer,
+        .bytes_in = c->bytes_in,
+        .bytes_out = c->bytes_out,
+        .duration_ns = kind == FE_EVENT_CLOSE ? (uint64_t)(fe_now_ns() - c->accepted_ns) : 0,
+    };
+    fe_ring_push(&w->events, &ev);
+}
+
+/* Records a change in the buffer capacity connections hold, for the memory
+ * budget. Called only where a buffer may have been allocated, grown or
+ * freed, so the plain echo path (which buffers nothing) never writes the
+ * shared total. */
+static void account_memory(fe_worker *w, size_t before, size_t after)
+{
+    if (after > before)
+        atomic_fetch_add_explicit(&w->server->memory_held, after - before, memory_order_relaxed);
+    else if (after < before)
+        atomic_fetch_sub_explicit(&w->server->memory_held, before - after, memory_order_relaxed);
+}
+
+static size_t held(const fe_conn *c)
+{
+    return c->out.capacity + c->partial_line.capacity;
+}
+
+/* Records how c now waits for the budget; counts each wait as it begins. */
+static void set_budget_wait(fe_worker *w, fe_conn *c, enum fe_budget_verdict how)
+{
+    bool memory = how == FE_BUDGET_WAIT_MEMORY, socket = how == FE_BUDGET_WAIT_SOCKET;
+    if ((memory && !c->budget_wait) || (socket && !c->space_wait))
+        fe_counter_add(&w->budget_waits, 1);
+    if (memory != c->budget_wait)
+        w->budget_blocked += memory ? 1 : (size_t)-1;
+    c->budget_wait = memory;
+    c->space_wait = socket;
+}
+
+/* ---------------------------------------------------------------- life */
+
+fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
+{
+    fe_conn *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->fd = h->fd;
+    c->counted_per_ip = h->counted_per_ip;
+    c->peer = h->peer;
+    c->accepted_ns = h->accepted_ns;
+    c->active_ns = w->now_ns;
+    list_append(&w->active, c);
+    w->conn_count++;
+    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
+    return c;
+}
+
+void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h)
+{
+    if (h->counted_per_ip)
+        fe_ip_table_release(&w->server->ip_table, &h->peer);
+    atomic_fetch_sub_explicit(&w->server->open_connections, 1, memory_order_relaxed);
+    fe_counter_add(&w->connections_closed, 1);
+    close(h->fd);
+}
+
+void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
+{
+    fe_server *s = w->server;
+    list_remove(list_of(w, c), c);
+    w->conn_count--;
+    fe_counter_add(&w->closes[reason < FE_CLOSE_REASON_COUNT ? reason : FE_CLOSE_RESET], 1);
+    emit_event(w, c, FE_EVENT_CLOSE, (uint8_t)reason);
+    if (c->counted_per_ip)
+        fe_ip_table_release(&s->ip_table, &c->peer);
+    atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
+    fe_counter_add(&w->connections_closed, 1);
+    set_budget_wait(w, c, FE_BUDGET_OK);
+}
+
+void fe_conn_free(fe_worker *w, fe_conn *c)
+{
+    account_memory(w, held(c), 0);
+    fe_buf_free(&c->out);
+    fe_buf_free(&c->partial_line);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- room to read */
+
+/* How many bytes may be read now without the output passing the cap. In
+ * line mode each input byte can become 1 + suffix_len output bytes. */
+static size_t cap_room(const fe_worker *w, const fe_conn *c)
+{
+    const fe_server *s = w->server;
+    size_t limit = s->cfg.max_pending_output;
+    if (c->out.len >= limit)
+        return 0;
+    size_t room = limit - c->out.len;
+    if (line_mode(w))
+        room /= 1 + s->line_format.suffix_len;
+    return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
+}
+
+/* The most buffer capacity a read of n bytes can add to c: all of it
+ * buffered in raw mode; in line mode, every byte a line of its own (plus
+ * the pending line and the error line) and the tail kept as partial. */
+static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n)
+{
+    if (!line_mode(w))
+        return fe_buf_capacity_after(&c->out, n) - c->out.capacity;
+    size_t suffix_len = w->server->line_format.suffix_len;
+    size_t out_bytes = c->partial_line.len + n * (1 + suffix_len) + FE_LINE_ERROR_MAX;
+    return fe_buf_capacity_after(&c->out, out_bytes) - c->out.capacity +
+           fe_buf_capacity_after(&c->partial_line, n) - c->partial_line.capacity;
+}
+
+/* Payload bytes c's socket can surely take at once: half the free send
+ * buffer, since the kernel also charges its own overhead against it. */
+static size_t send_space(const fe_conn *c)
+{
+    int sndbuf = 0, queued = 0;
+    socklen_t len = sizeof sndbuf;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) != 0 ||
+        ioctl(c->fd, SIOCOUTQ, &queued) != 0 || sndbuf <= queued)
+        return 0;
+    return (size_t)(sndbuf - queued) / 2;
+}
+
+/* How many of want bytes may be read without the memory budget being
+ * passed (want itself when no budget is set), and how (*how); 0 means wait.
+ * Once the budget is spent, a connection that holds nothing still echoes
+ * what its socket can take at once (exactly, by peeking, in raw mode; in
+ * line mode, reads sized to half the free send buffer): a client that reads
+ * its echo keeps being served, and one that does not leaves its bytes in
+ * the kernel. */
+static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enum fe_budget_verdict *how)
+{
+    const fe_server *s = w->server;
+    *how = FE_BUDGET_OK;
+    if (s->cfg.max_memory == 0)
+        return want;
+    size_t budget = s->cfg.max_memory;
+    size_t now_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
+    for (size_t n = want; n > 0 && now_held <= budget; n /= 2) { /* halving: only near the budget */
+        if (worst_growth(w, c, n) <= budget - now_held)
+            return n;
+    }
+    if (c->out.capacity > 0 || (line_mode(w) && c->partial_line.capacity > 0)) {
+        *how = FE_BUDGET_WAIT_MEMORY;
+        return 0;
+    }
+    if (c->space_wait) {
+        *how = FE_BUDGET_WAIT_SOCKET;
+        return 0;
+    }
+    if (!line_mode(w)) {
+        *how = FE_BUDGET_PEEK;
+        return want;
+    }
+    size_t space = send_space(c) / (1 + s->line_format.suffix_len);
+    if (space == 0)
+        *how = FE_BUDGET_WAIT_SOCKET;
+    return space < want ? space : want;
+}
+
+size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how)
+{
+    *how = FE_BUDGET_OK;
+    if (c->lingering) /* input after our FIN is discarded: it needs no room */
+        return w->server->cfg.read_buffer_size;
+    size_t room = cap_room(w, c);
+    return room ? budget_room(w, c, room, how) : 0;
+}
+
+/* ---------------------------------------------------------------- events */
+
+int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
+                  enum fe_close_reason *reason)
+{
+    if (c->lingering)
+        return 0; /* after our FIN, input is discarded, not echoed: not activity */
+    touch(w, c);
+    fe_counter_add(&w->bytes_received, (uint64_t)n);
+    c->bytes_in += (uint64_t)n;
+    if (sent > 0) {
+        fe_counter_add(&w->bytes_sent, (uint64_t)sent);
+        c->bytes_out += (uint64_t)sent;
+    }
+    size_t before = held(c);
+    if (line_mode(w)) {
+        int rc = fe_line_feed(&w->server->line_format, &c->partial_line, buf, n, &c->out);
+        account_memory(w, before, held(c));
+        if (rc == FE_LINE_NO_MEMORY) {
+            *reason = FE_CLOSE_NO_MEMORY;
+            return -1;
+        }
+        if (rc == FE_LINE_TOO_LONG) {
+            c->finishing = true; /* reading stops; the error line goes out, then close */
+            fe_counter_add(&w->lines_too_long, 1);
+        }
+        return 0;
+    }
+    if (sent < n) {
+        if (fe_buf_append(&c->out, buf + sent, n - sent) != 0) {
+            *reason = FE_CLOSE_NO_MEMORY;
+            return -1;
+        }
+        account_memory(w, before, held(c));
+    }
+    return 0;
+}
+
+int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+{
+    c->peer_eof = true;
+    if (!line_mode(w) || c->finishing)
+        return 0;
+    size_t before = held(c);
+    int rc = fe_line_finish(&w->server->line_format, &c->partial_line, &c->out);
+    account_memory(w, before, held(c));
+    if (rc != FE_LINE_OK) {
+        *reason = FE_CLOSE_NO_MEMORY;
+        return -1;
+    }
+    return 0;
+}
+
+void fe_conn_sent(fe_worker *w, fe_conn *c, size_t sent)
+{
+    if (sent == 0)
+        return;
+    fe_counter_add(&w->bytes_sent, (uint64_t)sent);
+    c->bytes_out += (uint64_t)sent;
+    size_t before = c->out.capacity;
+    fe_buf_consume(&c->out, sent);
+    account_memory(w, before, c->out.capacity);
+    touch(w, c); /* a slow reader that is reading is not idle */
+}
+
+void fe_conn_socket_full(fe_worker *w, fe_conn *c)
+{
+    set_budget_wait(w, c, FE_BUDGET_WAIT_SOCKET);
+}
+
+void fe_conn_socket_drained(fe_conn *c)
+{
+    c->space_wait = false; /* fe_conn_next looks at the budget again */
+}
+
+void fe_conn_lingering(fe_worker *w, fe_conn *c)
+{
+    if (c->finishing) { /* onto the aborting list, whose head expires first */
+        list_remove(&w->active, c);
+        c->lingering = true;
+        c->active_ns = fe_now_ns();
+        list_append(&w->aborting, c);
+    } else {
+        c->lingering = true;
+    }
+}
+
+enum fe_close_reason fe_conn_stop_reason(const fe_conn *c)
+{
+    return c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_SHUTDOWN;
+}
+
+enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
+                               enum fe_close_reason *reason)
+{
+    if (c->out.len == 0 && c->peer_eof) {
+        /* Everything received was echoed and the client sent FIN. */
+        *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF;
+        return FE_STEP_FINISH;
+    }
+    if (c->out.len == 0 && (w->closing || c->finishing) && !c->lingering)
+        return FE_STEP_LINGER;
+
+    uint32_t want = 0;
+    if (c->out.len > 0)
+        want |= FE_WANT_WRITE;
+    if (!c->peer_eof && c->lingering) {
+        want |= FE_WANT_READ; /* discarding input: needs no room */
+    } else if (!c->peer_eof && !w->closing && !c->finishing) {
+        enum fe_budget_verdict how;
+        if (fe_conn_read_room(w, c, &how) > 0)
+            want |= FE_WANT_READ;
+        else if (how == FE_BUDGET_WAIT_SOCKET)
+            want |= FE_WANT_WRITE; /* writable again: there is room to read into */
+        set_budget_wait(w, c, how);
+    } else {
+        set_budget_wait(w, c, FE_BUDGET_OK);
+    }
+    *interest = want;
+    return FE_STEP_WAIT;
+}
+
+/* ---------------------------------------------------------------- timers */
+
+fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason)
+{
+    fe_conn *c = w->aborting.head;
+    if (c && w->now_ns - c->active_ns >= FE_ABORT_LINGER_MS * 1000000LL) {
+        *reason = FE_CLOSE_LINE_TOO_LONG;
+        return c;
+    }
+    int64_t idle_ms = w->server->cfg.idle_timeout_ms;
+    c = w->active.head;
+    if (idle_ms > 0 && c && w->now_ns - c->active_ns >= idle_ms * 1000000) {
+        /* The list is in activity order: only its head can be due, so the
+         * cost is one comparison per batch, not a timer per connection. */
+        *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE;
+        return c;
+    }
+    return NULL;
+}
+
+static int64_t ms_until(int64_t deadline_ns, int64_t now_ns)
+{
+    if (deadline_ns <= now_ns)
+        return 0;
+    return (deadline_ns - now_ns + 999999) / 1000000;
+}
+
+int64_t fe_conn_next_timer_ms(const fe_worker *w)
+{
+    int64_t ms = -1;
+    int64_t idle_ms = w->server->cfg.idle_timeout_ms;
+    if (idle_ms > 0 && w->active.head)
+        ms = ms_until(w->active.head->active_ns + idle_ms * 1000000, w->now_ns);
+    if (w->aborting.head) {
+        int64_t abort = ms_until(w->aborting.head->active_ns + FE_ABORT_LINGER_MS * 1000000LL, w->now_ns);
+        if (ms < 0 || abort < ms)
+            ms = abort;
+    }
+    if (w->budget_blocked > 0 && (ms < 0 || ms > FE_BUDGET_RETRY_MS))
+        ms = FE_BUDGET_RETRY_MS;
+    return ms > 1000 ? 1000 : ms;
+}
+
+bool fe_conn_budget_retry_due(fe_worker *w)
+{
+    if (w->budget_blocked == 0 || w->now_ns - w->budget_retry_ns < FE_BUDGET_RETRY_MS * 1000000LL)
+        return false;
+    w->budget_retry_ns = w->now_ns;
+    return true;
+}

@@ -1,0 +1,134 @@
+/*
+ * fe_conn.h - a stream connection's state machine, kept apart from how its
+ * bytes move (the backend, fe_loop_epoll.c, through fe_transport.h) and
+ * from how they are framed (raw, or line mode's codec, fe_line.h).
+ *
+ * It owns accounting, the output buffer, backpressure (the output cap and
+ * the memory budget), half-close, linger, the idle and abort timers, and
+ * close reasons. The backend tells it what happened (bytes arrived, bytes
+ * were sent, the peer finished) and asks what it wants next (fe_conn_next):
+ * completion-shaped, like libuv's uv_read_start / uv_write, so that a
+ * readiness backend and a completion backend can both drive it.
+ *
+ * Everything here runs on the connection's own worker thread.
+ */
+#ifndef FE_CONN_H
+#define FE_CONN_H
+
+#include "fe_internal.h"
+
+/* Field order matters: everything the echo path touches per message sits
+ * in the first 64-byte cache line; list links, timestamps and the peer are
+ * only needed on open, close, and when timeouts or the budget are at work. */
+struct fe_conn {
+    int fd;
+    uint32_t events;      /* the interest the backend registered */
+    bool peer_eof;        /* client sent FIN: echo what is left, then close */
+    bool lingering;       /* we sent FIN: discard input until the peer closes */
+    bool finishing;       /* line too long: send what is queued, then close */
+    bool counted_per_ip;
+    bool budget_wait;     /* not read until the memory budget frees (w->budget_blocked) */
+    bool space_wait;      /* budget spent, holds nothing: not read until its socket drains */
+    fe_buf out;           /* echoed bytes the socket has not taken yet */
+    uint64_t bytes_in, bytes_out;
+    /* cold */
+    fe_conn *prev, *next; /* links in w->active or w->aborting */
+    int64_t active_ns;    /* last time the client sent or took echo; aborting: since when */
+    int64_t accepted_ns;
+    fe_buf partial_line;  /* line mode: a line still waiting for its newline */
+    fe_peer peer;
+};
+
+/* What the memory budget allows a connection's next read. */
+enum fe_budget_verdict {
+    FE_BUDGET_OK = 0,      /* read, up to the room granted */
+    FE_BUDGET_PEEK,        /* budget spent, raw, holds nothing: echo only what
+                              the socket takes now and leave the rest unread
+                              (peek, send, then fe_conn_input what was sent) */
+    FE_BUDGET_WAIT_MEMORY, /* holds buffers: wait until memory frees anywhere */
+    FE_BUDGET_WAIT_SOCKET, /* holds nothing: wait until its socket drains */
+};
+
+/* Interest the backend registers for a connection (fe_conn_next). */
+enum { FE_WANT_READ = 1, FE_WANT_WRITE = 2 };
+
+/* What a connection wants next (fe_conn_next). */
+enum fe_conn_step {
+    FE_STEP_WAIT,   /* register *interest and wait for it */
+    FE_STEP_LINGER, /* send FIN now, call fe_conn_lingering, then ask again */
+    FE_STEP_FINISH, /* done: send FIN unless lingering, then close (*reason) */
+    FE_STEP_CLOSE,  /* close at once (*reason) */
+};
+
+/* A new connection from h, accounted (open event, active list). Returns
+ * NULL when out of memory; the backend then calls fe_conn_drop_handoff. */
+fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h);
+
+/* Closes a handed-off connection that never got an fe_conn (its fd too). */
+void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h);
+
+/* First half of a close: counts it (by reason), emits the close event and
+ * releases the connection's place in the limits, so that a client that
+ * sees its connection close also sees it counted. The backend then lets go
+ * of the fd and calls fe_conn_free. */
+void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason);
+
+/* Frees c's buffers (leaving the memory budget) and c itself. */
+void fe_conn_free(fe_worker *w, fe_conn *c);
+
+/* How many bytes the next read may take, within the output cap and the
+ * memory budget (*how says how the budget allows them); after our FIN any
+ * amount, since that input is discarded. 0: do not read now. */
+size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how);
+
+/* n bytes arrived in buf, and the backend already sent the first `sent` of
+ * them straight back (raw framing with nothing queued; else sent is 0).
+ * Queues what remains to be echoed (framing it in line mode). Returns 0, or
+ * -1 with *reason when the connection must close. Input after our FIN is
+ * discarded here. */
+int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
+                  enum fe_close_reason *reason);
+
+/* Whether bytes that arrive now may be sent straight from the read buffer:
+ * raw framing with nothing queued before them. */
+static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
+{
+    return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0;
+}
+
+/* The peer finished sending (FIN). Returns 0, or -1 with *reason. */
+int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason);
+
+/* sent bytes of the queued output went out. */
+void fe_conn_sent(fe_worker *w, fe_conn *c, size_t sent);
+
+/* The socket took none of an echo while the budget is spent (PEEK): wait
+ * for it to drain. fe_conn_socket_drained undoes it on writability. */
+void fe_conn_socket_full(fe_worker *w, fe_conn *c);
+void fe_conn_socket_drained(fe_conn *c);
+
+/* The backend sent our FIN: from now on input is discarded until the peer
+ * closes (or, after an overlong line, until the abort linger expires). */
+void fe_conn_lingering(fe_worker *w, fe_conn *c);
+
+/* What c wants next, after anything happened to it. */
+enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
+                               enum fe_close_reason *reason);
+
+/* The connection whose timer has run out at w->now_ns (the overlong-line
+ * linger first, then the idle timeout), with the reason to close it; NULL
+ * when none has. Call until NULL, closing each. */
+fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason);
+
+/* Milliseconds until the next timer of w's connections runs out (capped at
+ * 1000; -1: none), folding in the retry interval of budget waits. */
+int64_t fe_conn_next_timer_ms(const fe_worker *w);
+
+/* The reason to give a connection closed because the server stopped. */
+enum fe_close_reason fe_conn_stop_reason(const fe_conn *c);
+
+/* Whether budget waits are due for another look at w->now_ns (it then
+ * records the look); memory freed by another worker wakes nobody here. */
+bool fe_conn_budget_retry_due(fe_worker *w);
+
+#endif /* FE_CONN_H */

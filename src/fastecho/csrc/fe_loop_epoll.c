@@ -1,0 +1,319 @@
+/*
+ * fe_loop_epoll.c - the epoll backend: one worker's whole main loop. It
+ * adopts connections from the worker's queue, moves their bytes through
+ * the transport, and lets each connection's state machine (fe_conn.h)
+ * decide what happens next. It never blocks on any single client.
+ *
+ * The plain raw path is exactly a bare echo loop: level-triggered EPOLLIN,
+ * one read into the worker's buffer, one send of the same bytes, with
+ * direct calls only. Only when the kernel takes less than everything (a
+ * short write) do the leftovers move to the connection's buffer and the
+ * connection waits for EPOLLOUT; an idle connection owns no buffer at all.
+ * One read per readiness per loop keeps the service fair: a busy client
+ * cannot starve the others on its worker.
+ */
+#include "fe_conn.h"
+#include "fe_transport.h"
+
+#include <errno.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+enum {
+    FE_MAX_EVENTS = 256,
+    FE_ADOPT_BATCH = 64,
+};
+
+static uint32_t epoll_interest(uint32_t want)
+{
+    return ((want & FE_WANT_READ) ? EPOLLIN : 0) | ((want & FE_WANT_WRITE) ? EPOLLOUT : 0);
+}
+
+static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
+{
+    fe_conn_release(w, c, reason);
+    /* Deregister explicitly: close() alone leaves the epoll entry alive if a
+     * fork ever duplicated the fd, and its events would then name freed c. */
+    epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    fe_conn_free(w, c);
+}
+
+static void adopt(fe_worker *w, const fe_handoff *h)
+{
+    fe_conn *c = fe_conn_create(w, h);
+    if (c == NULL) {
+        fe_conn_drop_handoff(w, h);
+        return;
+    }
+    c->events = EPOLLIN;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
+        close_conn(w, c, FE_CLOSE_RESET);
+}
+
+static void adopt_queued(fe_worker *w)
+{
+    fe_handoff batch[FE_ADOPT_BATCH];
+    size_t n;
+    while ((n = fe_queue_pop_batch(&w->inbox, batch, FE_ADOPT_BATCH)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (w->closing) /* too late to serve it */
+                fe_conn_drop_handoff(w, &batch[i]);
+            else
+                adopt(w, &batch[i]);
+        }
+    }
+}
+
+/* Sends queued output until done or the socket is full. Returns -1 when
+ * the connection is broken. */
+static int flush(fe_worker *w, fe_conn *c)
+{
+    ssize_t n = fe_tp_plain_write(c->fd, c->out.data + c->out.start, c->out.len);
+    if (n < 0)
+        return -1;
+    fe_conn_sent(w, c, (size_t)n);
+    return 0;
+}
+
+/* Raw echo while the budget is spent, for a connection that holds nothing:
+ * peek, send what the socket takes, then consume exactly that much. Bytes
+ * the socket would not take stay in the kernel, so nothing is buffered and
+ * nothing is lost. Returns -1 when the connection must be closed. */
+static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
+{
+    ssize_t n = fe_tp_plain_peek(c->fd, w->read_buffer, want);
+    if (n == FE_TP_AGAIN)
+        return 0;
+    if (n < 0)
+        return -1;
+    if (n == 0)
+        return fe_conn_peer_eof(w, c, reason);
+    ssize_t sent = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
+    if (sent < 0)
+        return -1;
+    if (sent == 0) {
+        fe_conn_socket_full(w, c);
+        return 0;
+    }
+    fe_tp_plain_discard(c->fd, w->read_buffer, (size_t)sent);
+    return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
+}
+
+/* One read, echoed at once. Returns -1 when the connection must be closed
+ * and sets *reason. */
+static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+{
+    enum fe_budget_verdict how;
+    size_t want = fe_conn_read_room(w, c, &how);
+    *reason = FE_CLOSE_RESET;
+    if (how == FE_BUDGET_PEEK)
+        return peek_echo(w, c, want, reason);
+    if (want == 0)
+        return 0; /* at the cap or the budget: fe_conn_next turns reading off */
+    ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, want);
+    if (n == FE_TP_AGAIN)
+        return 0;
+    if (n < 0)
+        return -1;
+    if (n == 0)
+        return fe_conn_peer_eof(w, c, reason);
+    size_t sent = 0;
+    if (fe_conn_echoes_directly(w, c) && !c->lingering) {
+        ssize_t put = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
+        if (put < 0)
+            return -1;
+        sent = (size_t)put; /* a short write leaves the rest to fe_conn_input */
+    }
+    if (fe_conn_input(w, c, w->read_buffer, (size_t)n, sent, reason) != 0)
+        return -1;
+    if (w->server->cfg.framing == FE_FRAMING_RAW || c->out.len == 0)
+        return 0;
+    /* Line mode: send the lines just framed. */
+    *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET;
+    return flush(w, c);
+}
+
+/* Acts on what c wants next: FIN, close, or the epoll interest to wait
+ * with. Returns false if c was closed. */
+static bool settle(fe_worker *w, fe_conn *c)
+{
+    uint32_t want = 0;
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    for (;;) {
+        switch (fe_conn_next(w, c, &want, &reason)) {
+        case FE_STEP_LINGER:
+            /* FIN, then linger reading until the peer closes: closing with
+             * unread input would send RST, and a RST can destroy echoed
+             * bytes still in flight to the peer. */
+            fe_tp_plain_shutdown(c->fd);
+            fe_conn_lingering(w, c);
+            continue;
+        case FE_STEP_FINISH:
+            if (!c->lingering)
+                fe_tp_plain_shutdown(c->fd);
+            close_conn(w, c, reason);
+            return false;
+        case FE_STEP_CLOSE:
+            close_conn(w, c, reason);
+            return false;
+        case FE_STEP_WAIT:
+            break;
+        }
+        break;
+    }
+    uint32_t events = epoll_interest(want);
+    if (events != c->events) {
+        struct epoll_event ev = {.events = events, .data.ptr = c};
+        if (epoll_ctl(w->epoll_fd, EPOLL_CTL_MOD, c->fd, &ev) != 0) {
+            close_conn(w, c, FE_CLOSE_RESET);
+            return false;
+        }
+        c->events = events;
+    }
+    return true;
+}
+
+static void handle(fe_worker *w, fe_conn *c, uint32_t events)
+{
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
+        close_conn(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
+        return;
+    }
+    if (events & EPOLLOUT) {
+        if (c->space_wait)
+            fe_conn_socket_drained(c);
+        if (c->out.len > 0 && flush(w, c) != 0) {
+            close_conn(w, c, FE_CLOSE_RESET);
+            return;
+        }
+    }
+    if (c->events & EPOLLIN) {
+        if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c, &reason) != 0) {
+            close_conn(w, c, reason);
+            return;
+        }
+    } else if (events & EPOLLHUP) {
+        /* Both directions are gone while we were not reading: no further
+         * byte can be delivered, and a level-triggered HUP would otherwise
+         * be reported forever. */
+        close_conn(w, c, FE_CLOSE_RESET);
+        return;
+    }
+    settle(w, c);
+}
+
+/* Looks again at connections waiting for the memory budget. */
+static void retry_budget_waits(fe_worker *w)
+{
+    fe_conn *c = w->active.head;
+    while (c && w->budget_blocked > 0) {
+        fe_conn *next = c->next;
+        if (c->budget_wait)
+            settle(w, c);
+        c = next;
+    }
+}
+
+static void close_expired(fe_worker *w)
+{
+    enum fe_close_reason reason;
+    fe_conn *c;
+    while ((c = fe_conn_expired(w, &reason)) != NULL)
+        close_conn(w, c, reason);
+}
+
+/* Past the drain deadline: stop echoing; each connection flushes what it
+ * already received, sends FIN and lingers until the close deadline. */
+static void enter_closing(fe_worker *w)
+{
+    w->closing = true;
+    fe_conn *c = w->active.head;
+    while (c) {
+        fe_conn *next = c->next;
+        settle(w, c);
+        c = next;
+    }
+}
+
+static void close_all(fe_worker *w)
+{
+    while (w->active.head)
+        close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
+    while (w->aborting.head)
+        close_conn(w, w->aborting.head, FE_CLOSE_LINE_TOO_LONG);
+}
+
+static int wait_timeout_ms(const fe_worker *w)
+{
+    const fe_server *s = w->server;
+    int64_t ms = fe_conn_next_timer_ms(w);
+    if (atomic_load(&s->state) != FE_RUNNING) {
+        int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
+                                      : atomic_load(&s->drain_deadline_ns);
+        int64_t stop = deadline <= w->now_ns ? 0 : (deadline - w->now_ns + 999999) / 1000000;
+        if (ms < 0 || stop < ms)
+            ms = stop;
+    }
+    return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
+}
+
+/* Whether this worker needs the clock after each wake-up: only for timers
+ * and access events, so the plain echo path never reads it. */
+static bool needs_clock(const fe_worker *w)
+{
+    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
+           w->budget_blocked > 0 || atomic_load(&w->server->state) != FE_RUNNING;
+}
+
+void *fe_worker_main(void *arg)
+{
+    fe_worker *w = arg;
+    fe_server *s = w->server;
+    struct epoll_event events[FE_MAX_EVENTS];
+    w->now_ns = fe_now_ns();
+
+    for (;;) {
+        int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w));
+        if (n < 0 && errno != EINTR)
+            break; /* EBADF/EINVAL: our own epoll fd is gone; cannot happen */
+        if (needs_clock(w))
+            w->now_ns = fe_now_ns();
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.ptr == NULL) {
+                uint64_t ignored;
+                while (read(w->wake_fd, &ignored, sizeof ignored) < 0 && errno == EINTR) {
+                }
+                adopt_queued(w);
+            } else {
+                handle(w, events[i].data.ptr, events[i].events);
+            }
+        }
+        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head)
+            close_expired(w);
+        if (fe_conn_budget_retry_due(w))
+            retry_budget_waits(w);
+        if (atomic_load(&s->state) == FE_RUNNING)
+            continue;
+
+        /* Stopping. The acceptor was joined before the state changed, so
+         * everything it ever queued is visible now; adopt it (or close it,
+         * once closing) before deciding whether this worker is finished. */
+        adopt_queued(w);
+        if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))
+            enter_closing(w);
+        if (w->closing && w->now_ns >= atomic_load(&s->close_deadline_ns))
+            close_all(w);
+        if (w->conn_count == 0)
+            break;
+    }
+
+    close_all(w);
+    pthread_mutex_lock(&s->control_lock);
+    s->workers_running--;
+    pthread_cond_broadcast(&s->workers_exited_cond);
+    pthread_mutex_unlock(&s->control_lock);
+    return NULL;
+}
