@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fastecho._core import _defaults
 from fastecho.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -32,6 +33,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 KIB = 1024
 MIB = 1024 * KIB
+
+# The C core's own defaults (fe_config_init): one source, not written twice.
+ENGINE: dict[str, int] = _defaults()
 
 MAX_CONFIG_FILE = 1 * MIB  # a config file is a few hundred bytes; more is a mistake (or /dev/zero)
 SHOWN_MAX = 200  # characters of a bad value an error line repeats
@@ -191,7 +195,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("grace", "float", 10.0, low=0.0, high=24 * 3600.0, resolution="0.001", metavar="SECONDS",
            help="Seconds open connections may finish after SIGTERM/SIGINT "
                 "(rounded up to whole milliseconds)."),
-    Option("max_pending_output", "int", 1 * MIB, low=4 * KIB, high=1024 * MIB, metavar="BYTES",
+    Option("max_pending_output", "int", ENGINE["max_pending_output"], low=4 * KIB, high=1024 * MIB, metavar="BYTES",
            help="Per-connection cap (bytes) on unsent output; above it the client is not read."),
     Option("max_memory", "int", None, low=1 * MIB, high=2**62, metavar="BYTES",
            help="Budget (bytes) for all connections' buffered output and partial lines together; "
@@ -232,7 +236,7 @@ OPTIONS: tuple[Option, ...] = (
                 '(--suffix " server[echo]" answers like the original server). '
                 'TEXT is UTF-8, at most 4096 bytes, without a newline; other control '
                 'characters, NUL included, are sent as they are.'),
-    Option("max_line", "int", 64 * KIB, low=1, high=64 * MIB, metavar="BYTES",
+    Option("max_line", "int", ENGINE["max_line"], low=1, high=64 * MIB, metavar="BYTES",
            help="Line mode: a longer line gets an error line and the connection closes."),
     # Limits
     Option("max_connections", "int", 0, low=0, high=10_000_000, metavar="N",
@@ -427,7 +431,7 @@ class ServeConfig:
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
     grace: float = 10.0  # seconds open connections may finish after a stop signal
-    max_pending_output: int = 1 * MIB  # per-connection unsent bytes before reading pauses
+    max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses
     max_memory: int = field(default_factory=default_max_memory)  # all connections' buffers
     log_level: str = "normal"
     log_dir: str | None = None
@@ -442,7 +446,7 @@ class ServeConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     suffix: str | None = None
-    max_line: int = 64 * KIB
+    max_line: int = ENGINE["max_line"]
     max_connections: int = 0
     max_connections_per_ip: int = 0
     idle_timeout: float = 0.0
