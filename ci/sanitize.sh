@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
-# Builds the C core with ASan+UBSan, and separately with TSan, and runs the
-# core stress driver (tests/c/stress_core.c) under each. Any sanitizer report
-# fails the run (non-zero exit). Usage: ci/sanitize.sh [asan|tsan|all]
+# Builds the C core and its test programs (tests/c, through CMake) with
+# ASan+UBSan, and separately with TSan, and runs them under each with ctest.
+# Any sanitizer report fails the run (non-zero exit).
+# Usage: ci/sanitize.sh [asan|tsan|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which="${1:-all}"
-out="build/sanitize"
-mkdir -p "$out"
-CC="${CC:-cc}"
-common=(-std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -O1 -g -fno-omit-frame-pointer
-        -Isrc/fastecho/csrc src/fastecho/csrc/*.c tests/c/stress_core.c -lpthread)
+
+# build_and_test NAME SANITIZERS CFLAGS [LAUNCHER...]: configure
+# build/sanitize/NAME with only the C targets, build, and run ctest (under
+# LAUNCHER, if given).
+build_and_test() {
+    local name="$1" sanitizers="$2" cflags="$3"
+    shift 3
+    local dir="build/sanitize/$name"
+    echo "== $name ($sanitizers)"
+    cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS="-Werror $cflags" \
+        -DFASTECHO_PYTHON=OFF -DFASTECHO_TESTS=ON -DFASTECHO_SANITIZE="$sanitizers" >/dev/null
+    cmake --build "$dir" --parallel 2 >/dev/null
+    "$@" ctest --test-dir "$dir" --output-on-failure
+}
 
 run_asan() {
-    echo "== ASan + UBSan"
-    "$CC" "${common[@]}" -fsanitize=address,undefined -fno-sanitize-recover=all -o "$out/stress-asan"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-        timeout 300 "$out/stress-asan"
+        build_and_test asan address,undefined -fno-sanitize-recover=all
 }
 
 run_tsan() {
-    echo "== TSan"
-    "$CC" "${common[@]}" -fsanitize=thread -o "$out/stress-tsan"
     # setarch -R: TSan's shadow memory needs a predictable address layout on
     # kernels with high mmap randomization.
     TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-        timeout 600 setarch "$(uname -m)" -R "$out/stress-tsan"
+        build_and_test tsan thread "" setarch "$(uname -m)" -R
 }
 
 case "$which" in
