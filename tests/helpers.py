@@ -37,9 +37,10 @@ def child_env(changes: dict[str, str | None] | None) -> dict[str, str] | None:
 
 
 def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str | None] | None = None,
-            input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
-    """Run `fastecho ARGS` to completion and capture its output."""
-    return subprocess.run(fastecho_command(*args), capture_output=True, timeout=timeout,
+            input: bytes | None = None, cwd=None,
+            prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `fastecho ARGS` (after a prefix command such as prlimit) to completion, capturing output."""
+    return subprocess.run((prefix or []) + fastecho_command(*args), capture_output=True, timeout=timeout,
                           stdin=subprocess.DEVNULL if input is None else None, input=input,
                           env=child_env(env), cwd=cwd)
 

@@ -2,16 +2,19 @@
 
 Errors a user can cause print one line, `fastecho: error: ...`, and exit 2
 (usage or configuration) or 1 (runtime failure); never a traceback.
+Ctrl-C before the server has installed its signal handlers exits 130, quietly.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 
 import click
 from click.core import ParameterSource
 
-from fastecho import __version__
+from fastecho import EXIT_INTERRUPTED, __version__, _interrupted_while_loading
 from fastecho.config import CONFIG_ENV, OPTIONS, Option, ServeConfig, resolve, to_toml
 from fastecho.errors import ConfigError, FastechoError
 
@@ -24,6 +27,25 @@ EXIT_USAGE = 2
 
 def _error(message: str) -> None:
     click.echo(f"fastecho: error: {message}", err=True)
+
+
+def _failure(e: BaseException) -> tuple[int, str] | None:
+    """Exit code and message for an error the user or the system caused; None for a bug.
+
+    OSError and MemoryError are here because start-up opens fds, sockets and
+    threads, any of which the system can refuse; the server names the step
+    that failed where it can (ServeError), and this is the last resort.
+    """
+    if isinstance(e, ConfigError):
+        return EXIT_USAGE, str(e)
+    if isinstance(e, FastechoError):
+        return EXIT_RUNTIME, str(e)
+    if isinstance(e, MemoryError):
+        return EXIT_RUNTIME, "out of memory"
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return EXIT_RUNTIME, f"{e.strerror or e}{where}"
+    return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +96,17 @@ def serve(ctx: click.Context, config_file: str | None, print_config: bool, **val
 
 
 def _run_server(config: ServeConfig) -> int:
+    """Serve config; 130 for a Ctrl-C before the server installed its signal handlers."""
+    try:
+        _start_and_serve(config)
+    except KeyboardInterrupt:
+        # Nothing was served yet (after the handlers are installed, SIGINT is a
+        # graceful stop instead): leave quietly, as an interrupted command does.
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _start_and_serve(config: ServeConfig) -> None:
     """Logging, inherited socket, daemon, pid file, then the server: in that order."""
     from fastecho import logs, systemd
     from fastecho.daemon import PidFile, Readiness, daemonize
@@ -85,24 +118,30 @@ def _run_server(config: ServeConfig) -> int:
         check_can_switch_user(config.user)
         listener = systemd.inherited_listener(config.fd)  # before fork: LISTEN_PID is ours
         if config.daemon:
+            if _SIGINT.interrupted():  # dropped by Python, see _StartupSigint
+                raise KeyboardInterrupt
             readiness = daemonize(config.workdir)  # only the daemon returns
-        with PidFile(config.pidfile) if config.pidfile else contextlib.nullcontext():
-            Server(config, listener=listener,
+        with PidFile(config.pidfile) if config.pidfile else contextlib.nullcontext() as pidfile:
+            Server(config, listener=listener, pidfile=pidfile, interrupted=_SIGINT.interrupted,
                    on_ready=readiness.ready if readiness else None).run()
-    except FastechoError as e:
-        if logs.logs_to_files():
-            logs.log.critical("%s", e)
-        if readiness is not None:
-            readiness.failed(EXIT_USAGE if isinstance(e, ConfigError) else EXIT_RUNTIME,
-                             f"fastecho: error: {e}")
+    except KeyboardInterrupt:
+        if readiness is not None:  # the daemon was sent SIGINT: the waiting command says so
+            readiness.failed(EXIT_INTERRUPTED, "fastecho: error: interrupted before listening")
         raise
     except BaseException as e:
-        if logs.logs_to_files() and not isinstance(e, KeyboardInterrupt):
-            logs.log.critical("unexpected error", exc_info=True)
-        if readiness is not None:
-            readiness.failed(EXIT_RUNTIME, f"fastecho: error: unexpected error: {e!r}")
+        failure = _failure(e)
+        if failure is None:  # a bug: keep its traceback
+            if logs.logs_to_files():
+                logs.log.critical("unexpected error", exc_info=True)
+            if readiness is not None:
+                readiness.failed(EXIT_RUNTIME, f"fastecho: error: unexpected error: {e!r}")
+            raise
+        code, message = failure
+        if logs.logs_to_files():
+            logs.log.critical("%s", message)
+        if readiness is not None:  # the waiting command prints the same line main() would
+            readiness.failed(code, f"fastecho: error: {message}")
         raise
-    return 0
 
 
 @cli.command()
@@ -126,8 +165,54 @@ def bench(args: tuple[str, ...]) -> int:
     return bench_main(list(args))
 
 
+class _StartupSigint:
+    """The SIGINT handler while the command runs, until the server installs its own.
+
+    It raises KeyboardInterrupt, which every path turns into exit 130, and
+    notes the signal: Python drops an exception raised in a weakref callback
+    or __del__ (it only prints it), and a handler can run inside one
+    (importlib's module locks have weakref callbacks), so a Ctrl-C during an
+    import could be lost and the server would start anyway. The unraisable
+    hook keeps such a drop quiet, and the start-up raises it again where it
+    can propagate: before detaching, and once the server has installed its
+    handlers (Server's interrupted=).
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def interrupted(self) -> bool:
+        return self.seen
+
+    def unraisable_hook(self, previous):
+        def hook(unraisable) -> None:
+            if not (self.seen and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+                previous(unraisable)
+        return hook
+
+
+_SIGINT = _StartupSigint()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    _SIGINT.seen = False
+    if signal.getsignal(signal.SIGINT) in (_interrupted_while_loading, signal.default_int_handler):
+        # Loaded (see fastecho/__init__.py): from here on Ctrl-C is a KeyboardInterrupt again.
+        signal.signal(signal.SIGINT, _SIGINT)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _SIGINT.unraisable_hook(previous_hook)
+    try:
+        return _main(argv)
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="fastecho", standalone_mode=False)
     except _NO_ARGS_IS_HELP as e:  # type: ignore[misc]
@@ -140,13 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         _error(e.format_message())
         return e.exit_code
     except click.Abort:
-        return 130
-    except ConfigError as e:
-        _error(str(e))
-        return EXIT_USAGE
-    except FastechoError as e:  # ServeError, ClientError, ...
-        _error(str(e))
-        return EXIT_RUNTIME
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except (FastechoError, OSError, MemoryError) as e:  # ConfigError, ServeError, ClientError, ...
+        failure = _failure(e)
+        assert failure is not None
+        _error(failure[1])
+        return failure[0]
     return result if isinstance(result, int) else 0

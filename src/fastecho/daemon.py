@@ -9,7 +9,10 @@ line) or that it failed (exit non-zero, printing its error line).
 
 PidFile holds an flock(2) on the pid file for the server's life, so a second
 instance is refused while the first lives, and a stale file (nobody holds the
-lock) is simply taken over.
+lock) is simply taken over. The file stays root's under --user (tools that
+trust a pid file want it so); the user removes it at exit, which needs write
+access to its directory; without that it is emptied instead, with a warning
+at start and at exit.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 import time
 
 from fastecho.errors import ServeError
+from fastecho.logs import log
 
 READY_TIMEOUT = 120.0  # the parent's bound on waiting for the daemon to listen
 
@@ -96,9 +101,16 @@ def daemonize(workdir: str) -> Readiness:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     sys.stdout.flush()
     sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-
-    pid = os.fork()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError as e:
+        raise ServeError(f"cannot daemonize: pipe: {e.strerror or e}") from None
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise ServeError(f"cannot daemonize: fork: {e.strerror or e}") from None
     if pid > 0:  # the command: wait for the daemon's word, then exit with it
         os.close(write_fd)
         os.waitpid(pid, 0)  # the intermediate child exits at once
@@ -108,15 +120,19 @@ def daemonize(workdir: str) -> Readiness:
         os._exit(code)
 
     os.close(read_fd)
-    os.setsid()  # a new session without a controlling terminal
-    if os.fork() > 0:
-        os._exit(0)  # the session leader goes; the daemon can never get a terminal back
-    os.chdir(workdir)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
+    try:
+        os.setsid()  # a new session without a controlling terminal
+        if os.fork() > 0:
+            os._exit(0)  # the session leader goes; the daemon can never get a terminal back
+        os.chdir(workdir)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        if devnull > 2:
+            os.close(devnull)
+    except OSError as e:  # the command waits for one line: send it, not a second one of our own
+        Readiness(write_fd).failed(1, f"fastecho: error: cannot daemonize: {e.strerror or e}")
+        os._exit(1)
     return Readiness(write_fd)
 
 
@@ -171,15 +187,47 @@ class PidFile:
             return
         raise PidFileError(f"cannot lock pid file {self.path}: it keeps being replaced")
 
+    def check_removable(self, user: str) -> None:
+        """After --user dropped root: warn now if the file cannot be removed at exit."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not self._removable(directory):
+            log.warning("user %s cannot remove the pid file %s at exit (that needs write access "
+                        "to %s); it will be emptied instead", user, self.path, directory)
+
+    def _removable(self, directory: str) -> bool:
+        if self._fd is None or not os.access(directory, os.W_OK | os.X_OK):
+            return False
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return False
+        # In a sticky directory (/tmp) only the owner of the file or of the directory may remove it.
+        return not st.st_mode & stat.S_ISVTX or os.geteuid() in (st.st_uid, os.fstat(self._fd).st_uid)
+
     def release(self) -> None:
-        """Remove the file (while still holding the lock), then unlock."""
+        """Remove the file (while still holding the lock), then unlock.
+
+        If it cannot be removed (--user left the server without write access
+        to its directory), empty it: a file that names no pid is safer than one
+        naming a pid the system may give to another process.
+        """
         if self._fd is None:
             return
+        failure = None
         try:
             if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
                 os.unlink(self.path)
-        except OSError:
-            pass  # already gone, or no longer ours to remove (e.g. after --user)
+            # else: replaced by someone else, no longer ours to remove
+        except FileNotFoundError:
+            pass  # already gone
+        except OSError as e:
+            failure = e.strerror or str(e)
+        if failure is not None:
+            try:
+                os.ftruncate(self._fd, 0)  # the fd was opened for writing before --user
+                log.warning("cannot remove the pid file %s (%s); emptied it instead", self.path, failure)
+            except OSError as e:
+                log.warning("cannot remove or empty the pid file %s (%s)", self.path, e.strerror or e)
         os.close(self._fd)
         self._fd = None
 

@@ -4,7 +4,9 @@ The original's levels map onto Python's: DEBUG, NORMAL (= INFO), WARNING,
 ERROR and FATAL (= CRITICAL). Without a log directory, lines go to stderr.
 With one, they go to two files, as the original's did: fastecho.log gets
 DEBUG..WARNING and fastecho.error.log gets ERROR and FATAL. reopen() closes
-and reopens both (the server calls it after SIGHUP, for logrotate).
+and reopens both (the server calls it after SIGHUP, for logrotate). With
+--user, the server gives both files (open_files()) to the user before it
+drops root, so that the user can open them again.
 """
 from __future__ import annotations
 
@@ -111,6 +113,12 @@ def setup(level: str | int = "normal", log_dir: str | None = None, time_format: 
 
 def logs_to_files() -> bool:
     return any(isinstance(h, logging.FileHandler) for h in log.handlers)
+
+
+def open_files() -> list[tuple[str, int]]:
+    """(path, fd) of each log file open now: what --user is given, to reopen them after SIGHUP."""
+    return [(h.baseFilename, h.stream.fileno()) for h in log.handlers
+            if isinstance(h, ReopenableFileHandler) and h.stream is not None]
 
 
 def reopen() -> None:

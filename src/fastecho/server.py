@@ -9,12 +9,18 @@ record the signal, and this loop acts on it:
   seconds, close the rest, exit 0; a second one closes everything at once.
 - SIGHUP: reopen the log files (logrotate).
 
+Each tick also watches the engine's count of accepts put off for want of fds,
+and logs one warning when the server runs out and one when it recovers.
+
 Start order: bind (or adopt) the listener, start the metrics endpoint, drop
-privileges (--user), start the engine, report ready (stdout line, the
---daemon parent, systemd READY=1), then the access-log thread.
+privileges (--user, handing the log files to the user first), check that the
+fd limit leaves room for the engine, create and start the engine, report
+ready (stdout line, the --daemon parent, systemd READY=1), then the
+access-log thread. Every failure on the way is a ServeError with one line.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
@@ -23,22 +29,34 @@ import resource
 import select
 import signal
 import socket
+import stat
 import sys
-from collections.abc import Callable
-from typing import TextIO
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from fastecho import logs, systemd
+from fastecho import _core, logs, systemd
 from fastecho._core import Engine
 from fastecho.addresses import format_address
 from fastecho.config import ServeConfig
 from fastecho.errors import ServeError
 from fastecho.logs import log
 
+if TYPE_CHECKING:
+    from fastecho.daemon import PidFile
+
 TICK_SECONDS = 0.1
 LINGER_SECONDS = 1.0  # after the drain deadline: time to flush, FIN, and see the peer close
 # File descriptors the engine leaves free for this process (metrics scrapes,
 # log files reopened on SIGHUP) when connections take all the others.
 FD_RESERVE = 64
+# Connections the fd check insists there is room for, beyond the reserve: a
+# limit that leaves fewer is a misconfiguration to refuse at start, not load.
+MIN_CONNECTION_FDS = 16
+# No new accept put off for want of fds in this long: the shortage is over.
+# Longer than the acceptor's longest back-off (500 ms), which is how often it
+# retries, and so counts, while the shortage lasts.
+FD_SHORTAGE_QUIET_SECONDS = 1.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
 
@@ -50,7 +68,11 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     except socket.gaierror as e:
         raise ServeError(f"cannot resolve host {host!r}: {e.strerror}") from None
     family, type_, proto, _, address = infos[0]
-    sock = socket.socket(family, type_, proto)
+    where = format_address(host, port)
+    try:
+        sock = socket.socket(family, type_, proto)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -58,7 +80,6 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        where = format_address(host, port)
         if e.errno == errno.EADDRINUSE:
             raise ServeError(f"cannot listen on {where}: address already in use") from None
         raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
@@ -87,12 +108,46 @@ def check_can_switch_user(user: str | None) -> None:
         raise ServeError(f"--user {user} needs root (running as uid {os.geteuid()})")
 
 
-def drop_privileges(user: str) -> None:
-    """Become user (its gid and supplementary groups too), for good. ServeError if not."""
+def lookup_user(user: str) -> pwd.struct_passwd:
+    """The passwd entry for a name or numeric uid; ServeError if there is none."""
     try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
         raise ServeError(f"--user {user}: no such user") from None
+
+
+def give_files(entry: pwd.struct_passwd, files: Iterable[tuple[str, int]]) -> None:
+    """chown each open (path, fd) to the user, so that it can reopen the file by name.
+
+    Only a regular file that path names directly is given away: a symbolic link
+    or a second hard link could have been planted to make root hand over some
+    other file (/etc/shadow). Devices and pipes are left as they are.
+    """
+    for path, fd in files:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid):
+            continue
+        try:
+            named = os.path.samestat(st, os.lstat(path))
+        except OSError:
+            named = False
+        if not named or st.st_nlink != 1:
+            raise ServeError(f"will not give {path} to user {entry.pw_name}: "
+                             "it is a symbolic link, has other hard links, or was replaced")
+        try:
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        except OSError as e:
+            raise ServeError(f"cannot give {path} to user {entry.pw_name}: {e.strerror or e}") from None
+
+
+def drop_privileges(user: str, files: Iterable[tuple[str, int]] = ()) -> None:
+    """Become user (its gid and supplementary groups too), for good. ServeError if not.
+
+    files (open (path, fd) pairs: the log files) are first given to the user,
+    who must reopen them by name after SIGHUP.
+    """
+    entry = lookup_user(user)
+    give_files(entry, files)
     try:
         os.setgroups([])
         os.initgroups(entry.pw_name, entry.pw_gid)
@@ -115,6 +170,77 @@ def drop_privileges(user: str) -> None:
              entry.pw_name, entry.pw_uid, group, entry.pw_gid)
 
 
+def open_fd_count() -> int:
+    """How many fds this process has open; 3 (stdio) if /proc cannot tell."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the fd listdir itself holds
+    except OSError:
+        return 3
+
+
+def fd_reserve_at(limit: int) -> int:
+    """The fds the engine keeps free under RLIMIT_NOFILE limit (at most a quarter of it)."""
+    return min(FD_RESERVE, limit // 4)
+
+
+def fds_needed(threads: int, open_now: int) -> int:
+    """The smallest RLIMIT_NOFILE that fits the engine for threads workers.
+
+    That is: the fds open now, the engine's own (per server and per worker),
+    MIN_CONNECTION_FDS connections, and the reserve the engine keeps free at
+    that limit (which grows with the limit, up to FD_RESERVE).
+    """
+    defaults = _core._defaults()
+    base = (open_now + defaults["fds_per_server"] + threads * defaults["fds_per_worker"]
+            + MIN_CONNECTION_FDS)
+    limit = base
+    while limit - fd_reserve_at(limit) < base:  # at most FD_RESERVE steps
+        limit += 1
+    return limit
+
+
+def threads_that_fit(limit: int, open_now: int) -> int:
+    """The most worker threads that fds_needed() fits in limit (0 if none)."""
+    defaults = _core._defaults()
+    room = (limit - fd_reserve_at(limit) - open_now - defaults["fds_per_server"]
+            - MIN_CONNECTION_FDS)
+    return max(0, room // defaults["fds_per_worker"])
+
+
+def check_fd_limit(threads: int) -> None:
+    """ServeError, before the engine tries, if RLIMIT_NOFILE cannot fit it.
+
+    Run just before the engine is created, after raise_fd_limit() and with
+    every other fd the server needs already open, so that the count is exact.
+    """
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit == resource.RLIM_INFINITY:
+        return
+    open_now = open_fd_count()
+    needed = fds_needed(threads, open_now)
+    if needed <= limit:
+        return
+    fit = threads_that_fit(limit, open_now)
+    instead = f" or use at most {fit} thread{'s' if fit > 1 else ''}" if fit else ""
+    raise ServeError(f"--threads {threads} needs at least {needed} file descriptors but the "
+                     f"limit (RLIMIT_NOFILE) is {limit}; raise it (ulimit -n){instead}")
+
+
+@contextlib.contextmanager
+def failing_as(what: str) -> Iterator[None]:
+    """Turn an OSError or MemoryError in the block into a one-line ServeError 'what: why'."""
+    try:
+        yield
+    except MemoryError:
+        raise ServeError(f"{what}: out of memory") from None
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            why += f" (RLIMIT_NOFILE is {limit}; {open_fd_count()} open)"
+        raise ServeError(f"{what}: {why}") from None
+
+
 def create_engine(cfg: ServeConfig) -> Engine:
     """The C engine for cfg; a 0 or None setting leaves that feature off."""
     suffix = None if cfg.suffix is None else cfg.suffix.encode("utf-8", "surrogateescape")
@@ -133,19 +259,65 @@ def create_engine(cfg: ServeConfig) -> Engine:
     )
 
 
+class FdShortageEvent(NamedTuple):
+    started: bool  # True: the shortage began; False: it ended
+    seconds: float  # ended: how long accepts were being put off
+    put_off: int  # ended: accept attempts put off during the shortage
+
+
+class FdShortage:
+    """Turns samples of the engine's accept_fd_exhausted counter into start and end events.
+
+    Pure logic, fed (time, counter) pairs on each tick: the first increase
+    starts a shortage; FD_SHORTAGE_QUIET_SECONDS without one ends it. So
+    however long it lasts, it gives exactly two events.
+    """
+
+    def __init__(self, quiet_seconds: float = FD_SHORTAGE_QUIET_SECONDS, count: int = 0) -> None:
+        self.quiet_seconds = quiet_seconds
+        self.count = count  # the counter at the last sample
+        self.started_at: float | None = None  # None: no shortage now
+        self.count_at_start = 0
+        self.last_increase = 0.0
+
+    def update(self, now: float, count: int) -> FdShortageEvent | None:
+        """The event this sample makes, if any."""
+        previous, self.count = self.count, count
+        if count > previous:
+            self.last_increase = now
+            if self.started_at is None:
+                self.started_at = now
+                self.count_at_start = previous
+                return FdShortageEvent(True, 0.0, 0)
+            return None
+        if self.started_at is not None and now - self.last_increase >= self.quiet_seconds:
+            event = FdShortageEvent(False, self.last_increase - self.started_at,
+                                    count - self.count_at_start)
+            self.started_at = None
+            return event
+        return None
+
+
 class Server:
     def __init__(self, config: ServeConfig, out: TextIO | None = None,
                  listener: socket.socket | None = None,
-                 on_ready: Callable[[str], None] | None = None) -> None:
+                 on_ready: Callable[[str], None] | None = None,
+                 pidfile: PidFile | None = None,
+                 interrupted: Callable[[], bool] | None = None) -> None:
         self.config = config
         self.out = out or sys.stdout
         self.listener = listener  # inherited (--fd, socket activation); else bound in run()
         self.on_ready = on_ready
+        self.pidfile = pidfile  # held by the caller; checked here once --user has dropped root
+        # Whether a SIGINT came before run() installed its handlers, and its
+        # KeyboardInterrupt was lost (see cli._StartupSigint).
+        self.interrupted = interrupted
         self.engine: Engine | None = None
         self.metrics = None
         self.drainer = None
         self._signals: list[int] = []
         self._reopen_logs = False
+        self._fd_shortage = FdShortage()
 
     def _on_signal(self, signum: int, frame) -> None:
         if signum in RELOAD_SIGNALS:
@@ -159,24 +331,32 @@ class Server:
         check_can_switch_user(cfg.user)
         raise_fd_limit()
         listener = self.listener or bind_listener(cfg.host, cfg.port, cfg.backlog)
-        wake_r, wake_w = socket.socketpair()
+        try:
+            wake_r, wake_w = socket.socketpair()
+        except OSError as e:
+            listener.close()
+            raise ServeError(f"cannot create the signal wake-up sockets: {e.strerror or e}") from None
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         handled = STOP_SIGNALS + RELOAD_SIGNALS
         previous = {s: signal.signal(s, self._on_signal) for s in handled}
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
+            if self.interrupted is not None and self.interrupted():
+                raise KeyboardInterrupt  # before the handlers: the start-up is abandoned, not served
             if cfg.metrics_port is not None:
                 from fastecho import metrics
                 self.metrics = metrics.start(cfg.metrics_host, cfg.metrics_port, self._stats)
                 log.info("metrics at %s", self.metrics.url)
             if cfg.user is not None:
-                drop_privileges(cfg.user)
-            self.engine = create_engine(cfg)
-            try:
+                drop_privileges(cfg.user, logs.open_files())
+                if self.pidfile is not None:
+                    self.pidfile.check_removable(cfg.user)
+            check_fd_limit(cfg.threads)
+            with failing_as("cannot create the engine"):
+                self.engine = create_engine(cfg)
+            with failing_as("cannot start the engine"):
                 self.engine.start(listener.fileno())
-            except OSError as e:
-                raise ServeError(f"cannot start the engine: {e.strerror or e}") from None
             host, port = listener.getsockname()[:2]
             where = format_address(host, port)
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
@@ -236,7 +416,26 @@ class Server:
             err = self.engine.acceptor_error
             if err:
                 return f"the listener failed: {errno.errorcode.get(err, err)}"
+            self._watch_fds()
         return None
+
+    def _watch_fds(self) -> None:
+        """Log when accepting stops for want of fds, and when it starts again (once each)."""
+        assert self.engine is not None
+        stats = self.engine.stats()
+        event = self._fd_shortage.update(time.monotonic(), stats["accept_fd_exhausted"])
+        if event is None:
+            return
+        # Both at WARNING, so that a log kept at --log-level warning shows the end too.
+        if event.started:
+            limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            log.warning("out of file descriptors: accepting paused (limit %d; %d connections open, "
+                        "%d fds kept free for logs and metrics); new clients wait in the listen "
+                        "backlog until connections close", limit, stats["connections_active"],
+                        fd_reserve_at(limit))
+        else:
+            log.warning("file descriptors available again: accepting resumed after %.1fs; "
+                        "%d accept attempts put off", event.seconds, event.put_off)
 
     def _stop(self, listener: socket.socket, wake: socket.socket) -> None:
         assert self.engine is not None
