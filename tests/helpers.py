@@ -9,6 +9,7 @@ import re
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -71,6 +72,7 @@ class ServerProcess:
     port: int
     stderr_path: str
     _stopped: bool = field(default=False)
+    listening_line: str = ""  # the start-up line on stdout, as printed
 
     @property
     def pid(self) -> int:
@@ -133,7 +135,8 @@ def start_server(tmp_path, *args: str, prefix: list[str] | None = None,
         with open(stderr_path, encoding="utf-8", errors="replace") as f:
             raise AssertionError(f"server did not start: {line!r} {f.read()}")
     host = (match["v6"] or match["v4"]).decode()
-    return ServerProcess(proc, host, int(match["port"]), stderr_path)
+    return ServerProcess(proc, host, int(match["port"]), stderr_path,
+                         listening_line=line.decode(errors="replace").strip())
 
 
 def echo_roundtrip(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:
@@ -256,3 +259,72 @@ def connect_from(source: str, address: tuple[str, int], timeout: float = 5.0) ->
     s.settimeout(timeout)
     s.connect(address)
     return s
+
+
+# ------------------------------------------------------------- PROXY protocol
+# Headers as HAProxy's proxy-protocol.txt defines them, for tcp+proxy:// listeners.
+
+LISTENER = re.compile(r"(\[[^\]]+\]|[^\s,\[\]]+):(\d+) \((tcp\+proxy|tcp)\)")
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PROXY_V2_LOCAL, PROXY_V2_PROXY = 0x0, 0x1
+PROXY_V2_UNSPEC, PROXY_V2_INET, PROXY_V2_INET6 = 0x0, 0x1, 0x2
+PROXY_V2_STREAM = 0x1
+
+
+def listeners(server: ServerProcess) -> list[tuple[str, str, int]]:
+    """(scheme, host, port) of each listener named in the start-up line, in its order."""
+    return [(scheme, host.strip("[]"), int(port))
+            for host, port, scheme in LISTENER.findall(server.listening_line)]
+
+
+def proxy_v1(source: tuple[str, int], dest: tuple[str, int], family: str | None = None) -> bytes:
+    """`PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n` (the family from the source unless given)."""
+    family = family or ("TCP6" if ":" in source[0] else "TCP4")
+    return f"PROXY {family} {source[0]} {dest[0]} {source[1]} {dest[1]}\r\n".encode()
+
+
+def proxy_v2_tlv(kind: int, value: bytes) -> bytes:
+    return struct.pack("!BH", kind, len(value)) + value
+
+
+def proxy_v2(source: tuple[str, int] | None = None, dest: tuple[str, int] | None = None, *,
+             command: int = PROXY_V2_PROXY, version: int = 2, family: int | None = None,
+             protocol: int | None = None, addresses: bytes | None = None, tlvs: bytes = b"",
+             length: int | None = None, signature: bytes = PROXY_V2_SIGNATURE) -> bytes:
+    """A v2 binary header. The family follows the source (none: AF_UNSPEC) and the transport the
+    family, unless given; addresses and length (of addresses + TLVs) are computed unless given,
+    to build bad ones."""
+    if family is None:
+        family = PROXY_V2_UNSPEC if source is None else (
+            PROXY_V2_INET6 if ":" in source[0] else PROXY_V2_INET)
+    if protocol is None:  # UNSPEC is the whole byte 0x00; an address family is TCP (STREAM)
+        protocol = PROXY_V2_UNSPEC if family == PROXY_V2_UNSPEC else PROXY_V2_STREAM
+    if addresses is None:
+        addresses = b""
+        if source is not None:
+            af = socket.AF_INET6 if ":" in source[0] else socket.AF_INET
+            addresses = (socket.inet_pton(af, source[0]) + socket.inet_pton(af, dest[0])
+                         + struct.pack("!HH", source[1], dest[1]))
+    body = addresses + tlvs
+    if length is None:
+        length = len(body)
+    return (signature + bytes([(version << 4) | command, (family << 4) | protocol])
+            + struct.pack("!H", length) + body)
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as PP2_TYPE_CRC32C uses."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+def with_crc32c(header: bytes) -> bytes:
+    """header (a v2 one whose first TLV is a zeroed PP2_TYPE_CRC32C) with that CRC filled in."""
+    family = header[13] >> 4
+    at = 16 + {PROXY_V2_INET: 12, PROXY_V2_INET6: 36}[family]
+    assert header[at:at + 7] == b"\x03\x00\x04\x00\x00\x00\x00", "no zeroed CRC32C TLV first"
+    return header[:at + 3] + struct.pack("!I", crc32c(header)) + header[at + 7:]
