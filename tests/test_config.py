@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastecho import config as cfg
+from fastecho.listeners import SCHEMES, Listener
 from helpers import assert_one_line_error, closed_by_server, recv_exactly, run_cli
 
 if sys.version_info >= (3, 11):
@@ -277,8 +278,9 @@ def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
     if opt.kind == "float":
         # Floats in range (subnormals included) and decimals finer than the engine's step.
         return st.one_of(st.floats(opt.low, opt.high).map(repr),
-                         st.decimals(opt.low, opt.high, places=7).map(str),
-                         st.sampled_from(["1e-400", "0.0004", "0", "-0", f"{opt.high:g}"]))
+                         st.decimals(Decimal(repr(opt.low)), Decimal(repr(opt.high)), places=7).map(str),
+                         st.sampled_from(["1e-400", "0.0004", f"{opt.high:g}"]
+                                         + (["0", "-0"] if opt.low == 0 else [])))
     if opt.kind == "bool":
         return st.booleans()
     if opt.kind == "choice":
@@ -287,6 +289,10 @@ def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
     if opt.kind == "networks":
         return st.lists(st.tuples(st.ip_addresses(), st.integers(0, 128)).map(_network),
                         max_size=3).map(tuple)
+    if opt.kind == "listeners":
+        urls = st.builds(lambda scheme, host, port: Listener(scheme, str(host), port).url,
+                         st.sampled_from(tuple(SCHEMES)), st.ip_addresses(), st.integers(1, 65535))
+        return st.lists(urls, max_size=3, unique_by=lambda url: url.split("://")[1]).map(tuple)
     if opt.kind == "path":
         return st.text(_NAME, min_size=1, max_size=40)
     if opt.name == "user":
@@ -298,7 +304,13 @@ def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
     raise AssertionError(f"no strategy for {opt.name} ({opt.kind}): add one")
 
 
-COMMAND_LINES = st.fixed_dictionaries({}, optional={o.name: command_line_text(o) for o in cfg.OPTIONS})
+def _combinable(given: dict) -> bool:
+    """--listen stands apart from --host/--port and --fd: combining them is an error (tested apart)."""
+    return not (given.get("listen") and {"host", "port", "fd"} & set(given))
+
+
+COMMAND_LINES = st.fixed_dictionaries(
+    {}, optional={o.name: command_line_text(o) for o in cfg.OPTIONS}).filter(_combinable)
 
 
 @settings(max_examples=150, deadline=None)

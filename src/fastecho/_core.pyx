@@ -47,6 +47,28 @@ cdef inline int64_t _milliseconds(double seconds):
     return <int64_t>llround(seconds * 1000)
 
 
+# PROXY headers are trusted from loopback unless the caller says otherwise.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+cdef fe_cidr *_ranges(networks, size_t *count) except? NULL:
+    """A malloc'd fe_cidr array of networks (CIDR strings or ip_network objects); NULL if none."""
+    cdef fe_cidr *ranges
+    parsed = [ipaddress.ip_network(n) for n in (networks or ())]
+    count[0] = len(parsed)
+    if not parsed:
+        return NULL
+    ranges = <fe_cidr *>malloc(len(parsed) * sizeof(fe_cidr))
+    if ranges == NULL:
+        raise MemoryError()
+    for i, net in enumerate(parsed):
+        packed = net.network_address.packed
+        ranges[i].family = 4 if net.version == 4 else 6
+        ranges[i].prefix_len = net.prefixlen
+        memcpy(ranges[i].addr, <const char *>packed, len(packed))
+    return ranges
+
+
 cdef object _peer_host(const fe_peer *peer):
     if peer.family == 4:
         return str(ipaddress.IPv4Address(bytes(peer.addr[:4])))
@@ -64,6 +86,7 @@ cdef tuple _event_tuple(const fe_event *ev):
         ev.bytes_out,
         ev.duration_ns / 1e9,
         fe_close_reason_name(ev.reason).decode(),
+        (_peer_host(&ev.via), ev.via.port) if ev.via.family else None,
     )
 
 
@@ -91,12 +114,12 @@ cdef class Engine:
                   unsigned long long max_connections=0,
                   unsigned long long max_connections_per_ip=0,
                   double idle_timeout=0.0, allow=None, size_t max_memory=0,
-                  size_t fd_reserve=0):
+                  size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=5.0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
-        cdef fe_cidr *ranges = NULL
-        cdef Py_ssize_t i
+        cdef fe_cidr *allowed = NULL
+        cdef fe_cidr *trusted = NULL
         fe_config_init(&cfg)
         cfg.threads = threads
         if max_pending_output:
@@ -121,24 +144,18 @@ cdef class Engine:
             cfg.idle_timeout_ms = 1  # shorter than the core's 1 ms tick, but never 0 ("off")
         cfg.max_memory = max_memory
         cfg.fd_reserve = fd_reserve
-        networks = [ipaddress.ip_network(n) for n in (allow or ())]
-        if networks:
-            ranges = <fe_cidr *>malloc(len(networks) * sizeof(fe_cidr))
-            if ranges == NULL:
-                raise MemoryError()
-            for i, net in enumerate(networks):
-                packed = net.network_address.packed
-                ranges[i].family = 4 if net.version == 4 else 6
-                ranges[i].prefix_len = net.prefixlen
-                memcpy(ranges[i].addr, <const char *>packed, len(packed))
-            cfg.allow = ranges
-            cfg.allow_count = len(networks)
+        cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
         err[0] = 0
         try:
+            allowed = _ranges(allow, &cfg.allow_count)
+            cfg.allow = allowed
+            trusted = _ranges(proxy_from, &cfg.proxy_from_count)
+            cfg.proxy_from = trusted
             with nogil:
                 rc = fe_server_create(&cfg, &self._server, err, ERRLEN)
         finally:
-            free(ranges)  # the core keeps its own copy
+            free(allowed)  # the core keeps its own copies
+            free(trusted)
         if rc != 0:
             self._server = NULL
             _raise_error(errno, err)
@@ -154,8 +171,12 @@ cdef class Engine:
             raise ValueError("engine is closed")
         return self._server
 
-    def start(self, *listen_fds):
-        """Serve the listening sockets listen_fds (which the caller keeps open)."""
+    def start(self, *listen_fds, proxy=()):
+        """Serve the listening sockets listen_fds (which the caller keeps open).
+
+        proxy: for each fd in turn, whether its connections start with a PROXY
+        protocol header (missing entries: no).
+        """
         cdef fe_server *server = self._live()
         cdef char err[ERRLEN]
         cdef int rc
@@ -163,8 +184,10 @@ cdef class Engine:
         cdef size_t count = len(listen_fds)
         if not 1 <= count <= FE_MAX_LISTENERS:
             raise ConfigError(f"between 1 and {FE_MAX_LISTENERS} listeners are served, not {count}")
+        flags = list(proxy)
         for i, fd in enumerate(listen_fds):
             listeners[i].fd = fd
+            listeners[i].proxy = i < len(flags) and bool(flags[i])
         err[0] = 0
         with nogil:
             rc = fe_server_start(server, listeners, count, err, ERRLEN)
@@ -203,6 +226,7 @@ cdef class Engine:
             "rejected_max_connections": s.rejected_max_connections,
             "rejected_per_ip": s.rejected_per_ip,
             "rejected_not_allowed": s.rejected_not_allowed,
+            "rejected_proxy_untrusted": s.rejected_proxy_untrusted,
             "idle_timeouts": s.idle_timeouts,
             "lines_too_long": s.lines_too_long,
             "events_dropped": s.events_dropped,

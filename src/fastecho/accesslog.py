@@ -19,11 +19,18 @@ FINAL_BATCHES = 10_000  # bound on the last drain after the engine has stopped
 
 
 def format_event(event: Sequence) -> str:
-    """`open 127.0.0.1:53422` or `close 127.0.0.1:53422 in=10 out=10 duration=0.012s reason=eof`."""
-    kind, host, port, bytes_in, bytes_out, duration, reason = event
+    """`open 127.0.0.1:53422` or `close 127.0.0.1:53422 in=10 out=10 duration=0.012s reason=eof`.
+
+    A client that came through a proxy (PROXY protocol) is named with the
+    proxy after it: `open 203.0.113.7:51000 via 127.0.0.1:40112`.
+    """
+    kind, host, port, bytes_in, bytes_out, duration, reason, via = event
+    who = format_address(host, port)
+    if via is not None:
+        who += f" via {format_address(*via)}"
     if kind == "open":
-        return f"open {format_address(host, port)}"
-    return (f"{kind} {format_address(host, port)} in={bytes_in} out={bytes_out} "
+        return f"open {who}"
+    return (f"{kind} {who} in={bytes_in} out={bytes_out} "
             f"duration={duration:.3f}s reason={reason or '-'}")
 
 

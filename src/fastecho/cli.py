@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from fastecho import EXIT_INTERRUPTED, __version__, _interrupted_while_loading
-from fastecho.config import CONFIG_ENV, OPTIONS, Option, ServeConfig, resolve, to_toml
+from fastecho.config import CONFIG_ENV, LIST_KINDS, OPTIONS, Option, ServeConfig, resolve, to_toml
 from fastecho.errors import ConfigError, FastechoError
 
 # click < 8.2 prints the help itself for a bare `fastecho`; newer ones raise this.
@@ -69,7 +69,7 @@ def _serve_options(command):
             option = click.option(decl, opt.name, default=opt.default, help=_help(opt))
         else:
             option = click.option(opt.flag, opt.name, metavar=opt.metavar, default=None,
-                                  multiple=opt.kind == "networks", help=_help(opt))
+                                  multiple=opt.kind in LIST_KINDS, help=_help(opt))
         command = option(command)
     return command
 

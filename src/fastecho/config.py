@@ -24,7 +24,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fastecho._core import _defaults
+from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
+from fastecho.listeners import SCHEMES, Listener, ListenerError, check_distinct
+from fastecho.listeners import parse_url as parse_listener_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,11 +187,52 @@ def _parse_network(text: str) -> Network:
         raise Invalid(_clip(f"{text.strip()!r} is not a CIDR network ({e})")) from None
 
 
+def _parse_listener(text: str) -> Listener:
+    _check_text(text)
+    try:
+        listener = parse_listener_url(text)
+        _check_host(listener.host)
+    except ListenerError as e:
+        raise Invalid(_clip(str(e))) from None
+    return listener
+
+
+def _check_listeners(value: tuple[Listener, ...]) -> tuple[Listener, ...]:
+    try:
+        check_distinct(value)
+    except ListenerError as e:
+        raise Invalid(str(e)) from None
+    return value
+
+
+@dataclass(frozen=True)
+class ListKind:
+    """An option that holds a list: how one item is parsed, and its type once parsed."""
+
+    parse: Callable[[str], Any]
+    item_type: type | tuple[type, ...]
+    what: str  # the items, in words
+    example: str
+
+
+# Options of these kinds repeat on the command line, split on "," in the
+# environment, and are arrays (or a single string) in TOML.
+LIST_KINDS: dict[str, ListKind] = {
+    "networks": ListKind(_parse_network, (ipaddress.IPv4Network, ipaddress.IPv6Network),
+                         "CIDR strings", '["10.0.0.0/8"]'),
+    "listeners": ListKind(_parse_listener, Listener, "listener URLs", '["tcp://127.0.0.1:7000"]'),
+}
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("host", "str", "127.0.0.1", check=_check_host, metavar="HOST",
            help="Address to listen on. Loopback by default; use 0.0.0.0 or :: to serve other hosts."),
     Option("port", "int", 7000, low=0, high=65535, metavar="PORT",
            help="TCP port; 0 picks a free one."),
+    Option("listen", "listeners", (), metavar="URL", check=_check_listeners,
+           help="Listen on URL, SCHEME://HOST:PORT; repeat for more. Schemes: "
+                + ", ".join(SCHEMES) + ". Replaces --host/--port "
+                "(which are the shorthand for one tcp listener)."),
     Option("threads", "int", None, low=1, high=4096, metavar="N",
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
@@ -223,6 +267,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fd", "int", None, optional=True, low=0, high=2**31 - 1, metavar="N",
            help="Serve the inherited listening socket N instead of binding "
                 "(systemd socket activation, LISTEN_FDS, is used automatically)."),
+    Option("fd_scheme", "choice", "tcp", choices=tuple(SCHEMES), metavar="SCHEME",
+           help="What the inherited socket (--fd, socket activation) speaks: "
+                + ", ".join(SCHEMES) + "."),
     Option("user", "str", None, optional=True, check=_check_user, metavar="NAME",
            help="Drop root privileges to this user after binding."),
     # Metrics
@@ -249,6 +296,15 @@ OPTIONS: tuple[Option, ...] = (
                 "milliseconds, so 0.0004 is 0.001, not never)."),
     Option("allow", "networks", (), metavar="CIDR",
            help="Accept only peers in this network; repeat for more (default: everyone)."),
+    # PROXY protocol
+    Option("proxy_from", "networks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+           metavar="CIDR",
+           help="On +proxy listeners, trust PROXY headers only from peers in this network; "
+                "repeat for more (default: loopback). Other peers are closed and counted."),
+    Option("proxy_timeout", "float", 5.0, low=0.001, high=3600.0, resolution="0.001",
+           metavar="SECONDS",
+           help="On +proxy listeners, close a connection whose PROXY header is not complete "
+                "in this long."),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -290,7 +346,12 @@ def format_error(key: str, value: Any, source: str | None, problem: str, *, text
 
 
 def _number_range(opt: Option, value: float | decimal.Decimal) -> None:
-    if opt.low is not None and opt.high is not None and not opt.low <= value <= opt.high:
+    if opt.low is None or opt.high is None:
+        return
+    low_limit, high_limit = opt.low, opt.high
+    if isinstance(value, decimal.Decimal):  # limits as written (0.001), not as binary floats
+        low_limit, high_limit = decimal.Decimal(repr(low_limit)), decimal.Decimal(repr(high_limit))
+    if not low_limit <= value <= high_limit:
         low, high = opt.low, opt.high
         if opt.kind == "int":
             low, high = int(low), int(high)
@@ -320,8 +381,8 @@ def _from_text(opt: Option, text: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise Invalid("must be true or false (1/0, yes/no, on/off)")
-    if kind == "networks":
-        return tuple(_parse_network(part) for part in text.split(",") if part.strip())
+    if kind in LIST_KINDS:
+        return tuple(LIST_KINDS[kind].parse(part) for part in text.split(",") if part.strip())
     return text  # str, path, choice
 
 
@@ -343,12 +404,13 @@ def _from_toml(opt: Option, value: Any) -> Any:
         if not isinstance(value, bool):
             raise Invalid("must be true or false")
         return value
-    if kind == "networks":
+    if kind in LIST_KINDS:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise Invalid('must be a list of CIDR strings, e.g. ["10.0.0.0/8"]')
-        return tuple(_parse_network(v) for v in value)
+            items = LIST_KINDS[kind]
+            raise Invalid(f"must be a list of {items.what}, e.g. {items.example}")
+        return tuple(LIST_KINDS[kind].parse(v) for v in value)
     if not isinstance(value, str):
         raise Invalid("must be a string")
     return value
@@ -360,8 +422,10 @@ def _float_value(opt: Option, value: int | float | decimal.Decimal) -> float:
     exact = decimal.Decimal(repr(value) if isinstance(value, float) else value)
     if exact.is_nan():
         raise Invalid("must be a number")
-    _number_range(opt, exact)
-    if opt.resolution is not None:
+    if opt.resolution is None or not 0 <= exact <= decimal.Decimal(repr(opt.high)):
+        _number_range(opt, exact)
+    else:  # rounded before the range check: 1e-400 is 0.001 where 0.001 is the least
+
         with decimal.localcontext() as ctx:
             ctx.prec = 60  # ample for the ranges in OPTIONS; quantize never fails
             exact = exact.quantize(decimal.Decimal(opt.resolution), rounding=decimal.ROUND_CEILING)
@@ -393,9 +457,9 @@ def _validate(opt: Option, value: Any) -> Any:
     elif kind == "bool":
         if not isinstance(value, bool):
             raise Invalid("must be true or false")
-    elif kind == "networks":
-        value = tuple(n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network))
-                      else _parse_network(str(n)) for n in value)
+    elif kind in LIST_KINDS:
+        items = LIST_KINDS[kind]
+        value = tuple(v if isinstance(v, items.item_type) else items.parse(str(v)) for v in value)
     elif not isinstance(value, str):
         raise Invalid("must be a string")
     elif kind == "path":
@@ -428,6 +492,7 @@ def parse_value(name: str, raw: Any, source: str, *, text: bool) -> Any:
 class ServeConfig:
     host: str = "127.0.0.1"  # loopback unless the operator says otherwise
     port: int = 7000
+    listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
     grace: float = 10.0  # seconds open connections may finish after a stop signal
@@ -442,6 +507,7 @@ class ServeConfig:
     workdir: str = "/"
     pidfile: str | None = None
     fd: int | None = None
+    fd_scheme: str = "tcp"
     user: str | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -451,6 +517,9 @@ class ServeConfig:
     max_connections_per_ip: int = 0
     idle_timeout: float = 0.0
     allow: tuple[Network, ...] = ()
+    proxy_from: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                       ipaddress.ip_network("::1/128"))
+    proxy_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -463,6 +532,17 @@ class ServeConfig:
             except Invalid as e:
                 raise ConfigError(format_error(f.name, value, None, str(e))) from None
             object.__setattr__(self, f.name, value)
+
+        if self.listen and (self.host, self.port) != (OPTION_BY_NAME["host"].default,
+                                                      OPTION_BY_NAME["port"].default):
+            raise ConfigError(f"--listen cannot be combined with --host/--port; add "
+                              f"tcp://{format_address(self.host, self.port)} to --listen instead")
+        if self.listen and self.fd is not None:
+            raise ConfigError("--listen cannot be combined with --fd (an inherited socket)")
+
+    def listeners(self) -> tuple[Listener, ...]:
+        """Where to listen: --listen, or the one tcp listener --host/--port stand for."""
+        return self.listen or (Listener("tcp", self.host, self.port),)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -596,11 +676,11 @@ def read_command_line(given: Mapping[str, Any]) -> dict[str, Any]:
         opt = OPTION_BY_NAME[name]
         if opt.kind == "bool":
             values[name] = parse_value(name, raw, opt.flag, text=False)
-        elif opt.kind == "networks":
-            nets: list[Network] = []
+        elif opt.kind in LIST_KINDS:
+            items: list[Any] = []
             for item in raw:
-                nets.extend(parse_value(name, item, opt.flag, text=True))
-            values[name] = tuple(nets)
+                items.extend(parse_value(name, item, opt.flag, text=True))
+            values[name] = tuple(items)
         else:
             values[name] = parse_value(name, raw, opt.flag, text=True)
     return values
@@ -670,7 +750,7 @@ def toml_value(value: Any) -> str:
         return "nan" if value.is_nan() else "-inf" if value.is_signed() else "inf"
     if isinstance(value, str):
         return _toml_string(value)
-    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network, Listener)):
         return _toml_string(str(value))
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"

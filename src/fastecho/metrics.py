@@ -55,6 +55,7 @@ REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a lim
     "max_connections": "rejected_max_connections",
     "max_connections_per_ip": "rejected_per_ip",
     "not_allowed": "rejected_not_allowed",
+    "proxy_untrusted": "rejected_proxy_untrusted",
 })
 # Closes by reason: the reasons and their names are the C core's own table.
 CLOSES = ("fastecho_closes_total", "Connections closed, by reason.", "closes")

@@ -39,6 +39,7 @@ from fastecho import _core, logs, systemd
 from fastecho._core import Engine
 from fastecho.addresses import format_address
 from fastecho.config import ServeConfig
+from fastecho.listeners import Listener
 from fastecho.errors import ServeError
 from fastecho.logs import log
 
@@ -84,6 +85,11 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
             raise ServeError(f"cannot listen on {where}: address already in use") from None
         raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
     return sock
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
 
 
 def raise_fd_limit() -> int:
@@ -256,7 +262,37 @@ def create_engine(cfg: ServeConfig) -> Engine:
         allow=list(cfg.allow),
         max_memory=cfg.max_memory,
         fd_reserve=FD_RESERVE,
+        proxy_from=list(cfg.proxy_from),
+        proxy_timeout=cfg.proxy_timeout,
     )
+
+
+def open_listeners(cfg: ServeConfig, inherited: socket.socket | None) -> list[tuple[Listener, socket.socket]]:
+    """The listening sockets to serve, each with its listener: the inherited
+    one (--fd, socket activation; it speaks --fd-scheme), or every listener
+    in cfg, bound here. ServeError with one line if one cannot be bound (the
+    others are closed again)."""
+    if inherited is not None:
+        host, port = inherited.getsockname()[:2]
+        return [(Listener(cfg.fd_scheme, host, port), inherited)]
+    opened: list[tuple[Listener, socket.socket]] = []
+    try:
+        for listener in cfg.listeners():
+            sock = bind_listener(listener.host, listener.port, cfg.backlog)
+            host, port = sock.getsockname()[:2]  # the real port, when 0 was asked for
+            opened.append((Listener(listener.scheme, host, port), sock))
+    except BaseException:
+        for _, sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def describe_listeners(listeners: list[Listener]) -> str:
+    """host:port for the plain single listener (the line scripts parse); else each with its scheme."""
+    if len(listeners) == 1 and listeners[0].scheme == "tcp":
+        return format_address(listeners[0].host, listeners[0].port)
+    return ", ".join(f"{format_address(l.host, l.port)} ({l.scheme})" for l in listeners)
 
 
 class FdShortageEvent(NamedTuple):
@@ -330,11 +366,12 @@ class Server:
         cfg = self.config
         check_can_switch_user(cfg.user)
         raise_fd_limit()
-        listener = self.listener or bind_listener(cfg.host, cfg.port, cfg.backlog)
+        bound = open_listeners(cfg, self.listener)
+        sockets = [sock for _, sock in bound]
         try:
             wake_r, wake_w = socket.socketpair()
         except OSError as e:
-            listener.close()
+            close_all(sockets)
             raise ServeError(f"cannot create the signal wake-up sockets: {e.strerror or e}") from None
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -356,9 +393,9 @@ class Server:
             with failing_as("cannot create the engine"):
                 self.engine = create_engine(cfg)
             with failing_as("cannot start the engine"):
-                self.engine.start(listener.fileno())
-            host, port = listener.getsockname()[:2]
-            where = format_address(host, port)
+                self.engine.start(*(sock.fileno() for sock in sockets),
+                                  proxy=[listener.proxy for listener, _ in bound])
+            where = describe_listeners([listener for listener, _ in bound])
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
             print(line, file=self.out, flush=True)
             self._announce(where)
@@ -369,7 +406,7 @@ class Server:
                 self.drainer = AccessLogDrainer(self.engine)
                 self.drainer.start()
             failure = self._serve_until_signal(wake_r)
-            self._stop(listener, wake_r)
+            self._stop(sockets, wake_r)
             if failure:
                 raise ServeError(failure)
         finally:
@@ -382,7 +419,7 @@ class Server:
                 self.metrics.stop()
             if self.engine is not None:
                 self.engine.close()
-            listener.close()
+            close_all(sockets)
             wake_r.close()
             wake_w.close()
 
@@ -437,7 +474,7 @@ class Server:
             log.warning("file descriptors available again: accepting resumed after %.1fs; "
                         "%d accept attempts put off", event.seconds, event.put_off)
 
-    def _stop(self, listener: socket.socket, wake: socket.socket) -> None:
+    def _stop(self, sockets: list[socket.socket], wake: socket.socket) -> None:
         assert self.engine is not None
         grace = self.config.grace
         systemd.notify("STOPPING=1\nSTATUS=draining connections")
@@ -445,7 +482,7 @@ class Server:
         log.info("stopping: no new connections; %d open connection(s) get up to %gs to finish",
                  active, grace)
         self.engine.shutdown(grace, LINGER_SECONDS)
-        listener.close()  # the acceptor is joined: nobody uses the fd any more
+        close_all(sockets)  # the acceptor is joined: nobody uses the fds any more
         handled = len(self._signals)
         while not self.engine.wait(TICK_SECONDS):
             if len(self._signals) > handled:

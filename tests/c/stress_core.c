@@ -30,6 +30,9 @@ enum { CLIENT_THREADS = 8, ROUNDS_PER_CLIENT = 60, LINGERING_CLIENTS = 16, HOARD
 #define BUDGET_BYTES ((size_t)1 << 20)
 
 static struct sockaddr_in server_addr;
+/* PROXY runs: every client first sends a v1 header naming a made-up client. */
+static bool proxy_run;
+static atomic_uint proxied_clients;
 static atomic_int failures;
 static atomic_bool stop_stats_reader;
 
@@ -54,6 +57,16 @@ static int connect_client(void)
     if (connect(fd, (struct sockaddr *)&server_addr, sizeof server_addr) != 0) {
         close(fd);
         return -1;
+    }
+    if (proxy_run) {
+        unsigned n = atomic_fetch_add(&proxied_clients, 1);
+        char header[108];
+        int len = snprintf(header, sizeof header, "PROXY TCP4 198.51.%u.%u 127.0.0.1 %u 7000\r\n",
+                           (n / 250) % 250, n % 250 + 1, 1024 + n % 60000);
+        if (send(fd, header, (size_t)len, MSG_NOSIGNAL) != len) {
+            close(fd);
+            return -1;
+        }
     }
     return fd;
 }
@@ -295,7 +308,8 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     cfg.queue_capacity = queue_capacity; /* tiny: the acceptor must wait on the condvar */
     cfg.max_pending_output = 16 * 1024;  /* tiny: backpressure engages constantly */
     cfg.read_buffer_size = 4096;
-    fe_cidr loopback = {.family = 4, .prefix_len = 8, .addr = {127}};
+    /* Behind a proxy the clients are 198.51.x.x: allow everyone then. */
+    fe_cidr loopback = {.family = 4, .prefix_len = proxy_run ? 0 : 8, .addr = {127}};
     if (line_mode) { /* and every optional feature that costs nothing here */
         cfg.framing = FE_FRAMING_LINE;
         cfg.suffix = line_suffix;
@@ -312,10 +326,13 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
         cfg.max_memory = BUDGET_BYTES;
         cfg.max_pending_output = 512 * 1024;
     }
+    fe_cidr loopback_proxies = {.family = 4, .prefix_len = 8, .addr = {127}};
+    cfg.proxy_from = &loopback_proxies;
+    cfg.proxy_from_count = 1;
     fe_server *srv = NULL;
     char err[256];
     if (fe_server_create(&cfg, &srv, err, sizeof err) != 0 ||
-        fe_server_start(srv, &(fe_listener){.fd = listen_fd}, 1, err, sizeof err) != 0) {
+        fe_server_start(srv, &(fe_listener){.fd = listen_fd, .proxy = proxy_run}, 1, err, sizeof err) != 0) {
         fprintf(stderr, "stress_core: %s\n", err);
         return 1;
     }
@@ -399,8 +416,9 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     fe_stats st;
     fe_server_stats(srv, &st);
     fe_server_destroy(srv);
-    printf("%s%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
-           line_mode ? "line" : "echo", budget ? "+budget" : "", threads, queue_capacity,
+    printf("%s%s%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu\n",
+           line_mode ? "line" : "echo", budget ? "+budget" : "", proxy_run ? "+proxy" : "", threads,
+           queue_capacity,
            (unsigned long long)st.connections_accepted,
            (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
            (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent);
@@ -421,6 +439,9 @@ int main(void)
     if (run(4, 2, false, false) != 0 || run(1, 1, false, false) != 0 ||
         run(16, 4096, false, false) != 0 || run(3, 8, true, false) != 0 ||
         run(4, 64, false, true) != 0 || run(2, 64, true, true) != 0)
+        return 1;
+    proxy_run = true; /* the PROXY header path, raw and line mode, with every limit */
+    if (run(4, 8, false, false) != 0 || run(3, 8, true, false) != 0)
         return 1;
     int n = atomic_load(&failures);
     printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);

@@ -16,6 +16,7 @@
 #ifndef FE_H
 #define FE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,10 @@ enum fe_close_reason {
     FE_CLOSE_LINE_TOO_LONG, /* line mode: a line exceeded max_line */
     FE_CLOSE_SHUTDOWN,      /* the server stopped */
     FE_CLOSE_NO_MEMORY,     /* a buffer could not grow */
+    FE_CLOSE_PROXY_INVALID, /* +proxy: a malformed, oversized or unfinished PROXY header */
+    FE_CLOSE_PROXY_TIMEOUT, /* +proxy: no whole PROXY header within proxy_timeout_ms */
+    FE_CLOSE_NOT_ALLOWED,   /* +proxy: the header's client is not in the allow list */
+    FE_CLOSE_PER_IP_LIMIT,  /* +proxy: the header's client has max_connections_per_ip open */
     FE_CLOSE_REASON_COUNT
 };
 
@@ -75,7 +80,8 @@ enum fe_framing {
  * whether a PROXY header comes first) arrive with the protocols that use
  * them. */
 typedef struct fe_listener {
-    int fd; /* bound, listening SOCK_STREAM socket; the caller owns it */
+    int fd;     /* bound, listening SOCK_STREAM socket; the caller owns it */
+    bool proxy; /* each connection starts with a PROXY protocol header (v1 or v2) */
 } fe_listener;
 
 /* The most listeners one server serves. */
@@ -85,7 +91,8 @@ enum { FE_MAX_LISTENERS = 64 };
 typedef struct fe_event {
     uint8_t kind;   /* enum fe_event_kind */
     uint8_t reason; /* enum fe_close_reason */
-    fe_peer peer;
+    fe_peer peer;   /* the client: from its PROXY header, when it came through a proxy */
+    fe_peer via;    /* the proxy that connected (family 0 when none did) */
     uint64_t bytes_in;    /* close: bytes received on this connection */
     uint64_t bytes_out;   /* close: bytes sent on this connection */
     uint64_t duration_ns; /* close: time since the connection was accepted */
@@ -158,6 +165,16 @@ typedef struct fe_config {
      * this reserve reach RLIMIT_NOFILE. At most a quarter of the limit is
      * kept, so that a small limit still serves. 0 keeps none. */
     size_t fd_reserve;
+
+    /* PROXY protocol, for listeners with proxy set. A connection to one
+     * from a peer outside proxy_from (copied; count 0 trusts nobody) is
+     * closed at accept and counted. Its header must be whole within
+     * proxy_timeout_ms (>= 1). The header's client then stands for the
+     * peer: the allow list and the per-address limit are applied to it on
+     * the worker, and the access events name it, with the proxy as via. */
+    const fe_cidr *proxy_from;
+    size_t proxy_from_count;
+    int64_t proxy_timeout_ms;
 } fe_config;
 
 typedef struct fe_stats {
@@ -170,6 +187,7 @@ typedef struct fe_stats {
     uint64_t rejected_max_connections; /* closed at accept: max_connections */
     uint64_t rejected_per_ip;          /* closed at accept: max_connections_per_ip */
     uint64_t rejected_not_allowed;     /* closed at accept: not in the allow list */
+    uint64_t rejected_proxy_untrusted; /* closed at accept: +proxy peer not in proxy_from */
     uint64_t idle_timeouts;            /* closed for idleness */
     uint64_t lines_too_long;           /* closed in line mode for an overlong line */
     uint64_t events_dropped;           /* access events lost to a full ring */

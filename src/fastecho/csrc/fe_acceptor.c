@@ -62,12 +62,17 @@ static void dispatch(fe_server *s, const fe_handoff *h)
 static bool admit(fe_server *s, fe_handoff *h)
 {
     fe_counter *rejected = NULL;
-    if (s->cfg.allow_count > 0 && !fe_cidr_contains_any(s->allow, s->cfg.allow_count, &h->peer))
+    if (h->proxy && !fe_cidr_contains_any(s->proxy_from, s->cfg.proxy_from_count, &h->peer))
+        rejected = &s->rejected_proxy_untrusted; /* nobody else may claim an address */
+    else if (!h->proxy && s->cfg.allow_count > 0 &&
+             !fe_cidr_contains_any(s->allow, s->cfg.allow_count, &h->peer))
         rejected = &s->rejected_not_allowed;
     else if (s->cfg.max_connections > 0 &&
              atomic_load_explicit(&s->open_connections, memory_order_relaxed) >= s->cfg.max_connections)
         rejected = &s->rejected_max_connections;
-    else if (s->cfg.max_connections_per_ip > 0) {
+    else if (!h->proxy && s->cfg.max_connections_per_ip > 0) {
+        /* Behind a proxy, the client's address is known only from its
+         * header: the worker applies the allow list and this limit then. */
         if (fe_ip_table_acquire(&s->ip_table, &h->peer, s->cfg.max_connections_per_ip))
             h->counted_per_ip = true;
         else
@@ -134,7 +139,7 @@ static int next_backoff_ms(int backoff_ms)
 /* Accepts up to FE_ACCEPT_BATCH connections from one listener. Returns 0
  * when its backlog is empty or the batch is done, 1 when the acceptor must
  * back off (out of fds or memory), -1 when the listener itself failed. */
-static int accept_batch(fe_server *s, int listen_fd)
+static int accept_batch(fe_server *s, const fe_listener *listener)
 {
     for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
         if (atomic_load_explicit(&s->open_connections, memory_order_relaxed) >=
@@ -146,9 +151,9 @@ static int accept_batch(fe_server *s, int listen_fd)
         }
         struct sockaddr_storage addr;
         socklen_t addr_len = sizeof addr;
-        int fd = accept4(listen_fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(listener->fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns()};
+            fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns(), .proxy = listener->proxy};
             fe_peer_from_sockaddr(&h.peer, (struct sockaddr *)&addr, addr_len);
             if (!admit(s, &h))
                 continue;
@@ -208,7 +213,7 @@ void *fe_acceptor_main(void *arg)
         int verdict = 0;
         for (nfds_t i = 1; i < all && verdict == 0; i++) {
             if (after_pause || (fds[i].revents & (POLLIN | POLLERR)))
-                verdict = accept_batch(s, fds[i].fd);
+                verdict = accept_batch(s, &s->listeners[i - 1]);
         }
         if (verdict < 0)
             return NULL;

@@ -4,6 +4,7 @@
  * has while the memory budget is spent.
  */
 #include "fe_conn.h"
+#include "fe_proxy.h"
 
 #include <linux/sockios.h>
 #include <stdlib.h>
@@ -30,6 +31,10 @@ static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {
     [FE_CLOSE_LINE_TOO_LONG] = "line-too-long",
     [FE_CLOSE_SHUTDOWN] = "shutdown",
     [FE_CLOSE_NO_MEMORY] = "no-memory",
+    [FE_CLOSE_PROXY_INVALID] = "proxy-invalid",
+    [FE_CLOSE_PROXY_TIMEOUT] = "proxy-timeout",
+    [FE_CLOSE_NOT_ALLOWED] = "not-allowed",
+    [FE_CLOSE_PER_IP_LIMIT] = "per-ip-limit",
 };
 
 const char *fe_close_reason_name(int reason)
@@ -79,7 +84,7 @@ static bool is_aborting(const fe_conn *c)
 
 static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
 {
-    return is_aborting(c) ? &w->aborting : &w->active;
+    return c->awaiting_proxy ? &w->proxy_waiting : is_aborting(c) ? &w->aborting : &w->active;
 }
 
 /* Records activity for the idle timeout: the connection moves to the tail
@@ -105,6 +110,7 @@ static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t rea
         .kind = kind,
         .reason = reason,
         .peer = c->peer,
+        .via = c->via,
         .bytes_in = c->bytes_in,
         .bytes_out = c->bytes_out,
         .duration_ns = kind == FE_EVENT_CLOSE ? (uint64_t)(fe_now_ns() - c->accepted_ns) : 0,
@@ -153,9 +159,11 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->peer = h->peer;
     c->accepted_ns = h->accepted_ns;
     c->active_ns = w->now_ns;
-    list_append(&w->active, c);
+    c->awaiting_proxy = h->proxy;
+    list_append(list_of(w, c), c);
     w->conn_count++;
-    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
+    if (!c->awaiting_proxy) /* else once its header names the client */
+        emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
     return c;
 }
 
@@ -315,6 +323,74 @@ int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t se
     return 0;
 }
 
+size_t fe_conn_proxy_room(const fe_worker *w, const fe_conn *c)
+{
+    size_t room = FE_PROXY_MAX_HEADER - c->partial_line.len; /* > 0 while awaiting */
+    return room < w->server->cfg.read_buffer_size ? room : w->server->cfg.read_buffer_size;
+}
+
+/* Applies the allow list and the per-address limit to the client a PROXY
+ * header named, as the acceptor does for a direct one. */
+static enum fe_close_reason admit_proxied(fe_worker *w, fe_conn *c)
+{
+    const fe_server *s = w->server;
+    if (s->cfg.allow_count > 0 && !fe_cidr_contains_any(s->allow, s->cfg.allow_count, &c->peer))
+        return FE_CLOSE_NOT_ALLOWED;
+    if (s->cfg.max_connections_per_ip > 0) {
+        if (!fe_ip_table_acquire(&w->server->ip_table, &c->peer, s->cfg.max_connections_per_ip))
+            return FE_CLOSE_PER_IP_LIMIT;
+        c->counted_per_ip = true;
+    }
+    return FE_CLOSE_NONE;
+}
+
+int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
+                        enum fe_close_reason *reason)
+{
+    size_t before = held(c);
+    int appended = fe_buf_append(&c->partial_line, buf, n);
+    account_memory(w, before, held(c));
+    if (appended != 0) {
+        *reason = FE_CLOSE_NO_MEMORY;
+        return -1;
+    }
+    fe_proxy_header header;
+    const uint8_t *bytes = (const uint8_t *)c->partial_line.data + c->partial_line.start;
+    int status = fe_proxy_parse(bytes, c->partial_line.len, &header);
+    if (status == FE_PROXY_INCOMPLETE && c->partial_line.len < FE_PROXY_MAX_HEADER)
+        return 0;
+    if (status != FE_PROXY_DONE) {
+        *reason = FE_CLOSE_PROXY_INVALID;
+        return -1;
+    }
+    /* The header is whole: from now on the connection is its client's. */
+    if (!header.local) {
+        c->via = c->peer;
+        c->peer = header.source;
+    }
+    list_remove(&w->proxy_waiting, c);
+    c->awaiting_proxy = false;
+    c->active_ns = w->now_ns;
+    list_append(&w->active, c);
+    *reason = admit_proxied(w, c);
+    if (*reason != FE_CLOSE_NONE)
+        return -1;
+    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
+
+    /* What followed the header is the client's first data. It leaves the
+     * header's buffer first, since line mode keeps its own partial line in
+     * the same place. */
+    fe_buf rest = c->partial_line;
+    c->partial_line = (fe_buf){0};
+    int rc = 0;
+    if (rest.len > header.length)
+        rc = fe_conn_input(w, c, rest.data + rest.start + header.length, rest.len - header.length, 0,
+                           reason);
+    account_memory(w, rest.capacity, 0);
+    fe_buf_free(&rest);
+    return rc;
+}
+
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
     c->peer_eof = true;
@@ -372,6 +448,14 @@ enum fe_close_reason fe_conn_stop_reason(const fe_conn *c)
 enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
                                enum fe_close_reason *reason)
 {
+    if (c->awaiting_proxy) {
+        if (c->peer_eof || w->closing) { /* it never finished its header */
+            *reason = c->peer_eof ? FE_CLOSE_PROXY_INVALID : FE_CLOSE_SHUTDOWN;
+            return FE_STEP_CLOSE;
+        }
+        *interest = FE_WANT_READ;
+        return FE_STEP_WAIT;
+    }
     if (c->out.len == 0 && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF;
@@ -403,7 +487,12 @@ enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
 
 fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason)
 {
-    fe_conn *c = w->aborting.head;
+    fe_conn *c = w->proxy_waiting.head;
+    if (c && w->now_ns - c->accepted_ns >= w->server->cfg.proxy_timeout_ms * 1000000) {
+        *reason = FE_CLOSE_PROXY_TIMEOUT;
+        return c;
+    }
+    c = w->aborting.head;
     if (c && w->now_ns - c->active_ns >= FE_ABORT_LINGER_MS * 1000000LL) {
         *reason = FE_CLOSE_LINE_TOO_LONG;
         return c;
@@ -436,6 +525,12 @@ int64_t fe_conn_next_timer_ms(const fe_worker *w)
         int64_t abort = ms_until(w->aborting.head->active_ns + FE_ABORT_LINGER_MS * 1000000LL, w->now_ns);
         if (ms < 0 || abort < ms)
             ms = abort;
+    }
+    if (w->proxy_waiting.head) {
+        int64_t deadline = w->proxy_waiting.head->accepted_ns + w->server->cfg.proxy_timeout_ms * 1000000;
+        int64_t proxy = ms_until(deadline, w->now_ns);
+        if (ms < 0 || proxy < ms)
+            ms = proxy;
     }
     if (w->budget_blocked > 0 && (ms < 0 || ms > FE_BUDGET_RETRY_MS))
         ms = FE_BUDGET_RETRY_MS;

@@ -29,14 +29,17 @@ struct fe_conn {
     bool counted_per_ip;
     bool budget_wait;     /* not read until the memory budget frees (w->budget_blocked) */
     bool space_wait;      /* budget spent, holds nothing: not read until its socket drains */
+    bool awaiting_proxy;  /* +proxy: its PROXY header has not all arrived (w->proxy_waiting) */
     fe_buf out;           /* echoed bytes the socket has not taken yet */
     uint64_t bytes_in, bytes_out;
     /* cold */
     fe_conn *prev, *next; /* links in w->active or w->aborting */
     int64_t active_ns;    /* last time the client sent or took echo; aborting: since when */
     int64_t accepted_ns;
-    fe_buf partial_line;  /* line mode: a line still waiting for its newline */
-    fe_peer peer;
+    fe_buf partial_line;  /* line mode: a line still waiting for its newline; +proxy:
+                             the PROXY header so far, until it is whole */
+    fe_peer peer;         /* the client: from its PROXY header, behind a proxy */
+    fe_peer via;          /* the proxy that connected (family 0: none) */
 };
 
 /* What the memory budget allows a connection's next read. */
@@ -95,6 +98,21 @@ static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
 {
     return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0;
 }
+
+/* +proxy: n more bytes of a connection still awaiting its PROXY header
+ * arrived in buf. Once the header is whole, the client it names stands for
+ * the peer, admission (allow list, per-address limit) runs against it, and
+ * any client bytes after the header are taken as input (fe_conn_input); the
+ * backend then sends what is queued. Returns 0 (also while the header is
+ * incomplete), or -1 with *reason: proxy-invalid, not-allowed,
+ * per-ip-limit or no-memory. */
+int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
+                        enum fe_close_reason *reason);
+
+/* How many bytes the next read of a connection awaiting its PROXY header
+ * may take: never past the longest header, so that what follows a header
+ * is bounded by it. */
+size_t fe_conn_proxy_room(const fe_worker *w, const fe_conn *c);
 
 /* The peer finished sending (FIN). Returns 0, or -1 with *reason. */
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason);

@@ -70,6 +70,8 @@ typedef struct fe_worker {
     fe_conn_list active;
     /* Connections closing after an overlong line, oldest first. */
     fe_conn_list aborting;
+    /* Connections still waiting for their PROXY header, oldest first. */
+    fe_conn_list proxy_waiting;
     size_t conn_count;
     size_t budget_blocked; /* connections not read until the memory budget frees */
     int64_t budget_retry_ns; /* when they were last looked at again */
@@ -95,6 +97,7 @@ struct fe_server {
     /* Owned copies of the config's pointers. */
     char *suffix;       /* line mode's suffix (never NULL in line mode) */
     fe_cidr *allow;
+    fe_cidr *proxy_from;
     fe_line_format line_format; /* used in line mode */
 
     /* Written only by the acceptor. */
@@ -104,6 +107,7 @@ struct fe_server {
     fe_counter rejected_max_connections;
     fe_counter rejected_per_ip;
     fe_counter rejected_not_allowed;
+    fe_counter rejected_proxy_untrusted;
     fe_counter accept_fd_exhausted;
     /* The acceptor pauses while this many connections are open, to keep
      * cfg.fd_reserve fds free; UINT64_MAX when no reserve is kept. Set at

@@ -101,10 +101,30 @@ static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason
     return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
 }
 
+/* A read of a connection still awaiting its PROXY header; what follows a
+ * whole header is echoed as usual. Returns -1 when it must be closed. */
+static int read_proxy_header(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+{
+    ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, fe_conn_proxy_room(w, c));
+    *reason = FE_CLOSE_RESET;
+    if (n == FE_TP_AGAIN)
+        return 0;
+    if (n < 0)
+        return -1;
+    if (n == 0)
+        return fe_conn_peer_eof(w, c, reason);
+    if (fe_conn_proxy_input(w, c, w->read_buffer, (size_t)n, reason) != 0)
+        return -1;
+    *reason = FE_CLOSE_RESET;
+    return c->out.len > 0 ? flush(w, c) : 0;
+}
+
 /* One read, echoed at once. Returns -1 when the connection must be closed
  * and sets *reason. */
 static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
+    if (c->awaiting_proxy)
+        return read_proxy_header(w, c, reason);
     enum fe_budget_verdict how;
     size_t want = fe_conn_read_room(w, c, &how);
     *reason = FE_CLOSE_RESET;
@@ -230,6 +250,8 @@ static void close_expired(fe_worker *w)
 static void enter_closing(fe_worker *w)
 {
     w->closing = true;
+    while (w->proxy_waiting.head) /* nothing received yet that is owed an echo */
+        close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
     fe_conn *c = w->active.head;
     while (c) {
         fe_conn *next = c->next;
@@ -240,6 +262,8 @@ static void enter_closing(fe_worker *w)
 
 static void close_all(fe_worker *w)
 {
+    while (w->proxy_waiting.head)
+        close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
     while (w->active.head)
         close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
     while (w->aborting.head)
@@ -265,7 +289,8 @@ static int wait_timeout_ms(const fe_worker *w)
 static bool needs_clock(const fe_worker *w)
 {
     return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->budget_blocked > 0 || atomic_load(&w->server->state) != FE_RUNNING;
+           w->proxy_waiting.head != NULL || w->budget_blocked > 0 ||
+           atomic_load(&w->server->state) != FE_RUNNING;
 }
 
 void *fe_worker_main(void *arg)
@@ -291,7 +316,7 @@ void *fe_worker_main(void *arg)
                 handle(w, events[i].data.ptr, events[i].events);
             }
         }
-        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head)
+        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head)
             close_expired(w);
         if (fe_conn_budget_retry_due(w))
             retry_budget_waits(w);

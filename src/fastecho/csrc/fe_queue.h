@@ -19,6 +19,7 @@
 typedef struct fe_handoff {
     int fd;
     bool counted_per_ip; /* the per-address table counts it: release on close */
+    bool proxy;          /* a PROXY header comes first; admission waits for it */
     fe_peer peer;
     int64_t accepted_ns; /* CLOCK_MONOTONIC */
 } fe_handoff;

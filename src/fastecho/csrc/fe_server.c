@@ -66,8 +66,24 @@ void fe_config_init(fe_config *cfg)
     cfg->idle_timeout_ms = 0;
     cfg->allow = NULL;
     cfg->allow_count = 0;
+    cfg->proxy_from = NULL;
+    cfg->proxy_from_count = 0;
+    cfg->proxy_timeout_ms = 5000;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
+}
+
+static int validate_ranges(const char *name, const fe_cidr *ranges, size_t count, char *err,
+                           size_t errlen)
+{
+    if (count > 0 && ranges == NULL)
+        return fail(err, errlen, 0, "%s_count is set but %s is NULL", name, name);
+    for (size_t i = 0; i < count; i++) {
+        const fe_cidr *r = &ranges[i];
+        if (!((r->family == 4 && r->prefix_len <= 32) || (r->family == 6 && r->prefix_len <= 128)))
+            return fail(err, errlen, 0, "%s entry %zu is not a valid address range", name, i);
+    }
+    return 0;
 }
 
 static int validate_config(const fe_config *cfg, char *err, size_t errlen)
@@ -105,13 +121,24 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
         return fail(err, errlen, 0, "the memory budget must be at least 1 MiB (or 0 for none)");
     if (cfg->fd_reserve > (1u << 20))
         return fail(err, errlen, 0, "the fd reserve must be at most 1048576");
-    if (cfg->allow_count > 0 && cfg->allow == NULL)
-        return fail(err, errlen, 0, "allow_count is set but allow is NULL");
-    for (size_t i = 0; i < cfg->allow_count; i++) {
-        const fe_cidr *r = &cfg->allow[i];
-        if (!((r->family == 4 && r->prefix_len <= 32) || (r->family == 6 && r->prefix_len <= 128)))
-            return fail(err, errlen, 0, "allow entry %zu is not a valid address range", i);
-    }
+    if (validate_ranges("allow", cfg->allow, cfg->allow_count, err, errlen) != 0 ||
+        validate_ranges("proxy_from", cfg->proxy_from, cfg->proxy_from_count, err, errlen) != 0)
+        return -1;
+    if (cfg->proxy_timeout_ms < 1 || cfg->proxy_timeout_ms > FE_MAX_TIMEOUT_MS)
+        return fail(err, errlen, 0, "the PROXY header timeout must be between 1 and %lld ms",
+                    (long long)FE_MAX_TIMEOUT_MS);
+    return 0;
+}
+
+/* Copies count ranges into *owned (NULL when count is 0). Returns 0 or -1. */
+static int copy_ranges(const fe_cidr *ranges, size_t count, fe_cidr **owned)
+{
+    *owned = NULL;
+    if (count == 0)
+        return 0;
+    if ((*owned = calloc(count, sizeof **owned)) == NULL)
+        return -1;
+    memcpy(*owned, ranges, count * sizeof **owned);
     return 0;
 }
 
@@ -134,6 +161,7 @@ static void release_workers(fe_server *s)
     fe_ip_table_destroy(&s->ip_table);
     free(s->suffix);
     free(s->allow);
+    free(s->proxy_from);
 }
 
 static void free_server(fe_server *s)
@@ -197,14 +225,11 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
         s->cfg.suffix = s->suffix;
         s->line_format = (fe_line_format){s->suffix, cfg->suffix_len, cfg->max_line};
     }
-    if (what == NULL && cfg->allow_count > 0) {
-        s->allow = calloc(cfg->allow_count, sizeof *s->allow);
-        if (s->allow == NULL)
-            what = "copying the allow list";
-        else
-            memcpy(s->allow, cfg->allow, cfg->allow_count * sizeof *s->allow);
-        s->cfg.allow = s->allow;
-    }
+    if (what == NULL && (copy_ranges(cfg->allow, cfg->allow_count, &s->allow) != 0 ||
+                         copy_ranges(cfg->proxy_from, cfg->proxy_from_count, &s->proxy_from) != 0))
+        what = "copying the address ranges";
+    s->cfg.allow = s->allow;
+    s->cfg.proxy_from = s->proxy_from;
     if (what == NULL && cfg->max_connections_per_ip > 0) {
         if (fe_ip_table_init(&s->ip_table, 4096) != 0)
             what = "allocating the per-address table";
@@ -424,6 +449,7 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->rejected_max_connections = fe_counter_read(&s->rejected_max_connections);
     out->rejected_per_ip = fe_counter_read(&s->rejected_per_ip);
     out->rejected_not_allowed = fe_counter_read(&s->rejected_not_allowed);
+    out->rejected_proxy_untrusted = fe_counter_read(&s->rejected_proxy_untrusted);
     out->idle_timeouts = closes[FE_CLOSE_IDLE];
     memcpy(out->closes, closes, sizeof closes);
     out->lines_too_long = too_long;

@@ -18,6 +18,7 @@ cdef extern from "fe.h" nogil:
 
     ctypedef struct fe_listener:
         int fd
+        bint proxy
 
     ctypedef struct fe_peer:
         uint8_t family
@@ -41,6 +42,10 @@ cdef extern from "fe.h" nogil:
         FE_CLOSE_LINE_TOO_LONG
         FE_CLOSE_SHUTDOWN
         FE_CLOSE_NO_MEMORY
+        FE_CLOSE_PROXY_INVALID
+        FE_CLOSE_PROXY_TIMEOUT
+        FE_CLOSE_NOT_ALLOWED
+        FE_CLOSE_PER_IP_LIMIT
         FE_CLOSE_REASON_COUNT
 
     const char *fe_close_reason_name(int reason)
@@ -49,6 +54,7 @@ cdef extern from "fe.h" nogil:
         uint8_t kind
         uint8_t reason
         fe_peer peer
+        fe_peer via
         uint64_t bytes_in
         uint64_t bytes_out
         uint64_t duration_ns
@@ -71,6 +77,9 @@ cdef extern from "fe.h" nogil:
         size_t allow_count
         size_t max_memory
         size_t fd_reserve
+        const fe_cidr *proxy_from
+        size_t proxy_from_count
+        int64_t proxy_timeout_ms
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -82,6 +91,7 @@ cdef extern from "fe.h" nogil:
         uint64_t rejected_max_connections
         uint64_t rejected_per_ip
         uint64_t rejected_not_allowed
+        uint64_t rejected_proxy_untrusted
         uint64_t idle_timeouts
         uint64_t lines_too_long
         uint64_t events_dropped
