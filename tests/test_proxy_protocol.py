@@ -438,6 +438,23 @@ def test_no_complete_header_within_proxy_timeout_is_closed_and_counted(serve):
     assert 0.4 <= float(match[1]) < 3.0, match[0]
 
 
+def test_proxy_timeout_is_kept_after_the_worker_slept_without_timers(serve):
+    # One worker; a proxied connection completes its header and then stays silent for 0.9 s,
+    # so the worker sleeps with no timer due. A silent connection that arrives next must still
+    # be closed --proxy-timeout (0.3 s) after it was accepted, not later.
+    server = serve("--listen", PROXY, "--threads", "1", "--proxy-timeout", "0.3", port=None)
+    address = proxy_address(server)
+    with socket.create_connection(address, timeout=5) as earlier:
+        earlier.sendall(proxy_v1(SOURCE, DEST) + b"x")
+        assert recv_exactly(earlier, 1) == b"x"
+        time.sleep(0.9)
+        with socket.create_connection(address, timeout=5) as silent:
+            accepted = time.monotonic()
+            assert closed_by_server(silent, timeout=5)
+            waited = time.monotonic() - accepted
+    assert 0.25 <= waited < 0.7, f"closed {waited:.3f}s after connecting, with --proxy-timeout 0.3"
+
+
 # ---------------------------------------------------------------- trust: --proxy-from
 
 def test_untrusted_peer_is_closed_at_once_and_counted(serve):
@@ -467,8 +484,14 @@ def test_untrusted_peer_is_closed_at_once_and_counted(serve):
 # ---------------------------------------------------------------- limits on the header's source
 
 def _proxied(server, source: tuple[str, int], version: int = 1) -> socket.socket:
+    dest = ("2001:db8::2", 7000) if ":" in source[0] else DEST
+    header = proxy_v1(source, dest) if version == 1 else proxy_v2(source, dest)
     s = socket.create_connection(proxy_address(server), timeout=5)
-    s.sendall(proxy_v1(source, DEST) if version == 1 else proxy_v2(source, DEST))
+    try:
+        s.sendall(header)
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
@@ -638,14 +661,13 @@ def test_haproxy_in_front_per_ip_limit_counts_the_original_client(serve, haproxy
     (("--listen", "tcp://127.0.0.1:port"), ()),
     (("--listen", "tcp://:7000"), ()),
     (("--listen", "tcp://127.0.0.1:7000/echo"), ()),
-    (("--listen", ""), ()),
     (("--listen", "tcp+proxy://127.0.0.1:0", "--port", "7001"), ("--listen", "--port")),
     (("--listen", PROXY, "--proxy-from", "not-a-network"), ("not-a-network",)),
     (("--listen", PROXY, "--proxy-from", "10.0.0.0/33"), ("10.0.0.0/33",)),
     (("--listen", PROXY, "--proxy-timeout", "soon"), ("soon",)),
     (("--listen", PROXY, "--proxy-timeout", "-1"), ("-1",)),
 ], ids=["tls-scheme", "udp-scheme", "duplicate-address", "duplicate-url", "no-scheme", "no-port",
-        "port-out-of-range", "port-not-a-number", "no-host", "path", "empty", "with-port",
+        "port-out-of-range", "port-not-a-number", "no-host", "path", "with-port",
         "proxy-from-not-a-network", "proxy-from-bad-prefix", "proxy-timeout-not-a-number",
         "proxy-timeout-negative"])
 def test_listen_config_errors_are_one_line_exit_2(args, fragments):
