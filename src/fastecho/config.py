@@ -382,6 +382,8 @@ def _from_text(opt: Option, text: str) -> Any:
             return False
         raise Invalid("must be true or false (1/0, yes/no, on/off)")
     if kind in LIST_KINDS:
+        if kind == "listeners" and not text.strip():
+            raise Invalid("must be a listener URL, e.g. tcp://127.0.0.1:7000")
         return tuple(LIST_KINDS[kind].parse(part) for part in text.split(",") if part.strip())
     return text  # str, path, choice
 

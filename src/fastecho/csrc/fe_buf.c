@@ -10,7 +10,7 @@ size_t fe_buf_capacity_after(const fe_buf *b, size_t n)
     if (n == 0 || b->len + n <= b->capacity)
         return b->capacity;
     size_t cap = b->capacity ? b->capacity : FE_BUF_MIN_CAPACITY;
-    while (cap < b->len + n)
+    while (cap < b->len + n) /* a few doublings at most: appends are at most a read */
         cap *= 2;
     return cap;
 }

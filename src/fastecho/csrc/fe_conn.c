@@ -254,6 +254,17 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         return want;
     size_t budget = s->cfg.max_memory;
     size_t now_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
+    /* Far from the budget (the usual case) a cheap bound settles it: a
+     * buffer that doubles to hold k bytes ends up with less than 2k + 4 KiB
+     * (see worst_growth for what k is). */
+    size_t bound = 2 * (c->out.len + want) + 4096;
+    if (line_mode(w)) {
+        size_t pending = c->partial_line.len;
+        bound = 2 * (c->out.len + pending + want * (1 + s->line_format.suffix_len) + FE_LINE_ERROR_MAX) +
+                4096 + 2 * (pending + want) + 4096;
+    }
+    if (now_held <= budget && bound <= budget - now_held)
+        return want;
     for (size_t n = want; n > 0 && now_held <= budget; n /= 2) { /* halving: only near the budget */
         if (worst_growth(w, c, n) <= budget - now_held)
             return n;
@@ -276,7 +287,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
     return space < want ? space : want;
 }
 
-size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how)
+size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how)
 {
     *how = FE_BUDGET_OK;
     if (c->lingering) /* input after our FIN is discarded: it needs no room */
@@ -287,8 +298,8 @@ size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_ve
 
 /* ---------------------------------------------------------------- events */
 
-int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
-                  enum fe_close_reason *reason)
+int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
+                          enum fe_close_reason *reason)
 {
     if (c->lingering)
         return 0; /* after our FIN, input is discarded, not echoed: not activity */
@@ -299,8 +310,8 @@ int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t se
         fe_counter_add(&w->bytes_sent, (uint64_t)sent);
         c->bytes_out += (uint64_t)sent;
     }
-    size_t before = held(c);
     if (line_mode(w)) {
+        size_t before = held(c);
         int rc = fe_line_feed(&w->server->line_format, &c->partial_line, buf, n, &c->out);
         account_memory(w, before, held(c));
         if (rc == FE_LINE_NO_MEMORY) {
@@ -313,12 +324,13 @@ int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t se
         }
         return 0;
     }
-    if (sent < n) {
+    if (sent < n) { /* raw: what the socket did not take waits in out */
+        size_t before = c->out.capacity;
         if (fe_buf_append(&c->out, buf + sent, n - sent) != 0) {
             *reason = FE_CLOSE_NO_MEMORY;
             return -1;
         }
-        account_memory(w, before, held(c));
+        account_memory(w, before, c->out.capacity);
     }
     return 0;
 }
@@ -445,8 +457,8 @@ enum fe_close_reason fe_conn_stop_reason(const fe_conn *c)
     return c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_SHUTDOWN;
 }
 
-enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
-                               enum fe_close_reason *reason)
+enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *interest,
+                                       enum fe_close_reason *reason)
 {
     if (c->awaiting_proxy) {
         if (c->peer_eof || w->closing) { /* it never finished its header */

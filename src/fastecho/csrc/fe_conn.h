@@ -79,18 +79,56 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason);
 /* Frees c's buffers (leaving the memory budget) and c itself. */
 void fe_conn_free(fe_worker *w, fe_conn *c);
 
+/* The plain case: raw framing, nothing queued, no pending state (FIN,
+ * linger, budget wait, PROXY header), and the memory budget too far away
+ * for one read to reach it. The functions below handle it inline, so that
+ * the backend's echo path stays a bare loop; everything else takes their
+ * general versions in fe_conn.c. */
+static inline bool fe_conn_plain(const fe_worker *w, const fe_conn *c)
+{
+    const fe_server *s = w->server;
+    return s->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 &&
+           !(c->peer_eof | c->lingering | c->budget_wait | c->space_wait | c->awaiting_proxy) &&
+           atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed) <
+               s->memory_plain_bound;
+}
+
+size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how);
+
 /* How many bytes the next read may take, within the output cap and the
  * memory budget (*how says how the budget allows them); after our FIN any
  * amount, since that input is discarded. 0: do not read now. */
-size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how);
+static inline size_t fe_conn_read_room(const fe_worker *w, const fe_conn *c, enum fe_budget_verdict *how)
+{
+    if (fe_conn_plain(w, c)) {
+        *how = FE_BUDGET_OK;
+        return w->server->plain_read_room;
+    }
+    return fe_conn_read_room_general(w, c, how);
+}
+
+int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
+                          enum fe_close_reason *reason);
 
 /* n bytes arrived in buf, and the backend already sent the first `sent` of
  * them straight back (raw framing with nothing queued; else sent is 0).
  * Queues what remains to be echoed (framing it in line mode). Returns 0, or
  * -1 with *reason when the connection must close. Input after our FIN is
  * discarded here. */
-int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
-                  enum fe_close_reason *reason);
+static inline int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
+                                enum fe_close_reason *reason)
+{
+    const fe_server *s = w->server;
+    if (sent == n && s->cfg.framing == FE_FRAMING_RAW && !c->lingering && s->cfg.idle_timeout_ms <= 0) {
+        /* All of it went straight back: only the counters change. */
+        fe_counter_add(&w->bytes_received, (uint64_t)n);
+        fe_counter_add(&w->bytes_sent, (uint64_t)n);
+        c->bytes_in += (uint64_t)n;
+        c->bytes_out += (uint64_t)n;
+        return 0;
+    }
+    return fe_conn_input_general(w, c, buf, n, sent, reason);
+}
 
 /* Whether bytes that arrive now may be sent straight from the read buffer:
  * raw framing with nothing queued before them. */
@@ -129,9 +167,19 @@ void fe_conn_socket_drained(fe_conn *c);
  * closes (or, after an overlong line, until the abort linger expires). */
 void fe_conn_lingering(fe_worker *w, fe_conn *c);
 
+enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *interest,
+                                       enum fe_close_reason *reason);
+
 /* What c wants next, after anything happened to it. */
-enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
-                               enum fe_close_reason *reason);
+static inline enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t *interest,
+                                             enum fe_close_reason *reason)
+{
+    if (!w->closing && fe_conn_plain(w, c)) {
+        *interest = FE_WANT_READ;
+        return FE_STEP_WAIT;
+    }
+    return fe_conn_next_general(w, c, interest, reason);
+}
 
 /* The connection whose timer has run out at w->now_ns (the overlong-line
  * linger first, then the idle timeout), with the reason to close it; NULL

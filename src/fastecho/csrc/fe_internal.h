@@ -123,6 +123,11 @@ struct fe_server {
      * freed (never on the plain echo path, which buffers nothing); read
      * before each read while a budget is set. */
     _Atomic size_t memory_held;
+    /* The plain echo path (fe_conn_plain) applies while memory_held is
+     * below this: far enough from max_memory that no read can reach it. */
+    size_t memory_plain_bound;
+    /* A plain connection's read room: min(max_pending_output, read buffer). */
+    size_t plain_read_room;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
     bool ip_table_ready;
     pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */

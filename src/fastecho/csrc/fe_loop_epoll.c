@@ -304,7 +304,8 @@ void *fe_worker_main(void *arg)
         int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w));
         if (n < 0 && errno != EINTR)
             break; /* EBADF/EINVAL: our own epoll fd is gone; cannot happen */
-        if (needs_clock(w))
+        bool clock_read = needs_clock(w);
+        if (clock_read)
             w->now_ns = fe_now_ns();
         for (int i = 0; i < n; i++) {
             if (events[i].data.ptr == NULL) {
@@ -316,6 +317,11 @@ void *fe_worker_main(void *arg)
                 handle(w, events[i].data.ptr, events[i].events);
             }
         }
+        /* A timer that started in this batch (a connection now awaiting its
+         * PROXY header, or the budget) is measured from now, not from a
+         * wake-up that needed no clock. */
+        if (!clock_read && needs_clock(w))
+            w->now_ns = fe_now_ns();
         if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head)
             close_expired(w);
         if (fe_conn_budget_retry_due(w))
