@@ -328,3 +328,13 @@ def with_crc32c(header: bytes) -> bytes:
     at = 16 + {PROXY_V2_INET: 12, PROXY_V2_INET6: 36}[family]
     assert header[at:at + 7] == b"\x03\x00\x04\x00\x00\x00\x00", "no zeroed CRC32C TLV first"
     return header[:at + 3] + struct.pack("!I", crc32c(header)) + header[at + 7:]
+
+
+def ipv6_loopback() -> bool:
+    """Whether this machine can bind ::1 (containers without IPv6 cannot)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

@@ -6,16 +6,7 @@ import socket
 
 import pytest
 
-from helpers import closed_by_server, connect_from, echo_roundtrip
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
+from helpers import closed_by_server, connect_from, echo_roundtrip, ipv6_loopback
 
 
 def test_max_connections_refuses_only_the_extra_connection(serve):
@@ -53,7 +44,7 @@ def test_idle_timeout_closes_a_silent_client(serve):
         assert closed_by_server(silent, timeout=5)
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_loopback_host(serve):
     server = serve("--threads", "1", "--host", "::1")
     assert server.host == "::1"
@@ -61,7 +52,7 @@ def test_ipv6_loopback_host(serve):
         assert echo_roundtrip(s, b"six") == b"six"
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_dual_stack_host_applies_ipv4_rules_to_mapped_clients(serve):
     # On "::" IPv4 clients arrive as ::ffff:127.0.0.1 and must match IPv4 ranges.
     server = serve("--threads", "1", "--host", "::", "--allow", "127.0.0.1/32", "--allow", "::1/128")

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from helpers import (PROXY_V2_LOCAL, PROXY_V2_SIGNATURE, assert_one_line_error, closed_by_server,
-                     connect_from, echo_roundtrip, listeners, proxy_v1, proxy_v2, proxy_v2_tlv,
+                     connect_from, echo_roundtrip, ipv6_loopback, listeners, proxy_v1, proxy_v2, proxy_v2_tlv,
                      recv_exactly, run_cli, scrape, start_server, wait_until, with_crc32c)
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
@@ -33,15 +33,6 @@ PROXY = "tcp+proxy://127.0.0.1:0"
 PLAIN = "tcp://127.0.0.1:0"
 # A header source and destination for the cases where the address itself does not matter.
 SOURCE, DEST = ("203.0.113.7", 51000), ("198.51.100.1", 7000)
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------- helpers
@@ -195,7 +186,7 @@ def test_plain_listener_serves_plain_echo_while_the_proxy_listener_refuses_plain
     wait_for_count(lambda: closes(url, "proxy-invalid"), invalid + 1)
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_proxy_listener_trusts_ipv6_loopback_by_default(serve):
     server = serve("--listen", "tcp+proxy://[::1]:0", "--threads", "1", "--access-log", port=None)
     assert listeners(server)[0][:2] == ("tcp+proxy", "::1"), server.listening_line

@@ -77,6 +77,17 @@ static int flush(fe_worker *w, fe_conn *c)
     return 0;
 }
 
+/* A read that brought no bytes (n <= 0): 0 to wait (nothing arrived, or
+ * the peer's FIN, now recorded), -1 to close. */
+static int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason *reason)
+{
+    if (n == FE_TP_AGAIN)
+        return 0;
+    if (n < 0)
+        return -1;
+    return fe_conn_peer_eof(w, c, reason);
+}
+
 /* Raw echo while the budget is spent, for a connection that holds nothing:
  * peek, send what the socket takes, then consume exactly that much. Bytes
  * the socket would not take stay in the kernel, so nothing is buffered and
@@ -84,12 +95,8 @@ static int flush(fe_worker *w, fe_conn *c)
 static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
 {
     ssize_t n = fe_tp_plain_peek(c->fd, w->read_buffer, want);
-    if (n == FE_TP_AGAIN)
-        return 0;
-    if (n < 0)
-        return -1;
-    if (n == 0)
-        return fe_conn_peer_eof(w, c, reason);
+    if (n <= 0)
+        return read_ended(w, c, n, reason);
     ssize_t sent = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
     if (sent < 0)
         return -1;
@@ -107,12 +114,8 @@ static int read_proxy_header(fe_worker *w, fe_conn *c, enum fe_close_reason *rea
 {
     ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, fe_conn_proxy_room(w, c));
     *reason = FE_CLOSE_RESET;
-    if (n == FE_TP_AGAIN)
-        return 0;
-    if (n < 0)
-        return -1;
-    if (n == 0)
-        return fe_conn_peer_eof(w, c, reason);
+    if (n <= 0)
+        return read_ended(w, c, n, reason);
     if (fe_conn_proxy_input(w, c, w->read_buffer, (size_t)n, reason) != 0)
         return -1;
     *reason = FE_CLOSE_RESET;
@@ -133,12 +136,8 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     if (want == 0)
         return 0; /* at the cap or the budget: fe_conn_next turns reading off */
     ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, want);
-    if (n == FE_TP_AGAIN)
-        return 0;
-    if (n < 0)
-        return -1;
-    if (n == 0)
-        return fe_conn_peer_eof(w, c, reason);
+    if (n <= 0)
+        return read_ended(w, c, n, reason);
     size_t sent = 0;
     if (fe_conn_echoes_directly(w, c) && !c->lingering) {
         ssize_t put = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
