@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 which="${1:-all}"
+# cmake comes with this kind of machine (pip); a bare one gets it the same way.
+command -v cmake >/dev/null || python3 -m pip install -q cmake
 
 # build_and_test NAME SANITIZERS CFLAGS [LAUNCHER...]: configure
 # build/sanitize/NAME with only the C targets, build, and run ctest (under
