@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from helpers import echo_roundtrip, recv_exactly, run_cli, scrape, wait_until
+from helpers import echo_roundtrip, listeners, recv_exactly, run_cli, scrape, start_server, wait_until
 
 METRICS_URL = r"metrics at (http://(\S+?):(\d+)/metrics)"
 
@@ -106,3 +106,27 @@ def test_lines_too_long_are_exported(serve):
             pass
     assert wait_until(lambda: scrape(url)["fastecho_lines_too_long_total"] == 1, 10)
     assert server.stop() == 0
+
+
+def test_listener_label_counts_each_listeners_connections(tmp_path):
+    server = start_server(tmp_path, "--threads", "2", "--metrics-port", "0", "--listen", "tcp://127.0.0.1:0",
+                          "--listen", "tcp+proxy://127.0.0.1:0", port=None)
+    try:
+        url = metrics_url(server)
+        (_, host, plain), (_, _, proxied) = listeners(server)
+        plain_url, proxy_url = f"tcp://{host}:{plain}", f"tcp+proxy://{host}:{proxied}"
+        held = socket.create_connection((host, plain), timeout=5)
+        with socket.create_connection((host, plain), timeout=5) as s:
+            assert echo_roundtrip(s, b"one") == b"one"
+        with socket.create_connection((host, proxied), timeout=5) as s:
+            s.sendall(b"PROXY UNKNOWN\r\n")
+            assert echo_roundtrip(s, b"two") == b"two"
+        assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 1, 10)
+        metrics = scrape(url)
+        assert metrics[f'fastecho_listener_connections_total{{listener="{plain_url}"}}'] == 2
+        assert metrics[f'fastecho_listener_connections_total{{listener="{proxy_url}"}}'] == 1
+        assert metrics[f'fastecho_listener_connections_active{{listener="{plain_url}"}}'] == 1
+        assert metrics[f'fastecho_listener_connections_active{{listener="{proxy_url}"}}'] == 0
+        held.close()
+    finally:
+        assert server.stop() == 0

@@ -234,6 +234,9 @@ cdef class Engine:
             "memory_held": s.memory_held,
             "memory_budget_waits": s.memory_budget_waits,
             "closes": {CLOSE_REASONS[i]: s.closes[i] for i in range(1, FE_CLOSE_REASON_COUNT)},
+            # Per listener, in start()'s order: (accepted, closed).
+            "listeners": [(s.listener_accepted[i], s.listener_closed[i])
+                          for i in range(s.listener_count)],
         }
 
     def drain_events(self, int max_events=4096):

@@ -12,7 +12,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,9 @@ REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a lim
 })
 # Closes by reason: the reasons and their names are the C core's own table.
 CLOSES = ("fastecho_closes_total", "Connections closed, by reason.", "closes")
+# Per listener (label: its URL): connections accepted, and open now.
+LISTENER_ACCEPTED = ("fastecho_listener_connections_total", "Connections accepted, by listener.")
+LISTENER_ACTIVE = ("fastecho_listener_connections_active", "Connections open now, by listener.")
 
 
 class EngineCollector:
@@ -67,8 +70,9 @@ class EngineCollector:
     After the engine is closed, the last snapshot is served.
     """
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], listeners: Sequence[str] = ()) -> None:
         self._stats = stats
+        self._listeners = list(listeners)  # URLs, in the engine's order
         self._last: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -98,6 +102,13 @@ class EngineCollector:
         for reason, count in stats[key].items():
             family.add_metric([reason], count)
         yield family
+        accepted = CounterMetricFamily(*LISTENER_ACCEPTED, labels=["listener"])
+        active = GaugeMetricFamily(*LISTENER_ACTIVE, labels=["listener"])
+        for url, (opened, closed) in zip(self._listeners, stats["listeners"]):
+            accepted.add_metric([url], opened)
+            active.add_metric([url], max(opened - closed, 0))
+        yield accepted
+        yield active
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # nothing to check at registration: names are fixed above
@@ -133,10 +144,14 @@ def listen(host: str, port: int) -> socket.socket:
     raise ServeError(f"cannot serve metrics on {format_address(host, port)}: {reason}")
 
 
-def start(host: str, port: int, stats: Callable[[], dict[str, Any]]) -> MetricsServer:
-    """Serve the engine's counters (plus process_* metrics) on host:port. ServeError if it cannot."""
+def start(host: str, port: int, stats: Callable[[], dict[str, Any]],
+          listeners: Sequence[str] = ()) -> MetricsServer:
+    """Serve the engine's counters (plus process_* metrics) on host:port. ServeError if it cannot.
+
+    listeners: the engine's listener URLs, in its order, for the listener label.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(stats))
+    registry.register(EngineCollector(stats, listeners))
     ProcessCollector(registry=registry)
     httpd = HttpServer(listen(host, port), {
         "/metrics": lambda: (CONTENT_TYPE_LATEST, generate_latest(registry)),

@@ -383,7 +383,8 @@ class Server:
                 raise KeyboardInterrupt  # before the handlers: the start-up is abandoned, not served
             if cfg.metrics_port is not None:
                 from fastecho import metrics
-                self.metrics = metrics.start(cfg.metrics_host, cfg.metrics_port, self._stats)
+                self.metrics = metrics.start(cfg.metrics_host, cfg.metrics_port, self._stats,
+                                             [listener.url for listener, _ in bound])
                 log.info("metrics at %s", self.metrics.url)
             if cfg.user is not None:
                 drop_privileges(cfg.user, logs.open_files())

@@ -196,6 +196,11 @@ typedef struct fe_stats {
     uint64_t memory_held;              /* bytes held by connection buffers now (a gauge) */
     uint64_t memory_budget_waits;      /* times a connection stopped being read for max_memory */
     uint64_t closes[FE_CLOSE_REASON_COUNT]; /* connections closed, by reason */
+    /* Per listener, in fe_server_start's order (listener_count of them):
+     * connections accepted (admitted) and closed, as above. */
+    size_t listener_count;
+    uint64_t listener_accepted[FE_MAX_LISTENERS];
+    uint64_t listener_closed[FE_MAX_LISTENERS];
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read

@@ -50,6 +50,7 @@ static void dispatch(fe_server *s, const fe_handoff *h)
             fe_ip_table_release(&s->ip_table, &h->peer);
         atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
         fe_counter_add(&s->connections_refused, 1);
+        fe_counter_add(&s->listener_refused[h->listener], 1);
         return;
     }
     s->assigned[i]++;
@@ -139,8 +140,9 @@ static int next_backoff_ms(int backoff_ms)
 /* Accepts up to FE_ACCEPT_BATCH connections from one listener. Returns 0
  * when its backlog is empty or the batch is done, 1 when the acceptor must
  * back off (out of fds or memory), -1 when the listener itself failed. */
-static int accept_batch(fe_server *s, const fe_listener *listener)
+static int accept_batch(fe_server *s, size_t index)
 {
+    const fe_listener *listener = &s->listeners[index];
     for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
         if (atomic_load_explicit(&s->open_connections, memory_order_relaxed) >=
             s->fd_connection_limit) {
@@ -153,11 +155,13 @@ static int accept_batch(fe_server *s, const fe_listener *listener)
         socklen_t addr_len = sizeof addr;
         int fd = accept4(listener->fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns(), .proxy = listener->proxy};
+            fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns(), .proxy = listener->proxy,
+                            .listener = (uint8_t)index};
             fe_peer_from_sockaddr(&h.peer, (struct sockaddr *)&addr, addr_len);
             if (!admit(s, &h))
                 continue;
             fe_counter_add(&s->connections_accepted, 1);
+            fe_counter_add(&s->listener_accepted[index], 1);
             dispatch(s, &h);
             continue;
         }
@@ -194,9 +198,10 @@ void *fe_acceptor_main(void *arg)
     int backoff_ms = 0;
     struct pollfd fds[1 + FE_MAX_LISTENERS];
     fds[0] = (struct pollfd){.fd = s->acceptor_wake_fd, .events = POLLIN};
-    for (size_t i = 0; i < s->listener_count; i++)
+    size_t count = atomic_load(&s->listener_count);
+    for (size_t i = 0; i < count; i++)
         fds[1 + i] = (struct pollfd){.fd = s->listeners[i].fd, .events = POLLIN};
-    nfds_t all = (nfds_t)(1 + s->listener_count);
+    nfds_t all = (nfds_t)(1 + count);
 
     for (;;) {
         /* While backing off, only a stop request can wake us: the listeners
@@ -213,7 +218,7 @@ void *fe_acceptor_main(void *arg)
         int verdict = 0;
         for (nfds_t i = 1; i < all && verdict == 0; i++) {
             if (after_pause || (fds[i].revents & (POLLIN | POLLERR)))
-                verdict = accept_batch(s, &s->listeners[i - 1]);
+                verdict = accept_batch(s, (size_t)i - 1);
         }
         if (verdict < 0)
             return NULL;

@@ -160,6 +160,7 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->accepted_ns = h->accepted_ns;
     c->active_ns = w->now_ns;
     c->awaiting_proxy = h->proxy;
+    c->listener = h->listener;
     list_append(list_of(w, c), c);
     w->conn_count++;
     if (!c->awaiting_proxy) /* else once its header names the client */
@@ -173,6 +174,7 @@ void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h)
         fe_ip_table_release(&w->server->ip_table, &h->peer);
     atomic_fetch_sub_explicit(&w->server->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
+    fe_counter_add(&w->listener_closed[h->listener], 1);
     close(h->fd);
 }
 
@@ -187,6 +189,7 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
         fe_ip_table_release(&s->ip_table, &c->peer);
     atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
     fe_counter_add(&w->connections_closed, 1);
+    fe_counter_add(&w->listener_closed[c->listener], 1);
     set_budget_wait(w, c, FE_BUDGET_OK);
 }
 

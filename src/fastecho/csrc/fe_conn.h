@@ -40,6 +40,7 @@ struct fe_conn {
                              the PROXY header so far, until it is whole */
     fe_peer peer;         /* the client: from its PROXY header, behind a proxy */
     fe_peer via;          /* the proxy that connected (family 0: none) */
+    uint8_t listener;     /* index of the listener it came from */
 };
 
 /* What the memory budget allows a connection's next read. */

@@ -56,6 +56,7 @@ typedef struct fe_worker {
     fe_counter lines_too_long; /* counted when seen; closes[] when closed */
     fe_counter budget_waits;
     fe_counter closes[FE_CLOSE_REASON_COUNT];
+    fe_counter listener_closed[FE_MAX_LISTENERS];
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -84,7 +85,10 @@ typedef struct fe_worker {
 struct fe_server {
     fe_config cfg;
     fe_listener listeners[FE_MAX_LISTENERS];
-    size_t listener_count;
+    /* Set by fe_server_start (before the acceptor exists), read by
+     * fe_server_stats from any thread: atomic, so a scrape racing the start
+     * sees 0 or all of them. */
+    _Atomic size_t listener_count;
     int acceptor_wake_fd; /* eventfd that tells the acceptor to stop */
     pthread_t acceptor;
     bool acceptor_started;
@@ -109,6 +113,8 @@ struct fe_server {
     fe_counter rejected_not_allowed;
     fe_counter rejected_proxy_untrusted;
     fe_counter accept_fd_exhausted;
+    fe_counter listener_accepted[FE_MAX_LISTENERS];
+    fe_counter listener_refused[FE_MAX_LISTENERS]; /* accepted, then closed unserved at stop */
     /* The acceptor pauses while this many connections are open, to keep
      * cfg.fd_reserve fds free; UINT64_MAX when no reserve is kept. Set at
      * start from RLIMIT_NOFILE and the fds open then. */

@@ -337,7 +337,7 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
         }
         s->listeners[i] = listeners[i];
     }
-    s->listener_count = count;
+    atomic_store(&s->listener_count, count);
 
     /* Threads inherit the creator's signal mask: block everything while
      * spawning so that signals are only ever delivered to the caller. */
@@ -465,6 +465,15 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->accept_fd_exhausted = fe_counter_read(&s->accept_fd_exhausted);
     out->memory_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
     out->memory_budget_waits = waits;
+    /* Closed before accepted, as for the totals above. */
+    out->listener_count = atomic_load(&((fe_server *)s)->listener_count);
+    for (size_t l = 0; l < out->listener_count; l++) {
+        uint64_t listener_closed = fe_counter_read(&s->listener_refused[l]);
+        for (int i = 0; i < s->worker_count; i++)
+            listener_closed += fe_counter_read(&s->workers[i].listener_closed[l]);
+        out->listener_closed[l] = listener_closed;
+        out->listener_accepted[l] = fe_counter_read(&s->listener_accepted[l]);
+    }
 }
 
 size_t fe_server_drain_events(fe_server *s, fe_event *out, size_t max)

@@ -99,6 +99,9 @@ cdef extern from "fe.h" nogil:
         uint64_t memory_held
         uint64_t memory_budget_waits
         uint64_t closes[FE_CLOSE_REASON_COUNT]
+        size_t listener_count
+        uint64_t listener_accepted[FE_MAX_LISTENERS]
+        uint64_t listener_closed[FE_MAX_LISTENERS]
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
