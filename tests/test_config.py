@@ -305,8 +305,15 @@ def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
 
 
 def _combinable(given: dict) -> bool:
-    """--listen stands apart from --host/--port and --fd: combining them is an error (tested apart)."""
-    return not (given.get("listen") and {"host", "port", "fd"} & set(given))
+    """Settings that may go together (the ones that may not are tested apart): --listen
+    stands apart from --host/--port and --fd, and line mode needs a budget of 4 lines."""
+    if given.get("listen") and {"host", "port", "fd"} & set(given):
+        return False
+    if "suffix" in given:
+        budget = int(given.get("max_memory") or cfg.default_max_memory())
+        line = int(given.get("max_line") or cfg.OPTION_BY_NAME["max_line"].default)
+        return budget // 4 >= line
+    return True
 
 
 COMMAND_LINES = st.fixed_dictionaries(

@@ -120,15 +120,16 @@ def test_500_clients_that_never_read_stay_within_the_budget_while_a_reader_is_se
 
 
 def test_partial_lines_count_against_the_budget(serve):
-    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(64 * MIB),
+    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
                    "--max-memory", str(BUDGET), "--metrics-port", "0")
     url = server.wait_for_stderr(METRICS_URL)[1]
     with contextlib.ExitStack() as stack:
-        socks = hoarders(server, 4)
+        socks = hoarders(server, 8)
         for s in socks:
             stack.callback(s.close)
-        # Four 60 MiB lines that never end took 256 MB before the budget.
-        push_until_blocked(socks, 60 * MIB, seconds=60, chunk=b"x" * 65536)
+        # Lines that never end, each just short of --max-line: 8 of them
+        # would hold 32 MiB (four 60 MiB ones took 256 MB before the budget).
+        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
         metrics = scrape(url)
         # Reads stop early: a pending line's next read is charged as if it
         # completed the line, whose echo then copies all of it.
@@ -145,3 +146,11 @@ def test_max_memory_below_one_mib_is_one_line(tmp_path):
 
     result = run_cli("serve", "--max-memory", "1000", "--print-config")
     assert_one_line_error(result, 2, "max_memory")
+
+
+def test_line_mode_needs_a_budget_of_four_lines():
+    from helpers import assert_one_line_error, run_cli
+
+    result = run_cli("serve", "--suffix", "!", "--max-line", str(8 * MIB), "--max-memory", str(16 * MIB),
+                     "--print-config")
+    assert_one_line_error(result, 2, "--max-memory", "4 x --max-line")

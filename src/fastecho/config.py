@@ -539,6 +539,10 @@ class ServeConfig:
                                                       OPTION_BY_NAME["port"].default):
             raise ConfigError(f"--listen cannot be combined with --host/--port; add "
                               f"tcp://{format_address(self.host, self.port)} to --listen instead")
+        if self.suffix is not None and self.max_memory // 4 < self.max_line:
+            raise ConfigError(f"--max-memory {self.max_memory} must be at least 4 x --max-line "
+                              f"({4 * self.max_line}) in line mode: a line is held whole until its "
+                              f"newline, then copied out whole")
         if self.listen and self.fd is not None:
             raise ConfigError("--listen cannot be combined with --fd (an inherited socket)")
 

@@ -155,8 +155,11 @@ typedef struct fe_config {
      * as its socket can send at once, so clients that read their echo keep
      * being served while others hold the budget. Workers check without
      * locking, so the total can pass the budget by one read's growth per
-     * worker, and by the rare remainder of a send the kernel cut short
-     * after it said there was room. At least 1 MiB when set. */
+     * worker; in line mode also by the pending partial line of each
+     * connection that reads at its socket's pace (at most max_line each),
+     * and by the rare remainder of a send the kernel cut short after it
+     * said there was room. At least 1 MiB when set, and in line mode at
+     * least 4 * max_line. */
     size_t max_memory;
     /* File descriptors kept free for the caller (a metrics endpoint, log
      * files reopened): the acceptor stops accepting, as it does at EMFILE

@@ -217,7 +217,9 @@ void *fe_acceptor_main(void *arg)
             return NULL;
         int verdict = 0;
         for (nfds_t i = 1; i < all && verdict == 0; i++) {
-            if (after_pause || (fds[i].revents & (POLLIN | POLLERR)))
+            /* Any event, POLLHUP and POLLNVAL too: accept() then says what
+             * is wrong with the listener, instead of poll() spinning on it. */
+            if (after_pause || fds[i].revents != 0)
                 verdict = accept_batch(s, (size_t)i - 1);
         }
         if (verdict < 0)

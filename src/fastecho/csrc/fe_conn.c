@@ -168,8 +168,9 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     return c;
 }
 
-void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h)
+void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h, enum fe_close_reason reason)
 {
+    fe_counter_add(&w->closes[reason], 1);
     if (h->counted_per_ip)
         fe_ip_table_release(&w->server->ip_table, &h->peer);
     atomic_fetch_sub_explicit(&w->server->open_connections, 1, memory_order_relaxed);
@@ -272,9 +273,21 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         if (worst_growth(w, c, n) <= budget - now_held)
             return n;
     }
-    if (c->out.capacity > 0 || (line_mode(w) && c->partial_line.capacity > 0)) {
+    /* Queued output frees itself as the client reads: wait for that. A
+     * pending partial line frees only when its newline is read, so it may
+     * go on filling the room it already holds (the newline may be next),
+     * but not grow: then it waits like the others. */
+    if (c->out.capacity > 0) {
         *how = FE_BUDGET_WAIT_MEMORY;
         return 0;
+    }
+    if (line_mode(w) && c->partial_line.capacity > 0) {
+        size_t held_room = c->partial_line.capacity - c->partial_line.len;
+        if (held_room == 0) {
+            *how = FE_BUDGET_WAIT_MEMORY;
+            return 0;
+        }
+        want = want < held_room ? want : held_room;
     }
     if (c->space_wait) {
         *how = FE_BUDGET_WAIT_SOCKET;
@@ -284,9 +297,15 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_PEEK;
         return want;
     }
-    size_t space = send_space(c) / (1 + s->line_format.suffix_len);
-    if (space == 0)
+    size_t free_bytes = send_space(c);
+    if (free_bytes == 0) {
         *how = FE_BUDGET_WAIT_SOCKET;
+        return 0;
+    }
+    /* At least one byte: writability (what the wait is for) promises only
+     * about a third of the buffer, which may not hold a whole suffix. */
+    size_t space = free_bytes / (1 + s->line_format.suffix_len);
+    space = space ? space : 1;
     return space < want ? space : want;
 }
 
@@ -359,10 +378,11 @@ static enum fe_close_reason admit_proxied(fe_worker *w, fe_conn *c)
     return FE_CLOSE_NONE;
 }
 
-int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
+int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t *consume,
                         enum fe_close_reason *reason)
 {
-    size_t before = held(c);
+    size_t before = held(c), had = c->partial_line.len;
+    *consume = n;
     int appended = fe_buf_append(&c->partial_line, buf, n);
     account_memory(w, before, held(c));
     if (appended != 0) {
@@ -378,7 +398,11 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
         *reason = FE_CLOSE_PROXY_INVALID;
         return -1;
     }
-    /* The header is whole: from now on the connection is its client's. */
+    /* The header is whole: the bytes after it are the client's, left unread;
+     * from now on the connection is its client's. */
+    *consume = header.length - had;
+    account_memory(w, c->partial_line.capacity, 0);
+    fe_buf_free(&c->partial_line);
     if (!header.local) {
         c->via = c->peer;
         c->peer = header.source;
@@ -391,25 +415,13 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
     if (*reason != FE_CLOSE_NONE)
         return -1;
     emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
-
-    /* What followed the header is the client's first data. It leaves the
-     * header's buffer first, since line mode keeps its own partial line in
-     * the same place. */
-    fe_buf rest = c->partial_line;
-    c->partial_line = (fe_buf){0};
-    int rc = 0;
-    if (rest.len > header.length)
-        rc = fe_conn_input(w, c, rest.data + rest.start + header.length, rest.len - header.length, 0,
-                           reason);
-    account_memory(w, rest.capacity, 0);
-    fe_buf_free(&rest);
-    return rc;
+    return 0;
 }
 
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
     c->peer_eof = true;
-    if (!line_mode(w) || c->finishing)
+    if (!line_mode(w) || c->finishing || c->awaiting_proxy) /* (the header is no line) */
         return 0;
     size_t before = held(c);
     int rc = fe_line_finish(&w->server->line_format, &c->partial_line, &c->out);
@@ -484,6 +496,7 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         want |= FE_WANT_WRITE;
     if (!c->peer_eof && c->lingering) {
         want |= FE_WANT_READ; /* discarding input: needs no room */
+        set_budget_wait(w, c, FE_BUDGET_OK);
     } else if (!c->peer_eof && !w->closing && !c->finishing) {
         enum fe_budget_verdict how;
         if (fe_conn_read_room(w, c, &how) > 0)

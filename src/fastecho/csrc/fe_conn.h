@@ -69,7 +69,7 @@ enum fe_conn_step {
 fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h);
 
 /* Closes a handed-off connection that never got an fe_conn (its fd too). */
-void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h);
+void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h, enum fe_close_reason reason);
 
 /* First half of a close: counts it (by reason), emits the close event and
  * releases the connection's place in the limits, so that a client that
@@ -138,14 +138,16 @@ static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
     return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0;
 }
 
-/* +proxy: n more bytes of a connection still awaiting its PROXY header
- * arrived in buf. Once the header is whole, the client it names stands for
- * the peer, admission (allow list, per-address limit) runs against it, and
- * any client bytes after the header are taken as input (fe_conn_input); the
- * backend then sends what is queued. Returns 0 (also while the header is
- * incomplete), or -1 with *reason: proxy-invalid, not-allowed,
- * per-ip-limit or no-memory. */
-int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
+/* +proxy: buf holds n bytes peeked (not yet consumed) from a connection
+ * still awaiting its PROXY header. Sets *consume to how many of them belong
+ * to the header: all n while it is incomplete, fewer once it is whole, so
+ * that the client's own bytes after it stay in the kernel and are read
+ * later like any others (within the output cap and the memory budget).
+ * Once the header is whole, the client it names stands for the peer and
+ * admission (allow list, per-address limit) runs against it. Returns 0
+ * (also while the header is incomplete), or -1 with *reason:
+ * proxy-invalid, not-allowed, per-ip-limit or no-memory. */
+int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t *consume,
                         enum fe_close_reason *reason);
 
 /* How many bytes the next read of a connection awaiting its PROXY header

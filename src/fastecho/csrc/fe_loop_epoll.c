@@ -43,7 +43,7 @@ static void adopt(fe_worker *w, const fe_handoff *h)
 {
     fe_conn *c = fe_conn_create(w, h);
     if (c == NULL) {
-        fe_conn_drop_handoff(w, h);
+        fe_conn_drop_handoff(w, h, FE_CLOSE_NO_MEMORY);
         return;
     }
     c->events = EPOLLIN;
@@ -59,7 +59,7 @@ static void adopt_queued(fe_worker *w)
     while ((n = fe_queue_pop_batch(&w->inbox, batch, FE_ADOPT_BATCH)) > 0) {
         for (size_t i = 0; i < n; i++) {
             if (w->closing) /* too late to serve it */
-                fe_conn_drop_handoff(w, &batch[i]);
+                fe_conn_drop_handoff(w, &batch[i], FE_CLOSE_SHUTDOWN);
             else
                 adopt(w, &batch[i]);
         }
@@ -108,18 +108,21 @@ static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason
     return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
 }
 
-/* A read of a connection still awaiting its PROXY header; what follows a
- * whole header is echoed as usual. Returns -1 when it must be closed. */
+/* A read of a connection still awaiting its PROXY header. It peeks, and
+ * consumes only the header's bytes: what follows stays in the kernel and is
+ * read as echo input, within the cap and the budget. Returns -1 when the
+ * connection must be closed. */
 static int read_proxy_header(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 {
-    ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, fe_conn_proxy_room(w, c));
+    ssize_t n = fe_tp_plain_peek(c->fd, w->read_buffer, fe_conn_proxy_room(w, c));
     *reason = FE_CLOSE_RESET;
     if (n <= 0)
         return read_ended(w, c, n, reason);
-    if (fe_conn_proxy_input(w, c, w->read_buffer, (size_t)n, reason) != 0)
-        return -1;
-    *reason = FE_CLOSE_RESET;
-    return c->out.len > 0 ? flush(w, c) : 0;
+    size_t consume = 0;
+    int rc = fe_conn_proxy_input(w, c, w->read_buffer, (size_t)n, &consume, reason);
+    if (consume > 0)
+        fe_tp_plain_discard(c->fd, w->read_buffer, consume);
+    return rc;
 }
 
 /* One read, echoed at once. Returns -1 when the connection must be closed

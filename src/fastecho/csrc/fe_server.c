@@ -119,6 +119,11 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
                     (long long)FE_MAX_TIMEOUT_MS);
     if (cfg->max_memory != 0 && cfg->max_memory < (1u << 20))
         return fail(err, errlen, 0, "the memory budget must be at least 1 MiB (or 0 for none)");
+    /* A line is held whole until its newline, then copied out whole: one
+     * longer than a quarter of the budget could wait for ever on itself. */
+    if (line && cfg->max_memory != 0 && cfg->max_memory / 4 < cfg->max_line)
+        return fail(err, errlen, 0, "in line mode the memory budget (%zu) must be at least 4 * max line (%zu)",
+                    cfg->max_memory, cfg->max_line);
     if (cfg->fd_reserve > (1u << 20))
         return fail(err, errlen, 0, "the fd reserve must be at most 1048576");
     if (validate_ranges("allow", cfg->allow, cfg->allow_count, err, errlen) != 0 ||
@@ -444,7 +449,9 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
         if (w->ring_ready)
             dropped += atomic_load_explicit(&((fe_worker *)w)->events.dropped, memory_order_relaxed);
     }
-    closed += fe_counter_read(&s->connections_refused);
+    uint64_t refused = fe_counter_read(&s->connections_refused);
+    closed += refused;
+    closes[FE_CLOSE_SHUTDOWN] += refused; /* accepted as the stop began, closed unserved */
     /* Read accepted after closed (acquire loads): every close seen here was
      * preceded by its accept, so active can only be overstated. */
     uint64_t accepted = fe_counter_read(&s->connections_accepted);
