@@ -243,3 +243,43 @@ def test_accepted_sockets_drop_a_so_linger_inherited_from_the_listener():
         listener.close()
         assert engine.wait(10)
         engine.close()
+
+
+def test_a_listener_shut_down_under_the_acceptor_is_reported_not_spun_on():
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    engine = Engine(1)
+    engine.start(listener.fileno())
+    try:
+        before = time.process_time()
+        listener.shutdown(socket.SHUT_RDWR)  # poll() now reports POLLHUP for it, forever
+        assert wait_until(lambda: engine.acceptor_error != 0, timeout=5)
+        time.sleep(0.5)
+        # A poll loop that ignored POLLHUP would burn a whole CPU here.
+        assert time.process_time() - before < 0.3
+    finally:
+        engine.shutdown(0, 0)
+        listener.close()
+        assert engine.wait(10)
+        engine.close()
+
+
+def test_client_bytes_after_a_proxy_header_meet_the_output_cap():
+    # One send: a header, then 4000 newlines, each of which line mode turns
+    # into a 4 KiB reply. Read past the header in one go, they would queue
+    # 16 MiB at once; left to the normal reads, the 64 KiB cap holds.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    engine = Engine(1, max_pending_output=64 * 1024, suffix=b"x" * 4096, max_memory=64 << 20)
+    engine.start(listener.fileno(), proxy=[True])
+    try:
+        with socket.create_connection(listener.getsockname()[:2], timeout=5) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n" + b"\n" * 4000)
+            assert wait_until(lambda: engine.stats()["bytes_received"] > 0, timeout=5)
+            time.sleep(0.3)
+            # The cap, plus one read's worth of replies, plus buffer rounding.
+            assert engine.stats()["memory_held"] <= 4 << 20
+    finally:
+        engine.shutdown(0, 0)
+        listener.close()
+        assert engine.wait(10)
+        engine.close()
