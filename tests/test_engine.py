@@ -19,10 +19,17 @@ from helpers import closed_by_server, connect_from, echo_roundtrip, recv_exactly
 def running_engine(threads: int = 2, host: str = "127.0.0.1", **options):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server((host, 0), family=family, backlog=256)
-    engine = Engine(threads, **options)
-    engine.start(listener.fileno())
-    try:
+    with serving(listener, threads, **options) as engine:
         yield engine, listener.getsockname()[:2]
+
+
+@contextlib.contextmanager
+def serving(listener: socket.socket, threads: int = 2, proxy: bool = False, **options):
+    """An engine serving listener; stopped, and listener closed, on the way out."""
+    engine = Engine(threads, **options)
+    engine.start(listener.fileno(), proxy=[proxy])
+    try:
+        yield engine
     finally:
         engine.shutdown(0, 0)
         listener.close()
@@ -247,20 +254,13 @@ def test_accepted_sockets_drop_a_so_linger_inherited_from_the_listener():
 
 def test_a_listener_shut_down_under_the_acceptor_is_reported_not_spun_on():
     listener = socket.create_server(("127.0.0.1", 0), backlog=16)
-    engine = Engine(1)
-    engine.start(listener.fileno())
-    try:
+    with serving(listener, threads=1) as engine:
         before = time.process_time()
         listener.shutdown(socket.SHUT_RDWR)  # poll() now reports POLLHUP for it, forever
         assert wait_until(lambda: engine.acceptor_error != 0, timeout=5)
         time.sleep(0.5)
         # A poll loop that ignored POLLHUP would burn a whole CPU here.
         assert time.process_time() - before < 0.3
-    finally:
-        engine.shutdown(0, 0)
-        listener.close()
-        assert engine.wait(10)
-        engine.close()
 
 
 def test_client_bytes_after_a_proxy_header_meet_the_output_cap():
@@ -268,18 +268,13 @@ def test_client_bytes_after_a_proxy_header_meet_the_output_cap():
     # into a 4 KiB reply. Read past the header in one go, they would queue
     # 16 MiB at once; left to the normal reads, the 64 KiB cap holds.
     listener = socket.create_server(("127.0.0.1", 0), backlog=16)
-    engine = Engine(1, max_pending_output=64 * 1024, suffix=b"x" * 4096, max_memory=64 << 20)
-    engine.start(listener.fileno(), proxy=[True])
-    try:
-        with socket.create_connection(listener.getsockname()[:2], timeout=5) as s:
+    address = listener.getsockname()[:2]
+    with serving(listener, threads=1, proxy=True, max_pending_output=64 * 1024,
+                 suffix=b"x" * 4096, max_memory=64 << 20) as engine:
+        with socket.create_connection(address, timeout=5) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n" + b"\n" * 4000)
             assert wait_until(lambda: engine.stats()["bytes_received"] > 0, timeout=5)
             time.sleep(0.3)
             # The cap, plus one read's worth of replies, plus buffer rounding.
             assert engine.stats()["memory_held"] <= 4 << 20
-    finally:
-        engine.shutdown(0, 0)
-        listener.close()
-        assert engine.wait(10)
-        engine.close()
