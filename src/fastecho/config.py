@@ -244,7 +244,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_memory", "int", None, low=1 * MIB, high=2**62, metavar="BYTES",
            help="Budget (bytes) for all connections' buffered output and partial lines together; "
                 "a connection that would pass it is not read until memory frees "
-                "(default: a quarter of RAM or of the container's memory limit)."),
+                "(default: a quarter of RAM or of the container's memory limit; "
+                "in line mode at least 4 x --max-line)."),
     # Logging
     Option("log_level", "choice", "normal", choices=LOG_LEVELS, metavar="LEVEL",
            help="Lowest level logged: debug, normal, warning, error or fatal."),
