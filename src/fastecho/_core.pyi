@@ -2,6 +2,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Iterable
 
 CLOSE_REASONS: tuple[str, ...]
+LOOPBACK: tuple[str, ...]
 
 def _defaults() -> dict[str, int]: ...
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from fastecho._core import _defaults
+from fastecho._core import LOOPBACK, _defaults
 from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
 from fastecho.listeners import SCHEMES, Listener, ListenerError, check_distinct
@@ -39,6 +39,8 @@ MIB = 1024 * KIB
 
 # The C core's own defaults (fe_config_init): one source, not written twice.
 ENGINE: dict[str, int] = _defaults()
+# PROXY headers are trusted from the engine's default: loopback.
+TRUSTED_PROXIES: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in LOOPBACK)
 
 MAX_CONFIG_FILE = 1 * MIB  # a config file is a few hundred bytes; more is a mistake (or /dev/zero)
 SHOWN_MAX = 200  # characters of a bad value an error line repeats
@@ -298,8 +300,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow", "networks", (), metavar="CIDR",
            help="Accept only peers in this network; repeat for more (default: everyone)."),
     # PROXY protocol
-    Option("proxy_from", "networks", (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
-           metavar="CIDR",
+    Option("proxy_from", "networks", TRUSTED_PROXIES, metavar="CIDR",
            help="On +proxy listeners, trust PROXY headers only from peers in this network; "
                 "repeat for more (default: loopback). Other peers are closed and counted."),
     Option("proxy_timeout", "float", 5.0, low=0.001, high=3600.0, resolution="0.001",
@@ -520,8 +521,7 @@ class ServeConfig:
     max_connections_per_ip: int = 0
     idle_timeout: float = 0.0
     allow: tuple[Network, ...] = ()
-    proxy_from: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
-                                       ipaddress.ip_network("::1/128"))
+    proxy_from: tuple[Network, ...] = TRUSTED_PROXIES
     proxy_timeout: float = 5.0
 
     def __post_init__(self) -> None:

@@ -282,8 +282,7 @@ def open_listeners(cfg: ServeConfig, inherited: socket.socket | None) -> list[tu
             host, port = sock.getsockname()[:2]  # the real port, when 0 was asked for
             opened.append((Listener(listener.scheme, host, port), sock))
     except BaseException:
-        for _, sock in opened:
-            sock.close()
+        close_all([sock for _, sock in opened])
         raise
     return opened
 

@@ -258,17 +258,6 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         return want;
     size_t budget = s->cfg.max_memory;
     size_t now_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
-    /* Far from the budget (the usual case) a cheap bound settles it: a
-     * buffer that doubles to hold k bytes ends up with less than 2k + 4 KiB
-     * (see worst_growth for what k is). */
-    size_t bound = 2 * (c->out.len + want) + 4096;
-    if (line_mode(w)) {
-        size_t pending = c->partial_line.len;
-        bound = 2 * (c->out.len + pending + want * (1 + s->line_format.suffix_len) + FE_LINE_ERROR_MAX) +
-                4096 + 2 * (pending + want) + 4096;
-    }
-    if (now_held <= budget && bound <= budget - now_held)
-        return want;
     for (size_t n = want; n > 0 && now_held <= budget; n /= 2) { /* halving: only near the budget */
         if (worst_growth(w, c, n) <= budget - now_held)
             return n;

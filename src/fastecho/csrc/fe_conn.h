@@ -132,10 +132,10 @@ static inline int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_
 }
 
 /* Whether bytes that arrive now may be sent straight from the read buffer:
- * raw framing with nothing queued before them. */
+ * raw framing, nothing queued before them, and not discarding after our FIN. */
 static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
 {
-    return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0;
+    return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 && !c->lingering;
 }
 
 /* +proxy: buf holds n bytes peeked (not yet consumed) from a connection

@@ -142,7 +142,7 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     if (n <= 0)
         return read_ended(w, c, n, reason);
     size_t sent = 0;
-    if (fe_conn_echoes_directly(w, c) && !c->lingering) {
+    if (fe_conn_echoes_directly(w, c)) {
         ssize_t put = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
         if (put < 0)
             return -1;

@@ -206,7 +206,7 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     s->plain_read_room = cfg->max_pending_output < cfg->read_buffer_size ? cfg->max_pending_output
                                                                          : cfg->read_buffer_size;
     /* A read of plain_read_room into an empty buffer grows it by at most
-     * 2 * plain_read_room + 4 KiB (see fe_conn.c's budget_room). */
+     * 2 * plain_read_room + 4 KiB (fe_buf doubles from 4 KiB). */
     size_t plain_growth = 2 * s->plain_read_room + 4096;
     s->memory_plain_bound = cfg->max_memory == 0 ? SIZE_MAX
                             : cfg->max_memory >= plain_growth ? cfg->max_memory - plain_growth + 1
