@@ -272,10 +272,20 @@ static void close_all(fe_worker *w)
         close_conn(w, w->aborting.head, FE_CLOSE_LINE_TOO_LONG);
 }
 
+/* Whether this worker needs the clock after each wake-up: only for timers
+ * and access events, so the plain echo path never reads it. */
+static bool needs_clock(const fe_worker *w)
+{
+    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
+           w->proxy_waiting.head != NULL || w->budget_blocked > 0 ||
+           atomic_load(&w->server->state) != FE_RUNNING;
+}
+
 static int wait_timeout_ms(const fe_worker *w)
 {
     const fe_server *s = w->server;
-    int64_t ms = fe_conn_next_timer_ms(w);
+    /* With no timer running (the plain echo loop), there is none to look at. */
+    int64_t ms = needs_clock(w) ? fe_conn_next_timer_ms(w) : -1;
     if (atomic_load(&s->state) != FE_RUNNING) {
         int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
                                       : atomic_load(&s->drain_deadline_ns);
@@ -284,15 +294,6 @@ static int wait_timeout_ms(const fe_worker *w)
             ms = stop;
     }
     return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
-}
-
-/* Whether this worker needs the clock after each wake-up: only for timers
- * and access events, so the plain echo path never reads it. */
-static bool needs_clock(const fe_worker *w)
-{
-    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->proxy_waiting.head != NULL || w->budget_blocked > 0 ||
-           atomic_load(&w->server->state) != FE_RUNNING;
 }
 
 void *fe_worker_main(void *arg)
@@ -326,7 +327,7 @@ void *fe_worker_main(void *arg)
             w->now_ns = fe_now_ns();
         if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head)
             close_expired(w);
-        if (fe_conn_budget_retry_due(w))
+        if (w->budget_blocked > 0 && fe_conn_budget_retry_due(w))
             retry_budget_waits(w);
         if (atomic_load(&s->state) == FE_RUNNING)
             continue;
