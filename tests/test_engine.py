@@ -73,9 +73,10 @@ def test_access_events_report_open_and_close_with_peer_and_byte_counts():
         assert wait_until(lambda: events.extend(engine.drain_events()) or len(events) >= 2, timeout=5)
     opened, closed = events[:2]
     assert opened[:3] == ("open", "127.0.0.1", port)
-    kind, host, peer_port, bytes_in, bytes_out, duration, reason, via = closed
+    kind, host, peer_port, bytes_in, bytes_out, duration, reason, via, subject = closed
     assert (kind, host, peer_port, bytes_in, bytes_out, reason) == ("close", "127.0.0.1", port, 1000, 1000, "eof")
     assert via is None  # no proxy in between
+    assert subject is None and opened[8] is None  # no TLS client certificate
     assert duration > 0
 
 

@@ -18,7 +18,8 @@ from fastecho.includes.fe cimport (
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
-    fe_server_wait, fe_stats,
+    fe_server_wait, fe_stats, fe_server_set_tls, fe_tls, fe_tls_available, fe_tls_create,
+    fe_tls_describe, fe_tls_free, fe_tls_library, fe_tls_settings,
 )
 
 from fastecho.errors import ConfigError
@@ -87,6 +88,8 @@ cdef tuple _event_tuple(const fe_event *ev):
         ev.duration_ns / 1e9,
         fe_close_reason_name(ev.reason).decode(),
         (_peer_host(&ev.via), ev.via.port) if ev.via.family else None,
+        # The core escapes it to printable ASCII; "replace" only guards a cut.
+        ev.subject.decode("ascii", "replace") if ev.kind == FE_EVENT_OPEN and ev.subject[0] else None,
     )
 
 
@@ -105,6 +108,50 @@ def _defaults():
     }
 
 
+TLS_AVAILABLE = bool(fe_tls_available())
+# The OpenSSL this module runs on ("" in a build without TLS).
+TLS_LIBRARY = fe_tls_library().decode()
+
+
+cdef class TlsContext:
+    """A certificate, its key and the TLS policy, loaded and checked (OpenSSL).
+
+    PEM texts are bytes (the caller reads the files). ConfigError with one
+    line if they are unusable; OSError(ENOTSUP) in a build without TLS.
+    """
+    cdef fe_tls *_tls
+
+    def __cinit__(self, bytes cert_pem not None, bytes key_pem not None, bytes client_ca_pem=None,
+                  int min_version=12):
+        cdef fe_tls_settings settings
+        cdef char err[ERRLEN]
+        cdef int rc
+        settings.cert_pem = cert_pem
+        settings.cert_len = len(cert_pem)
+        settings.key_pem = key_pem
+        settings.key_len = len(key_pem)
+        settings.client_ca_pem = NULL
+        settings.client_ca_len = 0
+        if client_ca_pem is not None:
+            settings.client_ca_pem = client_ca_pem
+            settings.client_ca_len = len(client_ca_pem)
+        settings.min_version = min_version
+        err[0] = 0
+        rc = fe_tls_create(&settings, &self._tls, err, ERRLEN)
+        if rc != 0:
+            self._tls = NULL
+            _raise_error(errno, err)
+
+    def __dealloc__(self):
+        fe_tls_free(self._tls)
+
+    def describe(self):
+        """The certificate's subject and expiry, in one line."""
+        cdef char out[ERRLEN]
+        fe_tls_describe(self._tls, out, ERRLEN)
+        return out.decode("ascii", "replace")
+
+
 cdef class Engine:
     """A C echo engine: an acceptor thread plus `threads` epoll workers."""
 
@@ -114,7 +161,8 @@ cdef class Engine:
                   unsigned long long max_connections=0,
                   unsigned long long max_connections_per_ip=0,
                   double idle_timeout=0.0, allow=None, size_t max_memory=0,
-                  size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=5.0):
+                  size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=5.0,
+                  double tls_handshake_timeout=10.0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -145,6 +193,7 @@ cdef class Engine:
         cfg.max_memory = max_memory
         cfg.fd_reserve = fd_reserve
         cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
+        cfg.tls_handshake_timeout_ms = max(_milliseconds(tls_handshake_timeout), 1)
         err[0] = 0
         try:
             allowed = _ranges(allow, &cfg.allow_count)
@@ -171,11 +220,16 @@ cdef class Engine:
             raise ValueError("engine is closed")
         return self._server
 
-    def start(self, *listen_fds, proxy=()):
+    def set_tls(self, TlsContext context not None):
+        """Use context for every TLS handshake from now on (before start, or to rotate)."""
+        fe_server_set_tls(self._live(), context._tls)
+
+    def start(self, *listen_fds, proxy=(), tls=()):
         """Serve the listening sockets listen_fds (which the caller keeps open).
 
-        proxy: for each fd in turn, whether its connections start with a PROXY
-        protocol header (missing entries: no).
+        proxy, tls: for each fd in turn, whether its connections start with a
+        PROXY protocol header, and whether they speak TLS (then set_tls must
+        have been called); missing entries: no.
         """
         cdef fe_server *server = self._live()
         cdef char err[ERRLEN]
@@ -184,10 +238,11 @@ cdef class Engine:
         cdef size_t count = len(listen_fds)
         if not 1 <= count <= FE_MAX_LISTENERS:
             raise ConfigError(f"between 1 and {FE_MAX_LISTENERS} listeners are served, not {count}")
-        flags = list(proxy)
+        proxy_flags, tls_flags = list(proxy), list(tls)
         for i, fd in enumerate(listen_fds):
             listeners[i].fd = fd
-            listeners[i].proxy = i < len(flags) and bool(flags[i])
+            listeners[i].proxy = i < len(proxy_flags) and bool(proxy_flags[i])
+            listeners[i].tls = i < len(tls_flags) and bool(tls_flags[i])
         err[0] = 0
         with nogil:
             rc = fe_server_start(server, listeners, count, err, ERRLEN)
@@ -233,6 +288,8 @@ cdef class Engine:
             "accept_fd_exhausted": s.accept_fd_exhausted,
             "memory_held": s.memory_held,
             "memory_budget_waits": s.memory_budget_waits,
+            "tls_handshakes": s.tls_handshakes,
+            "tls_resumed": s.tls_resumed,
             "closes": {CLOSE_REASONS[i]: s.closes[i] for i in range(1, FE_CLOSE_REASON_COUNT)},
             # Per listener, in start()'s order: (accepted, closed).
             "listeners": [(s.listener_accepted[i], s.listener_closed[i])
@@ -243,7 +300,9 @@ cdef class Engine:
         """Take up to max_events pending access events without waiting.
 
         Each is (kind, peer_host, peer_port, bytes_in, bytes_out, duration_s,
-        reason): kind is "open" or "close", reason is "" for open events.
+        reason, via, subject): kind is "open" or "close", reason is "" for
+        open events, via is the proxy's (host, port) or None, and subject is
+        the TLS client certificate's subject (open events) or None.
         """
         cdef fe_server *server = self._live()
         cdef fe_event batch[EVENT_BATCH]

@@ -22,14 +22,17 @@ def format_event(event: Sequence) -> str:
     """`open 127.0.0.1:53422` or `close 127.0.0.1:53422 in=10 out=10 duration=0.012s reason=eof`.
 
     A client that came through a proxy (PROXY protocol) is named with the
-    proxy after it: `open 203.0.113.7:51000 via 127.0.0.1:40112`.
+    proxy after it: `open 203.0.113.7:51000 via 127.0.0.1:40112`. A TLS
+    client's certificate subject follows its open:
+    `open 127.0.0.1:53422 subject="CN=client,O=Example"` (escaped to
+    printable ASCII by the core, so it cannot forge a line).
     """
-    kind, host, port, bytes_in, bytes_out, duration, reason, via = event
+    kind, host, port, bytes_in, bytes_out, duration, reason, via, subject = event
     who = format_address(host, port)
     if via is not None:
         who += f" via {format_address(*via)}"
     if kind == "open":
-        return f"open {who}"
+        return f'open {who} subject="{subject}"' if subject else f"open {who}"
     return (f"{kind} {who} in={bytes_in} out={bytes_out} "
             f"duration={duration:.3f}s reason={reason or '-'}")
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import decimal
 import difflib
-import errno
 import ipaddress
 import os
 import pwd
-import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -28,6 +26,7 @@ from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
 from fastecho.listeners import SCHEMES, Listener, ListenerError, check_distinct
 from fastecho.listeners import parse_url as parse_listener_url
+from fastecho.userfiles import UserFileError, read_small_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -307,6 +306,19 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SECONDS",
            help="On +proxy listeners, close a connection whose PROXY header is not complete "
                 "in this long."),
+    # TLS
+    Option("tls_cert", "path", None, optional=True, metavar="PEM",
+           help="For tls listeners: the certificate, PEM, leaf first then its chain. "
+                "SIGHUP reads it (and the key) again."),
+    Option("tls_key", "path", None, optional=True, metavar="PEM",
+           help="The certificate's private key, PEM, unencrypted (default: in --tls-cert's file)."),
+    Option("tls_client_ca", "path", None, optional=True, metavar="PEM",
+           help="Mutual TLS: clients must present a certificate issued by a CA in this PEM file."),
+    Option("tls_min_version", "choice", "1.2", choices=("1.2", "1.3"), metavar="VERSION",
+           help="Oldest TLS version served: 1.2 (with Mozilla's intermediate ciphers) or 1.3."),
+    Option("tls_handshake_timeout", "float", 10.0, low=0.001, high=3600.0, resolution="0.001",
+           metavar="SECONDS",
+           help="Close a TLS connection whose handshake has not finished in this long."),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -523,6 +535,11 @@ class ServeConfig:
     allow: tuple[Network, ...] = ()
     proxy_from: tuple[Network, ...] = TRUSTED_PROXIES
     proxy_timeout: float = 5.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_min_version: str = "1.2"
+    tls_handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -546,10 +563,22 @@ class ServeConfig:
                               f"newline, then copied out whole")
         if self.listen and self.fd is not None:
             raise ConfigError("--listen cannot be combined with --fd (an inherited socket)")
+        if self.tls_cert is None and self.serves_tls():
+            tls = [l.url for l in self.listeners() if l.tls]
+            what = tls[0] if tls else f"--fd-scheme {self.fd_scheme}"
+            raise ConfigError(f"{what} needs a certificate: give --tls-cert (and --tls-key)")
+        if self.tls_cert is None:
+            for name in ("tls_key", "tls_client_ca"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{option_name(name)} needs --tls-cert")
 
     def listeners(self) -> tuple[Listener, ...]:
         """Where to listen: --listen, or the one tcp listener --host/--port stand for."""
         return self.listen or (Listener("tcp", self.host, self.port),)
+
+    def serves_tls(self) -> bool:
+        """Whether a listener (or an inherited socket, by --fd-scheme) speaks TLS."""
+        return any(l.tls for l in self.listeners()) or Listener(self.fd_scheme, "", 0).tls
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -569,59 +598,6 @@ _check_table_matches_dataclass()
 
 # ---------------------------------------------------------------- sources
 
-_FILE_TYPES = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
-               (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
-               (stat.S_ISSOCK, "is a socket"))
-
-
-def _not_regular(mode: int) -> str:
-    for test, problem in _FILE_TYPES:
-        if test(mode):
-            return f"{problem}, not a regular file"
-    return "not a regular file"
-
-
-def _read_config_bytes(path: str, shown: str, source: str) -> bytes:
-    """The file's bytes: a regular file of at most MAX_CONFIG_FILE bytes, read once.
-
-    Anything else is refused without reading it: /dev/zero would be read until
-    memory runs out, and a FIFO with no writer would block forever. A device is
-    not even opened (opening some, a tape or a serial line, has effects); the
-    opened file is checked again in case the name was swapped in between.
-    """
-    def fail(problem: str) -> ConfigError:
-        return ConfigError(f"config file {shown} (from {source}): {problem}")
-
-    try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise fail(_not_regular(mode))
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise fail("no such file") from None
-    except OSError as e:
-        raise fail("not a regular file" if e.errno == errno.ENXIO else (e.strerror or str(e))) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise fail(_not_regular(mode))
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CONFIG_FILE:  # one byte past the limit tells "too large" from "full"
-            chunk = os.read(fd, MAX_CONFIG_FILE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise fail(e.strerror or str(e)) from None
-    finally:
-        os.close(fd)
-    if size > MAX_CONFIG_FILE:
-        raise fail(f"larger than {MAX_CONFIG_FILE // MIB} MiB")
-    return b"".join(chunks)
-
-
 def read_config_file(path: str, source: str) -> dict[str, Any]:
     """The TOML file's keys, type-checked; ConfigError for a bad file, bad TOML or key.
 
@@ -638,7 +614,10 @@ def read_config_file(path: str, source: str) -> dict[str, Any]:
         shown = _display(_absolute(path))
     except Invalid as e:
         raise ConfigError(f"config file {shown} (from {source}): {e}") from None
-    data = _read_config_bytes(path, shown, source)
+    try:
+        data = read_small_file(path, MAX_CONFIG_FILE)
+    except UserFileError as e:
+        raise ConfigError(f"config file {shown} (from {source}): {e}") from None
     try:
         document = tomllib.loads(data.decode("utf-8"), parse_float=decimal.Decimal)
     except UnicodeDecodeError:

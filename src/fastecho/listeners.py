@@ -1,4 +1,4 @@
-"""Listener URLs: what --listen takes, e.g. tcp://127.0.0.1:7000 or tcp+proxy://[::1]:7001.
+"""Listener URLs: what --listen takes, e.g. tcp://127.0.0.1:7000 or tls+proxy://[::1]:7443.
 
 A listener is a scheme (how its connections speak) and an address. The
 schemes served so far are in SCHEMES; a URL with any other scheme is refused
@@ -15,6 +15,8 @@ from fastecho.addresses import format_address
 SCHEMES = {
     "tcp": "plain TCP",
     "tcp+proxy": "plain TCP, after a PROXY protocol header (v1 or v2) from a trusted proxy",
+    "tls": "TLS 1.2/1.3 (needs --tls-cert)",
+    "tls+proxy": "TLS, after a PROXY protocol header from a trusted proxy",
 }
 
 
@@ -32,6 +34,11 @@ class Listener:
     def proxy(self) -> bool:
         """Whether each connection starts with a PROXY protocol header."""
         return self.scheme.endswith("+proxy")
+
+    @property
+    def tls(self) -> bool:
+        """Whether its connections speak TLS."""
+        return self.scheme.split("+")[0] == "tls"
 
     @property
     def url(self) -> str:

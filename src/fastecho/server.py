@@ -7,12 +7,15 @@ record the signal, and this loop acts on it:
 
 - SIGTERM/SIGINT: stop accepting, let open connections finish for --grace
   seconds, close the rest, exit 0; a second one closes everything at once.
-- SIGHUP: reopen the log files (logrotate).
+- SIGHUP: reopen the log files (logrotate), and read the TLS certificate and
+  key again (rotation): new handshakes use the new pair; a bad one is logged
+  and the old one kept.
 
 Each tick also watches the engine's count of accepts put off for want of fds,
 and logs one warning when the server runs out and one when it recovers.
 
-Start order: bind (or adopt) the listener, start the metrics endpoint, drop
+Start order: load the TLS certificate (before anything binds, so a bad one is
+one line and exit 2), bind (or adopt) the listener, start the metrics endpoint, drop
 privileges (--user, handing the log files to the user first), check that the
 fd limit leaves room for the engine, create and start the engine, report
 ready (stdout line, the --daemon parent, systemd READY=1), then the
@@ -35,12 +38,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from fastecho import _core, logs, systemd
+from fastecho import _core, logs, systemd, tls
 from fastecho._core import Engine
 from fastecho.addresses import format_address
 from fastecho.config import ServeConfig
 from fastecho.listeners import Listener
-from fastecho.errors import ServeError
+from fastecho.errors import ConfigError, ServeError
 from fastecho.logs import log
 
 if TYPE_CHECKING:
@@ -264,6 +267,7 @@ def create_engine(cfg: ServeConfig) -> Engine:
         fd_reserve=FD_RESERVE,
         proxy_from=list(cfg.proxy_from),
         proxy_timeout=cfg.proxy_timeout,
+        tls_handshake_timeout=cfg.tls_handshake_timeout,
     )
 
 
@@ -351,12 +355,12 @@ class Server:
         self.metrics = None
         self.drainer = None
         self._signals: list[int] = []
-        self._reopen_logs = False
+        self._reload = False  # SIGHUP: reopen the logs, reload the TLS certificate
         self._fd_shortage = FdShortage()
 
     def _on_signal(self, signum: int, frame) -> None:
         if signum in RELOAD_SIGNALS:
-            self._reopen_logs = True
+            self._reload = True
         else:
             self._signals.append(signum)
 
@@ -364,6 +368,7 @@ class Server:
         """Serve until SIGINT/SIGTERM, then drain and stop. Raises ServeError."""
         cfg = self.config
         check_can_switch_user(cfg.user)
+        tls_context = tls.load_context(cfg) if cfg.serves_tls() else None
         raise_fd_limit()
         bound = open_listeners(cfg, self.listener)
         sockets = [sock for _, sock in bound]
@@ -392,9 +397,13 @@ class Server:
             check_fd_limit(cfg.threads)
             with failing_as("cannot create the engine"):
                 self.engine = create_engine(cfg)
+            if tls_context is not None:
+                self.engine.set_tls(tls_context)
+                log.info("TLS certificate: %s (%s)", tls_context.describe(), _core.TLS_LIBRARY)
             with failing_as("cannot start the engine"):
                 self.engine.start(*(sock.fileno() for sock in sockets),
-                                  proxy=[listener.proxy for listener, _ in bound])
+                                  proxy=[listener.proxy for listener, _ in bound],
+                                  tls=[listener.tls for listener, _ in bound])
             where = describe_listeners([listener for listener, _ in bound])
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
             print(line, file=self.out, flush=True)
@@ -441,9 +450,22 @@ class Server:
                 pass
         except BlockingIOError:
             pass
-        if self._reopen_logs:
-            self._reopen_logs = False
-            logs.reopen()
+        if self._reload:
+            self._reload = False
+            self._on_reload()
+
+    def _on_reload(self) -> None:
+        """SIGHUP: reopen the logs; on a TLS server, load the certificate and key again."""
+        logs.reopen()
+        if self.engine is None or not self.config.serves_tls():
+            return
+        try:
+            context = tls.load_context(self.config)
+        except ConfigError as e:
+            log.error("SIGHUP: keeping the TLS certificate in use: %s", e)
+            return
+        self.engine.set_tls(context)
+        log.info("SIGHUP: TLS certificate reloaded: %s", context.describe())
 
     def _serve_until_signal(self, wake: socket.socket) -> str | None:
         """Returns None after a stop signal, or a message if the engine failed."""
@@ -489,7 +511,7 @@ class Server:
                 log.warning("second stop signal: closing every connection now")
                 self.engine.shutdown(0, 0)
                 handled = len(self._signals)
-            if self._reopen_logs:
-                self._reopen_logs = False
+            if self._reload:
+                self._reload = False
                 logs.reopen()
         log.info("stopped")

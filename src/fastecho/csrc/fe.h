@@ -63,6 +63,10 @@ enum fe_close_reason {
     FE_CLOSE_PROXY_TIMEOUT, /* +proxy: no whole PROXY header within proxy_timeout_ms */
     FE_CLOSE_NOT_ALLOWED,   /* +proxy: the header's client is not in the allow list */
     FE_CLOSE_PER_IP_LIMIT,  /* +proxy: the header's client has max_connections_per_ip open */
+    FE_CLOSE_TLS_HANDSHAKE, /* tls: the handshake failed (not TLS, no acceptable client
+                               certificate, no common version or cipher, ...) */
+    FE_CLOSE_TLS_TIMEOUT,   /* tls: no finished handshake within tls_handshake_timeout_ms */
+    FE_CLOSE_TLS_ERROR,     /* tls: a protocol error after the handshake (a bad record) */
     FE_CLOSE_REASON_COUNT
 };
 
@@ -76,16 +80,20 @@ enum fe_framing {
     FE_FRAMING_LINE = 1, /* line mode: see fe_config.suffix */
 };
 
-/* A listening socket handed to fe_server_start. More fields (its transport,
- * whether a PROXY header comes first) arrive with the protocols that use
- * them. */
+/* A listening socket handed to fe_server_start. */
 typedef struct fe_listener {
     int fd;     /* bound, listening SOCK_STREAM socket; the caller owns it */
     bool proxy; /* each connection starts with a PROXY protocol header (v1 or v2) */
+    bool tls;   /* connections speak TLS (after the PROXY header, if any):
+                   needs fe_server_set_tls before fe_server_start */
 } fe_listener;
 
 /* The most listeners one server serves. */
 enum { FE_MAX_LISTENERS = 64 };
+
+/* Room for a client certificate's subject in an access event, NUL included;
+ * a longer one is cut and ends in "...". */
+enum { FE_SUBJECT_MAX = 160 };
 
 /* One access-log record, produced by a worker and drained by the caller. */
 typedef struct fe_event {
@@ -96,6 +104,9 @@ typedef struct fe_event {
     uint64_t bytes_in;    /* close: bytes received on this connection */
     uint64_t bytes_out;   /* close: bytes sent on this connection */
     uint64_t duration_ns; /* close: time since the connection was accepted */
+    /* open, on a tls listener: the client certificate's subject (RFC 2253
+     * form, e.g. "CN=client,O=Example"); "" when the client sent none. */
+    char subject[FE_SUBJECT_MAX];
 } fe_event;
 
 typedef struct fe_config {
@@ -178,6 +189,11 @@ typedef struct fe_config {
     const fe_cidr *proxy_from;
     size_t proxy_from_count;
     int64_t proxy_timeout_ms;
+
+    /* TLS, for listeners with tls set: a connection whose handshake has not
+     * finished this long after it began (after its PROXY header, if any)
+     * is closed and counted (>= 1). */
+    int64_t tls_handshake_timeout_ms;
 } fe_config;
 
 typedef struct fe_stats {
@@ -198,6 +214,8 @@ typedef struct fe_stats {
                                           ENFILE, or closed to keep fd_reserve free */
     uint64_t memory_held;              /* bytes held by connection buffers now (a gauge) */
     uint64_t memory_budget_waits;      /* times a connection stopped being read for max_memory */
+    uint64_t tls_handshakes;           /* TLS handshakes completed */
+    uint64_t tls_resumed;              /* of those, resumed sessions (tickets) */
     uint64_t closes[FE_CLOSE_REASON_COUNT]; /* connections closed, by reason */
     /* Per listener, in fe_server_start's order (listener_count of them):
      * connections accepted (admitted) and closed, as above. */
@@ -261,6 +279,48 @@ size_t fe_server_drain_events(fe_server *srv, fe_event *out, size_t max);
 /* If the acceptor stopped by itself on an unrecoverable error (for example
  * the listening socket was closed under it), returns that errno; else 0. */
 int fe_server_acceptor_error(const fe_server *srv);
+
+/* TLS settings: what fe_tls_create loads. The PEM texts are the caller's
+ * (read from files by the caller, so that nothing here opens a path). */
+typedef struct fe_tls_settings {
+    const char *cert_pem; /* the certificate, leaf first, then its chain */
+    size_t cert_len;
+    const char *key_pem;  /* its private key (unencrypted) */
+    size_t key_len;
+    const char *client_ca_pem; /* mutual TLS: clients must present a certificate
+                                  issued by one of these; NULL: not asked for */
+    size_t client_ca_len;
+    int min_version; /* 12: TLS 1.2 and 1.3 (the default when 0); 13: TLS 1.3 only */
+} fe_tls_settings;
+
+/* A loaded certificate, key and policy (an OpenSSL SSL_CTX): TLS 1.2 and
+ * 1.3 with Mozilla's "intermediate" ciphers, session tickets on,
+ * renegotiation off. */
+typedef struct fe_tls fe_tls;
+
+/* Whether this build serves TLS (FASTECHO_WITH_TLS), and the OpenSSL it
+ * runs on ("" when none). */
+bool fe_tls_available(void);
+const char *fe_tls_library(void);
+
+/* Loads settings into a new fe_tls. Returns 0 and sets *out, or -1 with
+ * errno (EINVAL: the settings are bad; ENOTSUP: no TLS in this build) and
+ * a one-line reason in err (which PEM, and OpenSSL's reason). */
+int fe_tls_create(const fe_tls_settings *settings, fe_tls **out, char *err, size_t errlen);
+
+/* Writes a one-line description of the server certificate into out:
+ * its subject and the end of its validity ("CN=x, valid until ..."). */
+void fe_tls_describe(const fe_tls *tls, char *out, size_t outlen);
+
+/* Releases the caller's reference; the server keeps its own. NULL: no-op. */
+void fe_tls_free(fe_tls *tls);
+
+/* Makes tls the server's certificate and policy for every handshake that
+ * starts from now on (connections already open keep theirs). The server
+ * takes its own reference, so the caller may free tls afterwards. Safe
+ * from any thread at any time between create and destroy (certificate
+ * rotation); session tickets issued before stay valid. */
+void fe_server_set_tls(fe_server *srv, fe_tls *tls);
 
 /* Stops (at once, if still running), joins every thread, closes every fd
  * the core opened and frees srv. NULL is a no-op. */

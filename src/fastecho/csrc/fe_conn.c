@@ -7,6 +7,7 @@
 #include "fe_proxy.h"
 
 #include <linux/sockios.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -35,6 +36,9 @@ static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {
     [FE_CLOSE_PROXY_TIMEOUT] = "proxy-timeout",
     [FE_CLOSE_NOT_ALLOWED] = "not-allowed",
     [FE_CLOSE_PER_IP_LIMIT] = "per-ip-limit",
+    [FE_CLOSE_TLS_HANDSHAKE] = "tls-handshake",
+    [FE_CLOSE_TLS_TIMEOUT] = "tls-handshake-timeout",
+    [FE_CLOSE_TLS_ERROR] = "tls-error",
 };
 
 const char *fe_close_reason_name(int reason)
@@ -84,7 +88,11 @@ static bool is_aborting(const fe_conn *c)
 
 static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
 {
-    return c->awaiting_proxy ? &w->proxy_waiting : is_aborting(c) ? &w->aborting : &w->active;
+    if (c->awaiting_proxy)
+        return &w->proxy_waiting;
+    if (c->handshaking)
+        return &w->handshaking;
+    return is_aborting(c) ? &w->aborting : &w->active;
 }
 
 /* Records activity for the idle timeout: the connection moves to the tail
@@ -102,7 +110,8 @@ static void touch(fe_worker *w, fe_conn *c)
 
 /* ---------------------------------------------------------------- accounting */
 
-static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason)
+/* subject: the open event's client certificate subject (NULL: none). */
+static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t reason, const char *subject)
 {
     if (!w->ring_ready)
         return;
@@ -115,6 +124,8 @@ static void emit_event(fe_worker *w, const fe_conn *c, uint8_t kind, uint8_t rea
         .bytes_out = c->bytes_out,
         .duration_ns = kind == FE_EVENT_CLOSE ? (uint64_t)(fe_now_ns() - c->accepted_ns) : 0,
     };
+    if (subject != NULL)
+        snprintf(ev.subject, sizeof ev.subject, "%s", subject);
     fe_ring_push(&w->events, &ev);
 }
 
@@ -160,11 +171,13 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->accepted_ns = h->accepted_ns;
     c->active_ns = w->now_ns;
     c->awaiting_proxy = h->proxy;
+    c->tls = h->tls;
+    c->handshaking = h->tls && !h->proxy;
     c->listener = h->listener;
     list_append(list_of(w, c), c);
     w->conn_count++;
-    if (!c->awaiting_proxy) /* else once its header names the client */
-        emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
+    if (!c->awaiting_proxy && !c->handshaking) /* else once its header or handshake is done */
+        emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE, NULL);
     return c;
 }
 
@@ -185,7 +198,7 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
     list_remove(list_of(w, c), c);
     w->conn_count--;
     fe_counter_add(&w->closes[reason < FE_CLOSE_REASON_COUNT ? reason : FE_CLOSE_RESET], 1);
-    emit_event(w, c, FE_EVENT_CLOSE, (uint8_t)reason);
+    emit_event(w, c, FE_EVENT_CLOSE, (uint8_t)reason, NULL);
     if (c->counted_per_ip)
         fe_ip_table_release(&s->ip_table, &c->peer);
     atomic_fetch_sub_explicit(&s->open_connections, 1, memory_order_relaxed);
@@ -246,8 +259,10 @@ static size_t send_space(const fe_conn *c)
 /* How many of want bytes may be read without the memory budget being
  * passed (want itself when no budget is set), and how (*how); 0 means wait.
  * Once the budget is spent, a connection that holds nothing still echoes
- * what its socket can take at once (exactly, by peeking, in raw mode; in
- * line mode, reads sized to half the free send buffer): a client that reads
+ * what its socket can take at once (exactly, by peeking, in raw mode over
+ * plain TCP; in line mode and over TLS, which cannot leave decrypted bytes
+ * in the kernel, reads sized to half the free send buffer, which also
+ * leaves room for TLS's record overhead): a client that reads
  * its echo keeps being served, and one that does not leaves its bytes in
  * the kernel. */
 static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enum fe_budget_verdict *how)
@@ -282,7 +297,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_SOCKET;
         return 0;
     }
-    if (!line_mode(w)) {
+    if (!line_mode(w) && !c->tls) {
         *how = FE_BUDGET_PEEK;
         return want;
     }
@@ -293,7 +308,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
     }
     /* At least one byte: writability (what the wait is for) promises only
      * about a third of the buffer, which may not hold a whole suffix. */
-    size_t space = free_bytes / (1 + s->line_format.suffix_len);
+    size_t space = line_mode(w) ? free_bytes / (1 + s->line_format.suffix_len) : free_bytes;
     space = space ? space : 1;
     return space < want ? space : want;
 }
@@ -398,13 +413,27 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, siz
     }
     list_remove(&w->proxy_waiting, c);
     c->awaiting_proxy = false;
+    c->handshaking = c->tls; /* its handshake, and the timeout for it, start now */
     c->active_ns = w->now_ns;
-    list_append(&w->active, c);
+    list_append(list_of(w, c), c);
     *reason = admit_proxied(w, c);
     if (*reason != FE_CLOSE_NONE)
         return -1;
-    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE);
+    if (!c->tls)
+        emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE, NULL);
     return 0;
+}
+
+void fe_conn_handshake_done(fe_worker *w, fe_conn *c, const char *subject, bool resumed)
+{
+    list_remove(&w->handshaking, c);
+    c->handshaking = false;
+    c->active_ns = w->now_ns;
+    list_append(&w->active, c);
+    fe_counter_add(&w->tls_handshakes, 1);
+    if (resumed)
+        fe_counter_add(&w->tls_resumed, 1);
+    emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE, subject);
 }
 
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
@@ -472,6 +501,14 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         *interest = FE_WANT_READ;
         return FE_STEP_WAIT;
     }
+    if (c->handshaking) { /* the transport adds what the handshake waits for */
+        if (w->closing) {
+            *reason = FE_CLOSE_SHUTDOWN;
+            return FE_STEP_CLOSE;
+        }
+        *interest = FE_WANT_READ;
+        return FE_STEP_WAIT;
+    }
     if (c->out.len == 0 && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF;
@@ -509,6 +546,11 @@ fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason)
         *reason = FE_CLOSE_PROXY_TIMEOUT;
         return c;
     }
+    c = w->handshaking.head; /* active_ns: when its handshake began */
+    if (c && w->now_ns - c->active_ns >= w->server->cfg.tls_handshake_timeout_ms * 1000000) {
+        *reason = FE_CLOSE_TLS_TIMEOUT;
+        return c;
+    }
     c = w->aborting.head;
     if (c && w->now_ns - c->active_ns >= FE_ABORT_LINGER_MS * 1000000LL) {
         *reason = FE_CLOSE_LINE_TOO_LONG;
@@ -532,25 +574,28 @@ static int64_t ms_until(int64_t deadline_ns, int64_t now_ns)
     return (deadline_ns - now_ns + 999999) / 1000000;
 }
 
+/* The sooner of two timeouts in ms (-1: none). */
+static int64_t sooner(int64_t a_ms, int64_t b_ms)
+{
+    return a_ms < 0 || (b_ms >= 0 && b_ms < a_ms) ? b_ms : a_ms;
+}
+
 int64_t fe_conn_next_timer_ms(const fe_worker *w)
 {
+    const fe_config *cfg = &w->server->cfg;
     int64_t ms = -1;
-    int64_t idle_ms = w->server->cfg.idle_timeout_ms;
-    if (idle_ms > 0 && w->active.head)
-        ms = ms_until(w->active.head->active_ns + idle_ms * 1000000, w->now_ns);
-    if (w->aborting.head) {
-        int64_t abort = ms_until(w->aborting.head->active_ns + FE_ABORT_LINGER_MS * 1000000LL, w->now_ns);
-        if (ms < 0 || abort < ms)
-            ms = abort;
-    }
-    if (w->proxy_waiting.head) {
-        int64_t deadline = w->proxy_waiting.head->accepted_ns + w->server->cfg.proxy_timeout_ms * 1000000;
-        int64_t proxy = ms_until(deadline, w->now_ns);
-        if (ms < 0 || proxy < ms)
-            ms = proxy;
-    }
-    if (w->budget_blocked > 0 && (ms < 0 || ms > FE_BUDGET_RETRY_MS))
-        ms = FE_BUDGET_RETRY_MS;
+    if (cfg->idle_timeout_ms > 0 && w->active.head)
+        ms = ms_until(w->active.head->active_ns + cfg->idle_timeout_ms * 1000000, w->now_ns);
+    if (w->aborting.head)
+        ms = sooner(ms, ms_until(w->aborting.head->active_ns + FE_ABORT_LINGER_MS * 1000000LL, w->now_ns));
+    if (w->proxy_waiting.head)
+        ms = sooner(ms, ms_until(w->proxy_waiting.head->accepted_ns + cfg->proxy_timeout_ms * 1000000,
+                                 w->now_ns));
+    if (w->handshaking.head)
+        ms = sooner(ms, ms_until(w->handshaking.head->active_ns + cfg->tls_handshake_timeout_ms * 1000000,
+                                 w->now_ns));
+    if (w->budget_blocked > 0)
+        ms = sooner(ms, FE_BUDGET_RETRY_MS);
     return ms > 1000 ? 1000 : ms;
 }
 

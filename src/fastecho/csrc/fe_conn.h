@@ -22,7 +22,9 @@
  * only needed on open, close, and when timeouts or the budget are at work. */
 struct fe_conn {
     int fd;
-    uint32_t events;      /* the interest the backend registered */
+    uint8_t events;       /* the interest the backend registered (EPOLLIN/EPOLLOUT) */
+    bool tls;             /* TLS transport (ssl), handshake done or not */
+    bool handshaking;     /* TLS: the handshake has not finished (w->handshaking) */
     bool peer_eof;        /* client sent FIN: echo what is left, then close */
     bool lingering;       /* we sent FIN: discard input until the peer closes */
     bool finishing;       /* line too long: send what is queued, then close */
@@ -41,6 +43,12 @@ struct fe_conn {
     fe_peer peer;         /* the client: from its PROXY header, behind a proxy */
     fe_peer via;          /* the proxy that connected (family 0: none) */
     uint8_t listener;     /* index of the listener it came from */
+    uint8_t tp_wants;     /* TLS: interest the transport needs besides the
+                             connection's own (FE_WANT_*: the handshake's, or
+                             writability for a read that must send first) */
+    struct ssl_st *ssl;   /* TLS: the session (fe_transport.h) */
+    fe_conn *pending_prev, *pending_next; /* links in w->tls_pending */
+    bool tls_pending;     /* on w->tls_pending */
 };
 
 /* What the memory budget allows a connection's next read. */
@@ -64,7 +72,9 @@ enum fe_conn_step {
     FE_STEP_CLOSE,  /* close at once (*reason) */
 };
 
-/* A new connection from h, accounted (open event, active list). Returns
+/* A new connection from h, accounted (open event, active list; a TLS or
+ * +proxy one opens only once its handshake or header is done, and a TLS
+ * one needs its session set in c->ssl by the backend). Returns
  * NULL when out of memory; the backend then calls fe_conn_drop_handoff. */
 fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h);
 
@@ -81,7 +91,7 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason);
 void fe_conn_free(fe_worker *w, fe_conn *c);
 
 /* The plain case: raw framing, nothing queued, no pending state (FIN,
- * linger, budget wait, PROXY header), and the memory budget too far away
+ * linger, budget wait, PROXY header, TLS handshake), and the memory budget too far away
  * for one read to reach it. The functions below handle it inline, so that
  * the backend's echo path stays a bare loop; everything else takes their
  * general versions in fe_conn.c. */
@@ -89,7 +99,8 @@ static inline bool fe_conn_plain(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     return s->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 &&
-           !(c->peer_eof | c->lingering | c->budget_wait | c->space_wait | c->awaiting_proxy) &&
+           !(c->peer_eof | c->lingering | c->budget_wait | c->space_wait | c->awaiting_proxy |
+             c->handshaking) &&
            atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed) <
                s->memory_plain_bound;
 }
@@ -155,6 +166,10 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, siz
  * is bounded by it. */
 size_t fe_conn_proxy_room(const fe_worker *w, const fe_conn *c);
 
+/* TLS: the handshake finished. c joins the served connections (its open
+ * event names subject, the client certificate's, "" for none). */
+void fe_conn_handshake_done(fe_worker *w, fe_conn *c, const char *subject, bool resumed);
+
 /* The peer finished sending (FIN). Returns 0, or -1 with *reason. */
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason);
 
@@ -184,8 +199,8 @@ static inline enum fe_conn_step fe_conn_next(fe_worker *w, fe_conn *c, uint32_t 
     return fe_conn_next_general(w, c, interest, reason);
 }
 
-/* The connection whose timer has run out at w->now_ns (the overlong-line
- * linger first, then the idle timeout), with the reason to close it; NULL
+/* The connection whose timer has run out at w->now_ns (PROXY header and
+ * TLS handshake timeouts, the overlong-line linger, then the idle timeout), with the reason to close it; NULL
  * when none has. Call until NULL, closing each. */
 fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason);
 

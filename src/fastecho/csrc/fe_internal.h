@@ -55,6 +55,8 @@ typedef struct fe_worker {
     fe_counter connections_closed;
     fe_counter lines_too_long; /* counted when seen; closes[] when closed */
     fe_counter budget_waits;
+    fe_counter tls_handshakes;
+    fe_counter tls_resumed;
     fe_counter closes[FE_CLOSE_REASON_COUNT];
     fe_counter listener_closed[FE_MAX_LISTENERS];
 
@@ -73,6 +75,13 @@ typedef struct fe_worker {
     fe_conn_list aborting;
     /* Connections still waiting for their PROXY header, oldest first. */
     fe_conn_list proxy_waiting;
+    /* TLS connections whose handshake has not finished, oldest first. */
+    fe_conn_list handshaking;
+    /* TLS connections with input OpenSSL already holds (epoll will not
+     * report it), to be read after this batch of events; linked through
+     * fe_conn.pending_prev/next. */
+    fe_conn_list tls_pending;
+    size_t tls_pending_count;
     size_t conn_count;
     size_t budget_blocked; /* connections not read until the memory budget frees */
     int64_t budget_retry_ns; /* when they were last looked at again */
@@ -135,6 +144,10 @@ struct fe_server {
     /* A plain connection's read room: min(max_pending_output, read buffer). */
     size_t plain_read_room;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
+    /* The certificate new TLS sessions are made from (an SSL_CTX; NULL
+     * until fe_server_set_tls), replaced on rotation under tls_lock. */
+    struct ssl_ctx_st *tls_ctx;
+    pthread_mutex_t tls_lock;
     bool ip_table_ready;
     pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */
 

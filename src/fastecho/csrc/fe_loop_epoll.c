@@ -11,8 +11,15 @@
  * connection waits for EPOLLOUT; an idle connection owns no buffer at all.
  * One read per readiness per loop keeps the service fair: a busy client
  * cannot starve the others on its worker.
+ *
+ * TLS connections take the same path through the TLS transport, chosen by
+ * a flag: the handshake first (its WANT_READ/WANT_WRITE folded into the
+ * interest), close_notify before FIN, and input OpenSSL has already taken
+ * from the socket (which epoll will never report) served from a pending
+ * list after each batch of events, as redis does.
  */
 #include "fe_conn.h"
+#include "fe_tls.h"
 #include "fe_transport.h"
 
 #include <errno.h>
@@ -29,9 +36,76 @@ static uint32_t epoll_interest(uint32_t want)
     return ((want & FE_WANT_READ) ? EPOLLIN : 0) | ((want & FE_WANT_WRITE) ? EPOLLOUT : 0);
 }
 
+/* ---------------------------------------------------------------- TLS pending */
+
+static void pending_add(fe_worker *w, fe_conn *c)
+{
+    if (c->tls_pending)
+        return;
+    c->tls_pending = true;
+    c->pending_next = NULL;
+    c->pending_prev = w->tls_pending.tail;
+    if (w->tls_pending.tail)
+        w->tls_pending.tail->pending_next = c;
+    else
+        w->tls_pending.head = c;
+    w->tls_pending.tail = c;
+    w->tls_pending_count++;
+}
+
+static void pending_remove(fe_worker *w, fe_conn *c)
+{
+    if (!c->tls_pending)
+        return;
+    if (c->pending_prev)
+        c->pending_prev->pending_next = c->pending_next;
+    else
+        w->tls_pending.head = c->pending_next;
+    if (c->pending_next)
+        c->pending_next->pending_prev = c->pending_prev;
+    else
+        w->tls_pending.tail = c->pending_prev;
+    c->pending_prev = c->pending_next = NULL;
+    c->tls_pending = false;
+    w->tls_pending_count--;
+}
+
+/* ---------------------------------------------------------------- transport */
+
+/* The connection's transport, picked by a flag (no indirect call). After
+ * our FIN, input is only discarded: a TLS connection then reads the raw
+ * socket, since its records need no decrypting to be thrown away. */
+static inline ssize_t conn_read(fe_conn *c, void *buf, size_t n)
+{
+    if (!c->tls || c->lingering)
+        return fe_tp_plain_read(c->fd, buf, n);
+    ssize_t got = fe_tp_tls_read(c->ssl, buf, n);
+    c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
+    return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
+}
+
+static inline ssize_t conn_write(fe_conn *c, const void *buf, size_t n)
+{
+    return c->tls ? fe_tp_tls_write(c->ssl, buf, n) : fe_tp_plain_write(c->fd, buf, n);
+}
+
+/* Ends our direction: close_notify first on TLS. Returns FE_TP_AGAIN_WRITE
+ * when close_notify must wait for writability (nothing sent yet), else 0. */
+static int conn_end(fe_conn *c)
+{
+    if (c->tls && fe_tp_tls_close_notify(c->ssl) == FE_TP_AGAIN_WRITE)
+        return FE_TP_AGAIN_WRITE;
+    fe_tp_plain_shutdown(c->fd);
+    return 0;
+}
+
 static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     fe_conn_release(w, c, reason);
+    if (c->tls) {
+        pending_remove(w, c);
+        fe_tp_tls_free(c->ssl);
+    }
     /* Deregister explicitly: close() alone leaves the epoll entry alive if a
      * fork ever duplicated the fd, and its events would then name freed c. */
     epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -46,7 +120,11 @@ static void adopt(fe_worker *w, const fe_handoff *h)
         fe_conn_drop_handoff(w, h, FE_CLOSE_NO_MEMORY);
         return;
     }
-    c->events = EPOLLIN;
+    if (c->tls && (c->ssl = fe_tls_accept(w->server, c->fd)) == NULL) {
+        close_conn(w, c, FE_CLOSE_NO_MEMORY);
+        return;
+    }
+    c->events = EPOLLIN; /* the client speaks first: PROXY header, ClientHello or data */
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
         close_conn(w, c, FE_CLOSE_RESET);
@@ -70,7 +148,7 @@ static void adopt_queued(fe_worker *w)
  * the connection is broken. */
 static int flush(fe_worker *w, fe_conn *c)
 {
-    ssize_t n = fe_tp_plain_write(c->fd, c->out.data + c->out.start, c->out.len);
+    ssize_t n = conn_write(c, c->out.data + c->out.start, c->out.len);
     if (n < 0)
         return -1;
     fe_conn_sent(w, c, (size_t)n);
@@ -83,6 +161,8 @@ static int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason 
 {
     if (n == FE_TP_AGAIN)
         return 0;
+    if (n == FE_TP_PROTOCOL)
+        *reason = FE_CLOSE_TLS_ERROR;
     if (n < 0)
         return -1;
     return fe_conn_peer_eof(w, c, reason);
@@ -138,12 +218,12 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
         return peek_echo(w, c, want, reason);
     if (want == 0)
         return 0; /* at the cap or the budget: fe_conn_next turns reading off */
-    ssize_t n = fe_tp_plain_read(c->fd, w->read_buffer, want);
+    ssize_t n = conn_read(c, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
     size_t sent = 0;
     if (fe_conn_echoes_directly(w, c)) {
-        ssize_t put = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
+        ssize_t put = conn_write(c, w->read_buffer, (size_t)n);
         if (put < 0)
             return -1;
         sent = (size_t)put; /* a short write leaves the rest to fe_conn_input */
@@ -169,12 +249,15 @@ static bool settle(fe_worker *w, fe_conn *c)
             /* FIN, then linger reading until the peer closes: closing with
              * unread input would send RST, and a RST can destroy echoed
              * bytes still in flight to the peer. */
-            fe_tp_plain_shutdown(c->fd);
+            if (conn_end(c) == FE_TP_AGAIN_WRITE) {
+                want = FE_WANT_WRITE; /* close_notify waits for room; then again */
+                break;
+            }
             fe_conn_lingering(w, c);
             continue;
         case FE_STEP_FINISH:
             if (!c->lingering)
-                fe_tp_plain_shutdown(c->fd);
+                conn_end(c); /* closing now: a close_notify with no room is skipped */
             close_conn(w, c, reason);
             return false;
         case FE_STEP_CLOSE:
@@ -185,6 +268,11 @@ static bool settle(fe_worker *w, fe_conn *c)
         }
         break;
     }
+    if (c->tls) {
+        want |= c->tp_wants;
+        if ((want & FE_WANT_READ) && !c->handshaking && !c->lingering && fe_tp_tls_pending(c->ssl))
+            pending_add(w, c); /* read again after this batch: epoll will not say so */
+    }
     uint32_t events = epoll_interest(want);
     if (events != c->events) {
         struct epoll_event ev = {.events = events, .data.ptr = c};
@@ -192,9 +280,27 @@ static bool settle(fe_worker *w, fe_conn *c)
             close_conn(w, c, FE_CLOSE_RESET);
             return false;
         }
-        c->events = events;
+        c->events = (uint8_t)events;
     }
     return true;
+}
+
+/* Advances c's TLS handshake; closes c when it failed. */
+static void handshake(fe_worker *w, fe_conn *c)
+{
+    int rc = fe_tp_tls_handshake(c->ssl);
+    if (rc == 1) {
+        char subject[FE_SUBJECT_MAX];
+        fe_tp_tls_subject(c->ssl, subject, sizeof subject);
+        fe_conn_handshake_done(w, c, subject, fe_tp_tls_resumed(c->ssl));
+        c->tp_wants = 0;
+    } else if (rc == FE_TP_AGAIN || rc == FE_TP_AGAIN_WRITE) {
+        c->tp_wants = rc == FE_TP_AGAIN ? FE_WANT_READ : FE_WANT_WRITE;
+    } else {
+        close_conn(w, c, rc == 0 ? FE_CLOSE_EOF : rc == FE_TP_PROTOCOL ? FE_CLOSE_TLS_HANDSHAKE : FE_CLOSE_RESET);
+        return;
+    }
+    settle(w, c);
 }
 
 static void handle(fe_worker *w, fe_conn *c, uint32_t events)
@@ -204,6 +310,12 @@ static void handle(fe_worker *w, fe_conn *c, uint32_t events)
         close_conn(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
     }
+    if (c->handshaking) {
+        handshake(w, c);
+        return;
+    }
+    if (c->tls && (c->tp_wants & FE_WANT_WRITE) && (events & EPOLLOUT))
+        events |= EPOLLIN; /* the read that had to send first can go on */
     if (events & EPOLLOUT) {
         if (c->space_wait)
             fe_conn_socket_drained(c);
@@ -239,6 +351,17 @@ static void retry_budget_waits(fe_worker *w)
     }
 }
 
+/* Serves the TLS connections whose input OpenSSL holds: one read each, as
+ * for a readiness event (those that still hold more go round again). */
+static void serve_tls_pending(fe_worker *w)
+{
+    for (size_t n = w->tls_pending_count; n > 0 && w->tls_pending.head; n--) {
+        fe_conn *c = w->tls_pending.head;
+        pending_remove(w, c);
+        handle(w, c, EPOLLIN);
+    }
+}
+
 static void close_expired(fe_worker *w)
 {
     enum fe_close_reason reason;
@@ -254,6 +377,8 @@ static void enter_closing(fe_worker *w)
     w->closing = true;
     while (w->proxy_waiting.head) /* nothing received yet that is owed an echo */
         close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
+    while (w->handshaking.head)
+        close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
     fe_conn *c = w->active.head;
     while (c) {
         fe_conn *next = c->next;
@@ -266,6 +391,8 @@ static void close_all(fe_worker *w)
 {
     while (w->proxy_waiting.head)
         close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
+    while (w->handshaking.head)
+        close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
     while (w->active.head)
         close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
     while (w->aborting.head)
@@ -277,7 +404,7 @@ static void close_all(fe_worker *w)
 static bool needs_clock(const fe_worker *w)
 {
     return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->proxy_waiting.head != NULL || w->budget_blocked > 0 ||
+           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->budget_blocked > 0 ||
            atomic_load(&w->server->state) != FE_RUNNING;
 }
 
@@ -286,6 +413,8 @@ static int wait_timeout_ms(const fe_worker *w)
     const fe_server *s = w->server;
     /* With no timer running (the plain echo loop), there is none to look at. */
     int64_t ms = needs_clock(w) ? fe_conn_next_timer_ms(w) : -1;
+    if (w->tls_pending_count > 0)
+        return 0; /* input is waiting in OpenSSL */
     if (atomic_load(&s->state) != FE_RUNNING) {
         int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
                                       : atomic_load(&s->drain_deadline_ns);
@@ -325,7 +454,9 @@ void *fe_worker_main(void *arg)
          * wake-up that needed no clock. */
         if (!clock_read && needs_clock(w))
             w->now_ns = fe_now_ns();
-        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head)
+        if (w->tls_pending_count > 0)
+            serve_tls_pending(w);
+        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head || w->handshaking.head)
             close_expired(w);
         if (w->budget_blocked > 0 && fe_conn_budget_retry_due(w))
             retry_budget_waits(w);

@@ -5,6 +5,7 @@
  */
 #include "fe_internal.h"
 #include "fe_sock.h"
+#include "fe_tls.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -69,6 +70,7 @@ void fe_config_init(fe_config *cfg)
     cfg->proxy_from = NULL;
     cfg->proxy_from_count = 0;
     cfg->proxy_timeout_ms = 5000;
+    cfg->tls_handshake_timeout_ms = 10000;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
 }
@@ -132,6 +134,9 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     if (cfg->proxy_timeout_ms < 1 || cfg->proxy_timeout_ms > FE_MAX_TIMEOUT_MS)
         return fail(err, errlen, 0, "the PROXY header timeout must be between 1 and %lld ms",
                     (long long)FE_MAX_TIMEOUT_MS);
+    if (cfg->tls_handshake_timeout_ms < 1 || cfg->tls_handshake_timeout_ms > FE_MAX_TIMEOUT_MS)
+        return fail(err, errlen, 0, "the TLS handshake timeout must be between 1 and %lld ms",
+                    (long long)FE_MAX_TIMEOUT_MS);
     return 0;
 }
 
@@ -175,6 +180,8 @@ static void free_server(fe_server *s)
     if (s->acceptor_wake_fd >= 0)
         close(s->acceptor_wake_fd);
     pthread_mutex_destroy(&s->events_lock);
+    fe_tls_server_release(s);
+    pthread_mutex_destroy(&s->tls_lock);
     pthread_cond_destroy(&s->workers_exited_cond);
     pthread_mutex_destroy(&s->control_lock);
     free(s);
@@ -199,6 +206,7 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     pthread_condattr_setclock(&cattr, CLOCK_MONOTONIC); /* wall-clock jumps must not stretch waits */
     pthread_mutex_init(&s->control_lock, NULL);
     pthread_mutex_init(&s->events_lock, NULL);
+    pthread_mutex_init(&s->tls_lock, NULL);
     pthread_cond_init(&s->workers_exited_cond, &cattr);
     pthread_condattr_destroy(&cattr);
     atomic_init(&s->open_connections, 0);
@@ -316,6 +324,14 @@ static void join_all(fe_server *s)
     }
 }
 
+static bool tls_ready(fe_server *s)
+{
+    pthread_mutex_lock(&s->tls_lock);
+    bool ready = s->tls_ctx != NULL;
+    pthread_mutex_unlock(&s->tls_lock);
+    return ready;
+}
+
 int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, char *err,
                     size_t errlen)
 {
@@ -339,6 +355,12 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
             int e = errno;
             pthread_mutex_unlock(&s->control_lock);
             return fail(err, errlen, e, "fd %d is not a usable listening socket", listeners[i].fd);
+        }
+        if (listeners[i].tls && !tls_ready(s)) {
+            pthread_mutex_unlock(&s->control_lock);
+            return fail(err, errlen, fe_tls_available() ? EINVAL : ENOTSUP,
+                        fe_tls_available() ? "a tls listener needs a certificate (fe_server_set_tls)"
+                                           : "a tls listener needs TLS, and this build has none");
         }
         s->listeners[i] = listeners[i];
     }
@@ -436,6 +458,7 @@ int fe_server_wait(fe_server *s, int timeout_ms)
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
     uint64_t received = 0, sent = 0, closed = 0, too_long = 0, dropped = 0, waits = 0;
+    uint64_t handshakes = 0, resumed = 0;
     uint64_t closes[FE_CLOSE_REASON_COUNT] = {0};
     for (int i = 0; i < s->worker_count; i++) {
         const fe_worker *w = &s->workers[i];
@@ -446,6 +469,8 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
             closes[r] += fe_counter_read(&w->closes[r]);
         too_long += fe_counter_read(&w->lines_too_long);
         waits += fe_counter_read(&w->budget_waits);
+        handshakes += fe_counter_read(&w->tls_handshakes);
+        resumed += fe_counter_read(&w->tls_resumed);
         if (w->ring_ready)
             dropped += atomic_load_explicit(&((fe_worker *)w)->events.dropped, memory_order_relaxed);
     }
@@ -472,6 +497,8 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->accept_fd_exhausted = fe_counter_read(&s->accept_fd_exhausted);
     out->memory_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
     out->memory_budget_waits = waits;
+    out->tls_handshakes = handshakes;
+    out->tls_resumed = resumed;
     /* Closed before accepted, as for the totals above. */
     out->listener_count = atomic_load(&((fe_server *)s)->listener_count);
     for (size_t l = 0; l < out->listener_count; l++) {

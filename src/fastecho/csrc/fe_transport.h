@@ -2,22 +2,27 @@
  * fe_transport.h - how a stream connection's bytes cross the wire, apart
  * from what the connection does with them (fe_conn.h).
  *
- * Plain TCP is the only transport so far, and it is called directly, so
- * the plain echo path makes no indirect call per message. A transport with
- * state of its own (TLS) joins here as a small table of these operations,
- * chosen per connection, as redis's ConnectionType or nginx's c->recv and
- * c->send; the plain case stays a direct check.
+ * Two transports: plain TCP (fe_tp_plain.c) and TLS (fe_tp_tls.c), with the
+ * same operations (read, write, end our direction) and the same results.
+ * The backend picks one per connection with a direct check of a flag, not
+ * through a table of function pointers: with two transports a table buys
+ * nothing, and the plain echo path then makes no indirect call per message
+ * (retpolines make those cost differently on different machines).
  */
 #ifndef FE_TRANSPORT_H
 #define FE_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 /* Results besides a byte count. */
 enum {
-    FE_TP_ERROR = -1, /* the connection is broken (reset, EPIPE, ...) */
-    FE_TP_AGAIN = -2, /* nothing now: wait for readiness */
+    FE_TP_ERROR = -1,       /* the connection is broken (reset, EPIPE, ...) */
+    FE_TP_AGAIN = -2,       /* nothing now: wait for readability */
+    FE_TP_AGAIN_WRITE = -3, /* TLS: nothing until the socket is writable */
+    FE_TP_PROTOCOL = -4,    /* TLS: the peer broke the protocol (not TLS, a bad
+                               record, a refused certificate, an alert) */
 };
 
 /* Reads up to n bytes: > 0 bytes, 0 at the peer's orderly end (FIN),
@@ -37,5 +42,47 @@ ssize_t fe_tp_plain_write(int fd, const void *buf, size_t n);
 
 /* Ends our direction of the stream (FIN); the peer may still send. */
 void fe_tp_plain_shutdown(int fd);
+
+/* ---- TLS (fe_tp_tls.c). ssl is the connection's session (fe_tls_accept).
+ * Each call leaves OpenSSL's per-thread error queue empty. Worker threads
+ * block every signal, so a write to a closed peer (OpenSSL's socket BIO
+ * uses write(), not send(MSG_NOSIGNAL)) cannot kill the process. */
+struct ssl_st;
+
+/* Advances the handshake: 1 when it has finished, FE_TP_AGAIN or
+ * FE_TP_AGAIN_WRITE while it waits, 0 when the peer closed before sending
+ * a byte (a port probe, not a failure), FE_TP_PROTOCOL when it failed, or
+ * FE_TP_ERROR when the socket broke. */
+int fe_tp_tls_handshake(struct ssl_st *ssl);
+
+/* Reads up to n bytes of plaintext: > 0 bytes, 0 at the peer's end
+ * (close_notify, or FIN without one), FE_TP_AGAIN, FE_TP_AGAIN_WRITE (the
+ * read needs to send first: retry when writable), FE_TP_PROTOCOL or
+ * FE_TP_ERROR. Never blocks. */
+ssize_t fe_tp_tls_read(struct ssl_st *ssl, void *buf, size_t n);
+
+/* Encrypts and sends as much of buf as the socket takes now, record by
+ * record: the plaintext bytes taken (0 when it is full), FE_TP_PROTOCOL or
+ * FE_TP_ERROR. A write cut short inside a record must be retried with the
+ * same bytes next (they may have moved), as OpenSSL holds that record. */
+ssize_t fe_tp_tls_write(struct ssl_st *ssl, const void *buf, size_t n);
+
+/* Whether OpenSSL holds input not yet returned by fe_tp_tls_read (epoll
+ * will not report it: the bytes have left the socket). */
+bool fe_tp_tls_pending(struct ssl_st *ssl);
+
+/* Sends close_notify: 0 when sent (or when it cannot be: the session
+ * already failed), FE_TP_AGAIN_WRITE to retry once the socket is writable.
+ * FIN (fe_tp_plain_shutdown) follows it. */
+int fe_tp_tls_close_notify(struct ssl_st *ssl);
+
+/* The client certificate's subject (RFC 2253, escaped), "" when none. */
+void fe_tp_tls_subject(struct ssl_st *ssl, char *out, size_t outlen);
+
+/* Whether the finished handshake resumed an earlier session (a ticket). */
+bool fe_tp_tls_resumed(struct ssl_st *ssl);
+
+/* Frees the session (not the socket). NULL: no-op. */
+void fe_tp_tls_free(struct ssl_st *ssl);
 
 #endif /* FE_TRANSPORT_H */

@@ -19,6 +19,7 @@ cdef extern from "fe.h" nogil:
     ctypedef struct fe_listener:
         int fd
         bint proxy
+        bint tls
 
     ctypedef struct fe_peer:
         uint8_t family
@@ -46,6 +47,9 @@ cdef extern from "fe.h" nogil:
         FE_CLOSE_PROXY_TIMEOUT
         FE_CLOSE_NOT_ALLOWED
         FE_CLOSE_PER_IP_LIMIT
+        FE_CLOSE_TLS_HANDSHAKE
+        FE_CLOSE_TLS_TIMEOUT
+        FE_CLOSE_TLS_ERROR
         FE_CLOSE_REASON_COUNT
 
     const char *fe_close_reason_name(int reason)
@@ -58,6 +62,7 @@ cdef extern from "fe.h" nogil:
         uint64_t bytes_in
         uint64_t bytes_out
         uint64_t duration_ns
+        char subject[160]
 
     ctypedef struct fe_config:
         int threads
@@ -80,6 +85,7 @@ cdef extern from "fe.h" nogil:
         const fe_cidr *proxy_from
         size_t proxy_from_count
         int64_t proxy_timeout_ms
+        int64_t tls_handshake_timeout_ms
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -98,6 +104,8 @@ cdef extern from "fe.h" nogil:
         uint64_t accept_fd_exhausted
         uint64_t memory_held
         uint64_t memory_budget_waits
+        uint64_t tls_handshakes
+        uint64_t tls_resumed
         uint64_t closes[FE_CLOSE_REASON_COUNT]
         size_t listener_count
         uint64_t listener_accepted[FE_MAX_LISTENERS]
@@ -113,3 +121,22 @@ cdef extern from "fe.h" nogil:
     size_t fe_server_drain_events(fe_server *srv, fe_event *out, size_t max)
     int fe_server_acceptor_error(const fe_server *srv)
     void fe_server_destroy(fe_server *srv)
+
+    ctypedef struct fe_tls_settings:
+        const char *cert_pem
+        size_t cert_len
+        const char *key_pem
+        size_t key_len
+        const char *client_ca_pem
+        size_t client_ca_len
+        int min_version
+
+    ctypedef struct fe_tls:
+        pass
+
+    bint fe_tls_available()
+    const char *fe_tls_library()
+    int fe_tls_create(const fe_tls_settings *settings, fe_tls **out, char *err, size_t errlen)
+    void fe_tls_describe(const fe_tls *tls, char *out, size_t outlen)
+    void fe_tls_free(fe_tls *tls)
+    void fe_server_set_tls(fe_server *srv, fe_tls *tls)
