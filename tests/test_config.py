@@ -316,8 +316,18 @@ def _combinable(given: dict) -> bool:
     return True
 
 
+def _with_certificate(given: dict) -> dict:
+    """A TLS listener, --fd-scheme tls, --tls-key or --tls-client-ca each need --tls-cert."""
+    wants_tls = (any(url.startswith("tls") for url in given.get("listen", ()))
+                 or str(given.get("fd_scheme", "")).lower().startswith("tls")
+                 or "tls_key" in given or "tls_client_ca" in given)
+    if wants_tls and "tls_cert" not in given:
+        return {**given, "tls_cert": "server.pem"}
+    return given
+
+
 COMMAND_LINES = st.fixed_dictionaries(
-    {}, optional={o.name: command_line_text(o) for o in cfg.OPTIONS}).filter(_combinable)
+    {}, optional={o.name: command_line_text(o) for o in cfg.OPTIONS}).map(_with_certificate).filter(_combinable)
 
 
 @settings(max_examples=150, deadline=None)

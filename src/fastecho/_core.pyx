@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_CLOSE_REASON_COUNT, FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
@@ -290,6 +290,7 @@ cdef class Engine:
             "memory_budget_waits": s.memory_budget_waits,
             "tls_handshakes": s.tls_handshakes,
             "tls_resumed": s.tls_resumed,
+            "tls_handshake_failures": s.closes[<int>FE_CLOSE_TLS_HANDSHAKE],
             "closes": {CLOSE_REASONS[i]: s.closes[i] for i in range(1, FE_CLOSE_REASON_COUNT)},
             # Per listener, in start()'s order: (accepted, closed).
             "listeners": [(s.listener_accepted[i], s.listener_closed[i])

@@ -149,11 +149,25 @@ def _start_and_serve(config: ServeConfig) -> None:
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.option("--timeout", type=click.FloatRange(0.1, 3600.0), default=10.0, show_default=True,
               help="Seconds to wait to connect, and for each reply.")
-def client(host: str, port: int, timeout: float) -> int:
+@click.option("--tls", is_flag=True, help="Speak TLS (to a tls:// listener).")
+@click.option("--ca", metavar="PEM", help="--tls: trust this CA file instead of the system's.")
+@click.option("--insecure", is_flag=True, help="--tls: check neither the certificate nor the name.")
+@click.option("--cert", metavar="PEM", help="--tls: present this client certificate (mutual TLS).")
+@click.option("--key", metavar="PEM", help="--tls: the client certificate's key (default: in --cert).")
+def client(host: str, port: int, timeout: float, tls: bool, ca: str | None, insecure: bool,
+           cert: str | None, key: str | None) -> int:
     """Send each line of stdin to HOST PORT and print each reply (exit 0 at EOF)."""
-    from fastecho.client import run
+    from fastecho.client import TlsOptions, run
 
-    return run(host, port, timeout)
+    given = [flag for flag, value in (("--ca", ca), ("--insecure", insecure), ("--cert", cert),
+                                      ("--key", key)) if value]
+    if given and not tls:
+        raise click.UsageError(f"{given[0]} needs --tls")
+    if ca and insecure:
+        raise click.UsageError("--ca and --insecure contradict each other")
+    if key and not cert:
+        raise click.UsageError("--key needs --cert")
+    return run(host, port, timeout, tls=TlsOptions(ca, insecure, cert, key) if tls else None)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -5,16 +5,24 @@ up to and including the first newline the server sends back, which is the
 line itself from a byte-exact server and the line plus its suffix from a
 --suffix server. Sending and reading overlap, so a line longer than the
 socket buffers cannot deadlock against the server's backpressure. At EOF on
-stdin it half-closes and exits 0. A refused, reset or closed connection, or a
-reply that does not come, gives one line and exit 1 (ClientError).
+stdin it half-closes (over TLS: close_notify) and exits 0. A refused, reset or
+closed connection, a failed TLS handshake, or a reply that does not come,
+gives one line and exit 1 (ClientError).
+
+With --tls it speaks TLS (the stdlib's ssl, on OpenSSL): the server's
+certificate is checked against the system's CAs or --ca, and its name
+against HOST, unless --insecure; --cert/--key present a client certificate
+for mutual TLS.
 """
 from __future__ import annotations
 
 import errno
 import selectors
 import socket
+import ssl
 import sys
 import time
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from fastecho.addresses import format_address
@@ -23,7 +31,44 @@ from fastecho.errors import ClientError
 PROMPT = "> "
 
 
-def connect(host: str, port: int, timeout: float) -> socket.socket:
+@dataclass(frozen=True)
+class TlsOptions:
+    ca: str | None = None  # CA file to trust (None: the system's)
+    insecure: bool = False  # check neither the certificate nor the name
+    cert: str | None = None  # client certificate (PEM; may hold the key too)
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The client-side context; ClientError if a file is unusable."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self.cert:
+                context.load_cert_chain(self.cert, self.key)
+        except FileNotFoundError as e:
+            raise ClientError(f"{e.filename or self.ca or self.cert}: no such file") from None
+        except (ssl.SSLError, OSError) as e:
+            raise ClientError(f"cannot load the TLS files: {e.strerror or e.reason or e}") from None
+        return context
+
+
+def start_tls(sock: socket.socket, host: str, where: str, tls: TlsOptions) -> ssl.SSLSocket:
+    """The handshake over the connected (blocking, with a timeout) sock; ClientError if it fails."""
+    try:
+        return tls.context().wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as e:
+        raise ClientError(f"TLS handshake with {where} failed: {e.verify_message or e.reason}") from None
+    except ssl.SSLError as e:
+        raise ClientError(f"TLS handshake with {where} failed: {e.reason or e}") from None
+    except TimeoutError:
+        raise ClientError(f"TLS handshake with {where} timed out") from None
+    except OSError as e:
+        raise ClientError(f"TLS handshake with {where} failed: {e.strerror or 'connection closed'}") from None
+
+
+def connect(host: str, port: int, timeout: float, tls: TlsOptions | None = None) -> socket.socket:
     where = format_address(host, port)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -36,8 +81,25 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
     except OSError as e:
         raise ClientError(f"cannot connect to {where}: {e.strerror or e}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            sock = start_tls(sock, host, where, tls)
+        except BaseException:
+            sock.close()
+            raise
     sock.setblocking(False)
     return sock
+
+
+def finish(sock: socket.socket) -> None:
+    """End our direction: close_notify over TLS, else FIN; errors do not matter any more."""
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            sock.unwrap()  # sends close_notify; the peer's need not be awaited
+        else:
+            sock.shutdown(socket.SHUT_WR)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, OSError):
+        pass
 
 
 class LineClient:
@@ -67,7 +129,9 @@ class LineClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ClientError(f"no reply from {self.where} within {self.timeout:g}s")
-                for _, mask in sel.select(left):
+                # Bytes TLS already decrypted are no longer in the socket: select would miss them.
+                ready = [(None, selectors.EVENT_READ)] if self._tls_pending() else sel.select(left)
+                for _, mask in ready:
                     try:
                         if mask & selectors.EVENT_WRITE and out:
                             out = out[self.sock.send(out):]
@@ -78,7 +142,7 @@ class LineClient:
                                 self._closed_early()
                             self.pending += data
                             deadline = time.monotonic() + self.timeout
-                    except (BlockingIOError, InterruptedError):
+                    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                         continue
                     except OSError as e:
                         raise self._lost(e) from None
@@ -86,6 +150,9 @@ class LineClient:
         reply = bytes(self.pending[:end])
         del self.pending[:end]
         return reply
+
+    def _tls_pending(self) -> bool:
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
 
     def _closed_early(self) -> None:
         if self.pending:  # e.g. line mode's error line without a newline: show it
@@ -96,12 +163,13 @@ class LineClient:
 
 
 def run(host: str, port: int, timeout: float = 10.0,
-        stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+        stdin: BinaryIO | None = None, stdout: BinaryIO | None = None,
+        tls: TlsOptions | None = None) -> int:
     """Talk to host:port line by line until EOF on stdin; 0 at EOF, ClientError otherwise."""
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    sock = connect(host, port, timeout)
+    sock = connect(host, port, timeout, tls)
     client = LineClient(sock, format_address(host, port), timeout, stdout)
     try:
         while True:
@@ -115,10 +183,7 @@ def run(host: str, port: int, timeout: float = 10.0,
                 line += b"\n"  # the last line of a file without one
             stdout.write(client.exchange(line))
             stdout.flush()
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        finish(sock)
     finally:
         sock.close()
     return 0

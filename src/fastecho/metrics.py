@@ -44,6 +44,11 @@ COUNTERS = (
     ("fastecho_memory_budget_waits_total",
      "Times a connection stopped being read because --max-memory was reached.",
      "memory_budget_waits"),
+    ("fastecho_tls_handshakes_total", "TLS handshakes completed.", "tls_handshakes"),
+    ("fastecho_tls_resumed_total", "TLS handshakes that resumed a session (a ticket).", "tls_resumed"),
+    ("fastecho_tls_handshake_failures_total",
+     "TLS handshakes that failed: not TLS, no acceptable client certificate, no common version "
+     "or cipher (also in fastecho_closes_total{reason=\"tls-handshake\"}).", "tls_handshake_failures"),
 )
 GAUGES = (
     ("fastecho_connections_active", "Connections open now.", "connections_active"),
