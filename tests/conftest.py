@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 
 import pytest
 
-from helpers import ServerProcess, start_server
+from helpers import HAPROXY, ServerProcess, free_port, listening, start_server, wait_until
 
 
 @pytest.fixture
@@ -30,3 +31,49 @@ def shared_server(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("shared"), "--threads", "4")
     yield server
     assert server.stop() == 0
+
+
+@pytest.fixture
+def haproxy(tmp_path):
+    """Factory: haproxy(backend_port, server_options) runs HAProxy in front; returns its port."""
+    started: list[tuple[subprocess.Popen, str]] = []
+
+    def start(backend_port: int, server_options: str) -> int:
+        port = free_port()
+        config = tmp_path / f"haproxy-{port}.cfg"
+        config.write_text(f"""\
+global
+    maxconn 100
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend front
+    bind 127.0.0.1:{port}
+    default_backend fastecho
+
+backend fastecho
+    server s1 127.0.0.1:{backend_port} {server_options}
+""")
+        log_path = str(tmp_path / f"haproxy-{port}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        started.append((proc, log_path))
+        ready = wait_until(lambda: proc.poll() is not None or listening(port), 10)
+        with open(log_path, errors="replace") as f:
+            assert ready and proc.poll() is None, f"haproxy did not start: {f.read()}"
+        return port
+
+    yield start
+    for proc, _ in started:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+import pytest
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
@@ -264,7 +267,7 @@ def connect_from(source: str, address: tuple[str, int], timeout: float = 5.0) ->
 # ------------------------------------------------------------- PROXY protocol
 # Headers as HAProxy's proxy-protocol.txt defines them, for tcp+proxy:// listeners.
 
-LISTENER = re.compile(r"(\[[^\]]+\]|[^\s,\[\]]+):(\d+) \((tcp\+proxy|tcp)\)")
+LISTENER = re.compile(r"(\[[^\]]+\]|[^\s,\[\]]+):(\d+) \(([a-z]+(?:\+proxy)?)\)")
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PROXY_V2_LOCAL, PROXY_V2_PROXY = 0x0, 0x1
 PROXY_V2_UNSPEC, PROXY_V2_INET, PROXY_V2_INET6 = 0x0, 0x1, 0x2
@@ -338,3 +341,24 @@ def ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------- HAProxy
+
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+needs_haproxy = pytest.mark.skipif(
+    HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    """Whether 127.0.0.1:port is in LISTEN state (read from /proc: no connection is made)."""
+    local = "%08X:%04X" % (int.from_bytes(socket.inet_aton("127.0.0.1"), sys.byteorder), port)
+    with open("/proc/net/tcp") as f:
+        return any(fields[1] == local and fields[3] == "0A"
+                   for fields in (line.split() for line in list(f)[1:]))

@@ -9,23 +9,16 @@ from __future__ import annotations
 import os
 import re
 import select
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from helpers import (PROXY_V2_LOCAL, PROXY_V2_SIGNATURE, assert_one_line_error, closed_by_server,
+from helpers import (PROXY_V2_LOCAL, needs_haproxy, PROXY_V2_SIGNATURE, assert_one_line_error, closed_by_server,
                      connect_from, echo_roundtrip, ipv6_loopback, listeners, proxy_v1, proxy_v2, proxy_v2_tlv,
                      recv_exactly, run_cli, scrape, start_server, wait_until, with_crc32c)
 
-HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
-needs_haproxy = pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy; .ci/run installs it)")
 
 METRICS_URL = r"metrics at (http://\S+/metrics)"
 DURATION = r"duration=\d+\.\d{3}s"
@@ -533,66 +526,6 @@ def test_per_ip_limit_counts_the_header_source(serve):
 
 
 # ---------------------------------------------------------------- a real HAProxy in front
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    """Whether 127.0.0.1:port is in LISTEN state (read from /proc: no connection is made)."""
-    local = "%08X:%04X" % (int.from_bytes(socket.inet_aton("127.0.0.1"), sys.byteorder), port)
-    with open("/proc/net/tcp") as f:
-        return any(fields[1] == local and fields[3] == "0A"
-                   for fields in (line.split() for line in list(f)[1:]))
-
-
-@pytest.fixture
-def haproxy(tmp_path):
-    """Factory: haproxy(backend_port, server_options) runs HAProxy in front; returns its port."""
-    started: list[tuple[subprocess.Popen, str]] = []
-
-    def start(backend_port: int, server_options: str) -> int:
-        port = _free_port()
-        config = tmp_path / f"haproxy-{port}.cfg"
-        config.write_text(f"""\
-global
-    maxconn 100
-
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-
-frontend front
-    bind 127.0.0.1:{port}
-    default_backend fastecho
-
-backend fastecho
-    server s1 127.0.0.1:{backend_port} {server_options}
-""")
-        log_path = str(tmp_path / f"haproxy-{port}.log")
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT)
-        started.append((proc, log_path))
-        ready = wait_until(lambda: proc.poll() is not None or _listening(port), 10)
-        with open(log_path, errors="replace") as f:
-            assert ready and proc.poll() is None, f"haproxy did not start: {f.read()}"
-        return port
-
-    yield start
-    for proc, _ in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
 
 HAPROXY_MODES = ["send-proxy", "send-proxy-v2", "send-proxy-v2 proxy-v2-options crc32c,unique-id"]
 

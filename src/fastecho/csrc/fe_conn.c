@@ -173,6 +173,8 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->awaiting_proxy = h->proxy;
     c->tls = h->tls;
     c->handshaking = h->tls && !h->proxy;
+    if (c->handshaking) /* its timeout runs from the accept: w->now_ns is stale while no timer runs */
+        c->active_ns = h->accepted_ns;
     c->listener = h->listener;
     list_append(list_of(w, c), c);
     w->conn_count++;

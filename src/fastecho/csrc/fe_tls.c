@@ -131,7 +131,7 @@ static int load_key(SSL_CTX *ctx, const fe_tls_settings *s, char *err, size_t er
     int ok = SSL_CTX_use_PrivateKey(ctx, key);
     EVP_PKEY_free(key);
     if (!ok)
-        return fail(err, errlen, "key: not usable with the certificate");
+        return fail(err, errlen, "the key does not belong to the certificate");
     if (!SSL_CTX_check_private_key(ctx))
         return fail(err, errlen, "the key does not belong to the certificate");
     return 0;
