@@ -386,6 +386,52 @@ def test_a_tls_client_that_does_not_read_is_held_to_the_output_cap(pki, serve):
         assert got == payload[:sent]
 
 
+def test_tls_clients_that_never_read_stay_within_the_memory_budget_while_a_reader_is_served(pki, serve):
+    budget, overshoot = 4 << 20, 2 * 128 * 1024  # see test_memory_budget: one read per worker
+    server = serve("--listen", TLS, *tls_args(pki, "--threads", "2", "--max-memory", str(budget),
+                                              "--metrics-port", "0"), port=None)
+    hogs: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(60):
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the server's buffers fill, not the kernel's
+            raw.settimeout(10)
+            raw.connect(address(server))
+            hogs.append(pki.client_context().wrap_socket(raw, server_hostname="localhost"))
+        chunk, stalled = os.urandom(16384), 0
+        sent = dict.fromkeys(hogs, 0)
+        deadline = time.monotonic() + 60
+        for s in hogs:
+            s.setblocking(False)
+        while stalled < 20 and time.monotonic() < deadline:
+            progress = False
+            for s in hogs:
+                try:
+                    sent[s] += s.send(chunk)  # a retry after WANT_WRITE sends the same bytes
+                    progress = True
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass
+            stalled = 0 if progress else stalled + 1
+            if not progress:
+                time.sleep(0.05)
+        pushed = sum(sent.values())
+        assert pushed > 2 * budget, f"only {pushed} bytes pushed: the budget was never filled"
+        held = metric(server, "fastecho_memory_held_bytes")
+        assert budget // 2 < held <= budget + overshoot, held
+        assert metric(server, "fastecho_memory_budget_waits_total") > 0
+        payload = os.urandom(2 << 20)
+        with tls_connect(pki, address(server)) as reader:
+            assert pump(reader, payload) == payload
+        assert metric(server, "fastecho_memory_held_bytes") <= budget + overshoot
+        # Nothing received was dropped: a hoarder that starts reading gets all of it back.
+        first = hogs[0]
+        first.settimeout(20)
+        assert recv_exactly(first, sent[first]) == chunk * (sent[first] // len(chunk))
+    finally:
+        for s in hogs:
+            s.close()
+
+
 def test_sigterm_under_tls_load_loses_no_byte_and_ends_with_close_notify(pki, serve):
     server = serve("--listen", TLS, *tls_args(pki, "--grace", "5"), port=None)
     payloads = [os.urandom(256 * 1024) for _ in range(8)]

@@ -261,10 +261,9 @@ static size_t send_space(const fe_conn *c)
 /* How many of want bytes may be read without the memory budget being
  * passed (want itself when no budget is set), and how (*how); 0 means wait.
  * Once the budget is spent, a connection that holds nothing still echoes
- * what its socket can take at once (exactly, by peeking, in raw mode over
- * plain TCP; in line mode and over TLS, which cannot leave decrypted bytes
- * in the kernel, reads sized to half the free send buffer, which also
- * leaves room for TLS's record overhead): a client that reads
+ * what its socket can take at once (exactly, by peeking, in raw mode, over
+ * TCP or TLS; in line mode, reads sized to half the free send buffer): a
+ * client that reads
  * its echo keeps being served, and one that does not leaves its bytes in
  * the kernel. */
 static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enum fe_budget_verdict *how)
@@ -299,7 +298,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_SOCKET;
         return 0;
     }
-    if (!line_mode(w) && !c->tls) {
+    if (!line_mode(w)) {
         *how = FE_BUDGET_PEEK;
         return want;
     }

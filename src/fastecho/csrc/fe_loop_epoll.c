@@ -84,6 +84,24 @@ static inline ssize_t conn_read(fe_conn *c, void *buf, size_t n)
     return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
 }
 
+/* Peeks (leaves the bytes to be read again) and drops peeked bytes. */
+static ssize_t conn_peek(fe_conn *c, void *buf, size_t n)
+{
+    if (!c->tls)
+        return fe_tp_plain_peek(c->fd, buf, n);
+    ssize_t got = fe_tp_tls_peek(c->ssl, buf, n);
+    c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
+    return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
+}
+
+static void conn_discard(fe_conn *c, void *scratch, size_t n)
+{
+    if (c->tls)
+        fe_tp_tls_discard(c->ssl, scratch, n);
+    else
+        fe_tp_plain_discard(c->fd, scratch, n);
+}
+
 static inline ssize_t conn_write(fe_conn *c, const void *buf, size_t n)
 {
     return c->tls ? fe_tp_tls_write(c->ssl, buf, n) : fe_tp_plain_write(c->fd, buf, n);
@@ -170,21 +188,27 @@ static int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason 
 
 /* Raw echo while the budget is spent, for a connection that holds nothing:
  * peek, send what the socket takes, then consume exactly that much. Bytes
- * the socket would not take stay in the kernel, so nothing is buffered and
- * nothing is lost. Returns -1 when the connection must be closed. */
+ * the socket would not take stay in the kernel (TLS: in OpenSSL), so
+ * nothing is buffered and nothing is lost. Returns -1 when the connection
+ * must be closed.
+ *
+ * TLS: a peek returns at most the rest of one incoming record, which goes
+ * out as one record, all or nothing. When the socket takes only part of
+ * it, OpenSSL keeps that record and wants the same bytes again: the next
+ * peek (same room, nothing consumed meanwhile) returns exactly them. */
 static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
 {
-    ssize_t n = fe_tp_plain_peek(c->fd, w->read_buffer, want);
+    ssize_t n = conn_peek(c, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
-    ssize_t sent = fe_tp_plain_write(c->fd, w->read_buffer, (size_t)n);
+    ssize_t sent = conn_write(c, w->read_buffer, (size_t)n);
     if (sent < 0)
         return -1;
     if (sent == 0) {
         fe_conn_socket_full(w, c);
         return 0;
     }
-    fe_tp_plain_discard(c->fd, w->read_buffer, (size_t)sent);
+    conn_discard(c, w->read_buffer, (size_t)sent);
     return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
 }
 

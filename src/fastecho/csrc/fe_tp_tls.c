@@ -70,6 +70,28 @@ ssize_t fe_tp_tls_read(SSL *ssl, void *buf, size_t n)
     return failure(ssl, ret, errno);
 }
 
+ssize_t fe_tp_tls_peek(SSL *ssl, void *buf, size_t n)
+{
+    size_t got = 0;
+    errno = 0;
+    int ret = SSL_peek_ex(ssl, buf, n, &got);
+    if (ret == 1)
+        return (ssize_t)got;
+    return failure(ssl, ret, errno);
+}
+
+void fe_tp_tls_discard(SSL *ssl, void *scratch, size_t n)
+{
+    /* The bytes are decrypted and waiting: each read returns some at once.
+     * A failure cannot happen here; if it did, the next read reports it. */
+    for (size_t left = n, got = 0; left > 0; left -= got) {
+        if (SSL_read_ex(ssl, scratch, left, &got) != 1) {
+            ERR_clear_error();
+            break;
+        }
+    }
+}
+
 ssize_t fe_tp_tls_write(SSL *ssl, const void *buf, size_t n)
 {
     const char *bytes = buf;
@@ -151,6 +173,17 @@ ssize_t fe_tp_tls_write(struct ssl_st *ssl, const void *buf, size_t n)
 {
     (void)ssl, (void)buf, (void)n;
     return FE_TP_PROTOCOL;
+}
+
+ssize_t fe_tp_tls_peek(struct ssl_st *ssl, void *buf, size_t n)
+{
+    (void)ssl, (void)buf, (void)n;
+    return FE_TP_PROTOCOL;
+}
+
+void fe_tp_tls_discard(struct ssl_st *ssl, void *scratch, size_t n)
+{
+    (void)ssl, (void)scratch, (void)n;
 }
 
 bool fe_tp_tls_pending(struct ssl_st *ssl)

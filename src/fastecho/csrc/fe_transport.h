@@ -61,6 +61,14 @@ int fe_tp_tls_handshake(struct ssl_st *ssl);
  * FE_TP_ERROR. Never blocks. */
 ssize_t fe_tp_tls_read(struct ssl_st *ssl, void *buf, size_t n);
 
+/* Like fe_tp_tls_read, but leaves the plaintext in OpenSSL (at most the
+ * rest of the record being read). */
+ssize_t fe_tp_tls_peek(struct ssl_st *ssl, void *buf, size_t n);
+
+/* Drops n bytes just peeked (n <= what fe_tp_tls_peek returned), copying
+ * them through scratch (room for n bytes). */
+void fe_tp_tls_discard(struct ssl_st *ssl, void *scratch, size_t n);
+
 /* Encrypts and sends as much of buf as the socket takes now, record by
  * record: the plaintext bytes taken (0 when it is full), FE_TP_PROTOCOL or
  * FE_TP_ERROR. A write cut short inside a record must be retried with the
