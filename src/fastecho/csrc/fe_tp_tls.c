@@ -60,24 +60,26 @@ int fe_tp_tls_handshake(SSL *ssl)
     return result;
 }
 
-ssize_t fe_tp_tls_read(SSL *ssl, void *buf, size_t n)
+/* SSL_read_ex or SSL_peek_ex, with its result folded (inlined into each
+ * caller, so no call through the pointer remains). */
+static inline ssize_t read_with(int (*op)(SSL *, void *, size_t, size_t *), SSL *ssl, void *buf, size_t n)
 {
     size_t got = 0;
     errno = 0;
-    int ret = SSL_read_ex(ssl, buf, n, &got);
+    int ret = op(ssl, buf, n, &got);
     if (ret == 1)
         return (ssize_t)got;
     return failure(ssl, ret, errno);
 }
 
+ssize_t fe_tp_tls_read(SSL *ssl, void *buf, size_t n)
+{
+    return read_with(SSL_read_ex, ssl, buf, n);
+}
+
 ssize_t fe_tp_tls_peek(SSL *ssl, void *buf, size_t n)
 {
-    size_t got = 0;
-    errno = 0;
-    int ret = SSL_peek_ex(ssl, buf, n, &got);
-    if (ret == 1)
-        return (ssize_t)got;
-    return failure(ssl, ret, errno);
+    return read_with(SSL_peek_ex, ssl, buf, n);
 }
 
 void fe_tp_tls_discard(SSL *ssl, void *scratch, size_t n)
