@@ -376,7 +376,7 @@ def test_transport_tls_runs_end_to_end_and_removes_its_certificate(tmp_path):
     document = json.loads(out.read_text())
     machine = document["machine"]
     assert machine["transport"] == "tls" and machine["tls_version"] == "1.3" and machine["handshakes"] is False
-    assert "ECDSA P-256" in machine["certificate"]
+    assert "ECDSA P-256" in machine["certificate"] and machine["load_generator_tls"]
     for run in document["runs"]:
         assert run["status"] == "ok", run
         assert run["tls"].startswith("TLSv1.3 ")

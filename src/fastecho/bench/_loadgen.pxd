@@ -59,6 +59,7 @@ cdef extern from "loadgen.h" nogil:
 
     int lg_run(const lg_config *config, lg_result *result)
     int lg_tls_supported()
+    const char *lg_tls_version_text()
     void lg_histogram_reset(lg_histogram *hist)
     void lg_histogram_record(lg_histogram *hist, uint64_t value)
     uint64_t lg_histogram_quantile(const lg_histogram *hist, double q)

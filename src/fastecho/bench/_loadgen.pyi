@@ -5,6 +5,7 @@ from typing import Literal, TypedDict
 MAX_MESSAGE_SIZE: int
 MAX_SERVER_PIDS: int  # most processes whose CPU one run sums
 TLS_SUPPORTED: bool  # whether this build speaks TLS (FASTECHO_WITH_TLS)
+TLS_LIBRARY: str | None  # the TLS library it runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026"
 
 class LoadResult(TypedDict):
     messages: int  # messages echoed and verified in the window

@@ -15,6 +15,8 @@ MAX_MESSAGE_SIZE = LG_MAX_MESSAGE_SIZE
 MAX_SERVER_PIDS = LG_MAX_SERVER_PIDS
 # Whether this build's generator speaks TLS (FASTECHO_WITH_TLS at build time).
 TLS_SUPPORTED = bool(lg_tls_supported())
+# The TLS library it runs with ("OpenSSL 3.0.19 27 Jan 2026"); None without TLS.
+TLS_LIBRARY = (<bytes>lg_tls_version_text()).decode("ascii", "replace") if TLS_SUPPORTED else None
 
 _TLS_VERSIONS = {None: 0, "1.2": 12, "1.3": 13}
 

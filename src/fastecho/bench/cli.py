@@ -339,8 +339,10 @@ def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: 
 @click.option("--handshakes", is_flag=True,
               help="Handshake mode: each connection connects, handshakes (full, never resumed), echoes one "
                    "message and closes, over and over; figures are per handshake.")
-@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}).")
-@click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}).")
+@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}; with --handshakes "
+              f"{HANDSHAKE_DEFAULTS.conns}).")
+@click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}; with --handshakes "
+              f"{HANDSHAKE_DEFAULTS.sizes}).")
 @click.option("--depth", type=int, default=1, show_default=True, help="Messages in flight per connection.")
 @click.option("--duration", type=float, help=f"Seconds measured per run (default {DEFAULTS.duration:g}).")
 @click.option("--warmup", type=float, help=f"Seconds of traffic before each window (default {DEFAULTS.warmup:g}).")

@@ -825,6 +825,11 @@ int lg_tls_supported(void)
     return lg_tls_available();
 }
 
+const char *lg_tls_version_text(void)
+{
+    return lg_tls_library();
+}
+
 static int lg_validate(lg_state *s)
 {
     const lg_config *cfg = s->config;

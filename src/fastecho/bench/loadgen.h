@@ -121,6 +121,10 @@ int lg_run(const lg_config *config, lg_result *result);
 /* 1 when this build can speak TLS (FASTECHO_WITH_TLS), else 0. */
 int lg_tls_supported(void);
 
+/* The TLS library the generator runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026";
+ * NULL without TLS. */
+const char *lg_tls_version_text(void);
+
 /* Empty the histogram. */
 void lg_histogram_reset(lg_histogram *hist);
 

@@ -42,6 +42,11 @@ int lg_tls_available(void)
     return 1;
 }
 
+const char *lg_tls_library(void)
+{
+    return OpenSSL_version(OPENSSL_VERSION);
+}
+
 /* "what failed: reason" from OpenSSL's error queue, which it then empties. */
 static void lg_tls_describe_error(const SSL *ssl, const char *what, char *error, size_t error_size)
 {
@@ -242,6 +247,11 @@ static const char lg_no_tls[] =
 int lg_tls_available(void)
 {
     return 0;
+}
+
+const char *lg_tls_library(void)
+{
+    return NULL;
 }
 
 lg_tls_context *lg_tls_context_new(int version, const char *ca_file, char *error, size_t error_size)

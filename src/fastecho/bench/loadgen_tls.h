@@ -31,6 +31,10 @@ enum lg_tls_status {
 /* 1 when this build has TLS, else 0. */
 int lg_tls_available(void);
 
+/* The TLS library this build runs with ("OpenSSL 3.0.19 27 Jan 2026"), or
+ * NULL without TLS. */
+const char *lg_tls_library(void);
+
 /*
  * A client context for a run. version: 0 (TLS 1.2 or 1.3), 12 or 13 (only
  * that one). ca_file: PEM file of the CA to verify the server against, or

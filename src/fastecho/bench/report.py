@@ -33,6 +33,12 @@ def _haproxy_version() -> str | None:
     return words[2] if len(words) > 2 and words[:2] == ["HAProxy", "version"] else first or None
 
 
+def _load_generator_tls() -> str | None:
+    from fastecho.bench._loadgen import TLS_LIBRARY
+
+    return TLS_LIBRARY
+
+
 def machine_info(plan: Plan, argv: Sequence[str], tls: TlsFiles | None = None) -> dict:
     """What a reader needs to judge and rerun the figures."""
     from importlib.metadata import PackageNotFoundError, version
@@ -72,9 +78,9 @@ def machine_info(plan: Plan, argv: Sequence[str], tls: TlsFiles | None = None) -
         "tls_version": plan.tls_version,
         "handshakes": plan.handshakes,
         "certificate": tls.description if tls else None,
-        # The load generator and Python's ssl link the system OpenSSL alike
-        # in source builds; wheels may bundle their own.
-        "openssl": ssl.OPENSSL_VERSION,
+        # Not always the same library: wheels bundle the load generator's.
+        "load_generator_tls": _load_generator_tls(),
+        "python_ssl": ssl.OPENSSL_VERSION,  # asyncio's and uvloop's
         "haproxy": _haproxy_version() if "haproxy" in plan.servers else None,
     }
 
