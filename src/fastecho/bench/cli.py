@@ -148,8 +148,8 @@ def _check_tls_support() -> None:
     from fastecho.bench._loadgen import TLS_SUPPORTED
 
     if not TLS_SUPPORTED:
-        _fail("--transport tls: this fastecho's load generator was built without TLS (OpenSSL >= 1.1.1 was "
-              "not found at build time); install libssl-dev and reinstall fastecho")
+        _fail("--transport tls: this fastecho's load generator was built without TLS (FASTECHO_WITH_TLS=OFF, "
+              "or OpenSSL >= 1.1.1 was not found at build time: install libssl-dev and reinstall fastecho)")
 
 
 def _local_port_count() -> int | None:

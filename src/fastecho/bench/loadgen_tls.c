@@ -242,7 +242,7 @@ void lg_tls_describe(const lg_tls_session *session, char *text, size_t text_size
 
 static const char lg_no_tls[] =
     "TLS was asked for, but this load generator was built without it "
-    "(FASTECHO_WITH_TLS=OFF: OpenSSL >= 1.1.1 was not found when fastecho was built)";
+    "(FASTECHO_WITH_TLS=OFF, or OpenSSL >= 1.1.1 was not found when fastecho was built)";
 
 int lg_tls_available(void)
 {
