@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastecho.bench import LoadError, run_load
-from fastecho.bench._loadgen import MAX_MESSAGE_SIZE, histogram_quantiles
+from fastecho.bench._loadgen import MAX_MESSAGE_SIZE, TLS_SUPPORTED, histogram_quantiles
 from fastecho.bench.servers import HOST, SERVERS, running_server
 
 SHORT = {"warmup": 0.05, "duration": 0.3}  # keep each run short; nothing is timed
@@ -295,6 +295,12 @@ def test_out_of_range_arguments_raise_value_error(overrides, fragment):
             "connect_timeout": 1} | overrides
     with pytest.raises(ValueError, match=re.escape(fragment)):
         run_load(**args)
+
+
+@pytest.mark.skipif(TLS_SUPPORTED, reason="this build has TLS (tests/test_bench_tls.py covers it)")
+def test_tls_in_a_build_without_it_is_refused_as_a_bad_argument():
+    with pytest.raises(ValueError, match=r"built without it \(FASTECHO_WITH_TLS=OFF"):
+        run_load(HOST, 9, 1, 64, tls=True, warmup=0, duration=1)
 
 
 # --- latency histogram -------------------------------------------------------

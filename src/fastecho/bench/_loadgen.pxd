@@ -7,6 +7,8 @@ cdef extern from "loadgen.h" nogil:
     enum:
         LG_MAX_MESSAGE_SIZE
         LG_ERROR_SIZE
+        LG_TLS_DESCRIPTION_SIZE
+        LG_MAX_SERVER_PIDS
 
     enum lg_status:
         LG_OK
@@ -28,11 +30,17 @@ cdef extern from "loadgen.h" nogil:
         double duration_s
         double connect_timeout_s
         uint64_t max_messages
-        int server_pid
+        const int *server_pids
+        int server_pid_count
         uint64_t seed
+        int tls
+        int tls_version
+        const char *tls_ca_file
+        int handshakes
 
     ctypedef struct lg_result:
         uint64_t messages
+        uint64_t handshakes
         double elapsed_s
         double connect_s
         uint64_t p50_ns
@@ -46,9 +54,12 @@ cdef extern from "loadgen.h" nogil:
         int64_t server_utime_us
         int64_t server_stime_us
         int64_t server_rss_kib
+        char tls_description[LG_TLS_DESCRIPTION_SIZE]
         char error[LG_ERROR_SIZE]
 
     int lg_run(const lg_config *config, lg_result *result)
+    int lg_tls_supported()
+    const char *lg_tls_version_text()
     void lg_histogram_reset(lg_histogram *hist)
     void lg_histogram_record(lg_histogram *hist, uint64_t value)
     uint64_t lg_histogram_quantile(const lg_histogram *hist, double q)

@@ -1,25 +1,32 @@
-from collections.abc import Iterable
-from typing import TypedDict
+import os
+from collections.abc import Iterable, Sequence
+from typing import Literal, TypedDict
 
 MAX_MESSAGE_SIZE: int
+MAX_SERVER_PIDS: int  # most processes whose CPU one run sums
+TLS_SUPPORTED: bool  # whether this build speaks TLS (FASTECHO_WITH_TLS)
+TLS_LIBRARY: str | None  # the TLS library it runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026"
 
 class LoadResult(TypedDict):
     messages: int  # messages echoed and verified in the window
+    handshakes: int | None  # handshake mode: connect + handshake + one echo cycles in the window
+    #                         (equal to messages); None in echo mode
     elapsed_s: float  # actual window length
-    connect_s: float  # time to establish every connection
+    connect_s: float  # time to establish every connection (TLS handshakes included)
     msgs_per_s: float
-    p50_ns: int
+    p50_ns: int  # latency per message; in handshake mode from connect() to the verified echo
     p99_ns: int
     p999_ns: int
     max_ns: int
     conns: int
-    starved_conns: int  # connections with no message completed in the window
+    starved_conns: int  # connections (handshake mode: slots) with nothing completed in the window
     min_conn_messages: int
     max_conn_messages: int
     client_cpu_us: int  # CPU the generator used in the window; ~elapsed means it was the limit
-    server_user_us: int | None  # server CPU in the window; None without server_pid
+    server_user_us: int | None  # server CPU in the window, summed over its processes; None without pids
     server_sys_us: int | None
-    server_rss_kib: int | None  # server VmRSS at the end of the window
+    server_rss_kib: int | None  # server VmRSS at the end of the window, summed
+    tls: str | None  # with tls: what was negotiated, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"
 
 def run_load(
     host: str,
@@ -33,17 +40,41 @@ def run_load(
     seed: int = 1,
     connect_timeout: float = 5.0,
     max_messages: int = 0,
+    *,
+    server_pids: Sequence[int] = (),
+    tls: bool = False,
+    tls_version: Literal["1.2", "1.3"] | None = None,
+    tls_ca_file: str | os.PathLike[str] | None = None,
+    handshakes: bool = False,
 ) -> LoadResult:
     """Open `conns` connections to host:port (IPv4), keep `depth` messages of
     `size` bytes in flight on each, warm up for `warmup` s, then measure for
     `duration` s (or until `max_messages` are echoed, when > 0). Runs in C
     with the GIL released.
 
-    Raises ValueError for an out-of-range argument and
+    Server CPU and RSS are read from `server_pid` and every pid in
+    `server_pids` (all the server side's processes: a TLS proxy and its
+    backend together), summed.
+
+    tls: speak TLS; `tls_version` pins "1.2" or "1.3" (None: either), and
+    `tls_ca_file` (PEM) makes the generator verify the server's certificate,
+    which must then name `host`. Every handshake is full (never resumed) and
+    happens before the window, within `connect_timeout`.
+
+    handshakes: instead of keeping connections open, each of the `conns`
+    slots repeatedly connects, handshakes, echoes one message of `size`
+    bytes, checks it, and closes (close_notify or FIN, then waits for the
+    server's); `depth` must be 1. The result's `handshakes` counts the cycles
+    completed in the window. Each connect + handshake, and each close, must
+    finish within `connect_timeout`.
+
+    Raises ValueError for an out-of-range argument, a CA file that cannot be
+    loaded, or TLS asked of a build without it (see TLS_SUPPORTED), and
     fastecho.bench.errors.LoadError when a connection cannot be established
-    within `connect_timeout` s, an echoed byte differs from what was sent, or
-    the server closes or resets a connection. Connections the server never
-    answers are not an error: they are counted in `starved_conns`.
+    within `connect_timeout` s, a handshake fails, an echoed byte differs
+    from what was sent, or the server closes or resets a connection.
+    Connections the server never answers are not an error: they are counted
+    in `starved_conns`.
     """
 
 def histogram_quantiles(values: Iterable[int], quantiles: Iterable[float]) -> list[int]: ...

@@ -4,23 +4,45 @@
 Thin on purpose: it checks the types, releases the GIL around the whole run
 and turns a failure into one exception, raised after the C call returns.
 """
+import os
+
 from libc.stdint cimport uint64_t
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 from fastecho.bench.errors import LoadError
 
 MAX_MESSAGE_SIZE = LG_MAX_MESSAGE_SIZE
+MAX_SERVER_PIDS = LG_MAX_SERVER_PIDS
+# Whether this build's generator speaks TLS (FASTECHO_WITH_TLS at build time).
+TLS_SUPPORTED = bool(lg_tls_supported())
+# The TLS library it runs with ("OpenSSL 3.0.19 27 Jan 2026"); None without TLS.
+TLS_LIBRARY = (<bytes>lg_tls_version_text()).decode("ascii", "replace") if TLS_SUPPORTED else None
+
+_TLS_VERSIONS = {None: 0, "1.2": 12, "1.3": 13}
 
 
 def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
              double warmup=0.5, double duration=3.0, int server_pid=0,
              uint64_t seed=1, double connect_timeout=5.0,
-             uint64_t max_messages=0):
+             uint64_t max_messages=0, *, server_pids=(), bint tls=False,
+             tls_version=None, tls_ca_file=None, bint handshakes=False):
     """Load an echo server at host:port and measure it; see _loadgen.pyi."""
     cdef lg_config config
     cdef lg_result result
     cdef int status
+    cdef int pids[LG_MAX_SERVER_PIDS]
+    cdef const char *ca_file = NULL
+    pid_list = ([server_pid] if server_pid != 0 else []) + [int(p) for p in server_pids]
+    if len(pid_list) > LG_MAX_SERVER_PIDS:
+        raise ValueError(f"{len(pid_list)} server pids given; at most {LG_MAX_SERVER_PIDS}")
+    for i, pid in enumerate(pid_list):
+        pids[i] = pid
+    if tls_version not in _TLS_VERSIONS:
+        raise ValueError(f"tls_version {tls_version!r} is not None (1.2 or 1.3), '1.2' or '1.3'")
     host_bytes = host.encode("ascii")
+    ca_bytes = os.fsencode(tls_ca_file) if tls_ca_file is not None else None
+    if ca_bytes is not None:
+        ca_file = ca_bytes
     config.host = host_bytes
     config.port = port
     config.conns = conns
@@ -30,17 +52,23 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
     config.duration_s = duration
     config.connect_timeout_s = connect_timeout
     config.max_messages = max_messages
-    config.server_pid = server_pid
+    config.server_pids = pids
+    config.server_pid_count = len(pid_list)
     config.seed = seed
+    config.tls = tls
+    config.tls_version = _TLS_VERSIONS[tls_version]
+    config.tls_ca_file = ca_file
+    config.handshakes = handshakes
     with nogil:
         status = lg_run(&config, &result)
     if status == LG_BAD_CONFIG:
         raise ValueError(result.error.decode("utf-8", "replace"))
     if status != LG_OK:
         raise LoadError(result.error.decode("utf-8", "replace"))
-    has_server = server_pid > 0
+    has_server = len(pid_list) > 0
     return {
         "messages": result.messages,
+        "handshakes": result.handshakes if handshakes else None,
         "elapsed_s": result.elapsed_s,
         "connect_s": result.connect_s,
         "msgs_per_s": result.messages / result.elapsed_s if result.elapsed_s > 0 else 0.0,
@@ -56,6 +84,7 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
         "server_user_us": result.server_utime_us if has_server else None,
         "server_sys_us": result.server_stime_us if has_server else None,
         "server_rss_kib": result.server_rss_kib if has_server else None,
+        "tls": result.tls_description.decode("ascii", "replace") if tls else None,
     }
 
 

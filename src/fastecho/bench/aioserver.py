@@ -1,9 +1,12 @@
 """Echo with an asyncio Protocol, on the stdlib loop or on uvloop.
 
     python -m fastecho.bench.aioserver [--host 127.0.0.1] [--port 0] [--uvloop]
+                                       [--tls-cert FILE --tls-key FILE]
 
 The idiomatic single-threaded Python echo server: the benchmark's yardstick
-for "what a good event loop costs in user space".
+for "what a good event loop costs in user space". With --tls-cert and
+--tls-key it serves TLS 1.2 and 1.3 through the stdlib ssl module, as an
+asyncio or uvloop application would.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import argparse
 import asyncio
 import signal
 import socket
+import ssl
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -33,14 +37,24 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.resume_reading()
 
 
-async def serve(host: str, port: int, loop_name: str) -> None:
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context as an application would make one: the stdlib's
+    defaults (tickets, ciphers, groups), TLS 1.2 at the least."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+async def serve(host: str, port: int, loop_name: str, tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(EchoProtocol, host, port, backlog=socket.SOMAXCONN)
+    server = await loop.create_server(EchoProtocol, host, port, backlog=socket.SOMAXCONN, ssl=tls)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
-    print(f"{loop_name} listening on {bound_host}:{bound_port} (1 thread)", flush=True)
+    transport = " (tls)" if tls else ""
+    print(f"{loop_name} listening on {bound_host}:{bound_port}{transport} (1 thread)", flush=True)
     await stop.wait()
     server.close()
 
@@ -50,13 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of the stdlib loop")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain")
+    parser.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = tls_context(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            parser.exit(1, f"{parser.prog}: error: cannot load --tls-cert/--tls-key: {e}\n")
     if args.uvloop:
         import uvloop
 
-        uvloop.run(serve(args.host, args.port, "uvloop"))
+        uvloop.run(serve(args.host, args.port, "uvloop", tls))
     else:
-        asyncio.run(serve(args.host, args.port, "asyncio"))
+        asyncio.run(serve(args.host, args.port, "asyncio", tls))
     return 0
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import click
 
+from fastecho.bench import certs
 from fastecho.bench.harness import Plan, Workload, run_plan
-from fastecho.bench.servers import SERVERS
+from fastecho.bench.servers import HOST, SERVERS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_SIZE = 16 * 2**20  # the load generator's LG_MAX_MESSAGE_SIZE
@@ -29,6 +30,11 @@ FD_HEADROOM = 64  # descriptors a process needs beyond its connections
 # 1000 connections), 3 rounds of 3 s for every server: about 2 minutes. The
 # full matrix is --conns 1,64,1000 --sizes 64,1024,65536 (about 9 minutes).
 DEFAULT_SERVERS = ("fastecho", "python", "asyncio", "uvloop", "reference")
+# --transport tls: fastecho's own TLS, its plain listener (what TLS adds to),
+# HAProxy terminating TLS in front of that listener, and the Python loops.
+DEFAULT_TLS_SERVERS = ("fastecho", "fastecho-plain", "haproxy", "asyncio", "uvloop")
+TRANSPORTS = ("tcp", "tls")
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,9 @@ class RunDefaults:
 DEFAULTS = RunDefaults(conns="64,1000", sizes="1024", duration=3.0, warmup=0.5, rounds=3)
 # --quick: a ~20 s smoke run of every server; explicit flags still win.
 QUICK = RunDefaults(conns="64,1000", sizes="1024", duration=1.5, warmup=0.25, rounds=1)
+# --handshakes: 64 handshakes in flight, each echoing one small message.
+HANDSHAKE_DEFAULTS = RunDefaults(conns="64", sizes="64", duration=3.0, warmup=0.5, rounds=3)
+HANDSHAKE_QUICK = RunDefaults(conns="64", sizes="64", duration=1.5, warmup=0.25, rounds=1)
 
 
 def _fail(message: str) -> None:
@@ -94,20 +103,53 @@ def _cpu_set(option: str, text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _servers(text: str | None) -> list[str]:
-    if text is None:  # default: every server that can run here; uvloop is an optional extra
-        names = [n for n in DEFAULT_SERVERS if n != "uvloop" or SERVERS[n].unavailable_reason() is None]
-    else:
-        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        if not names:
-            _fail("--servers: give at least one server")
+def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
+    """The servers to run. By default every one that can run here: over TCP
+    uvloop is an optional extra; over TLS each server that cannot serve TLS
+    here is skipped with a note (appended to `notes`). A server named
+    explicitly that cannot run is a usage error."""
+    tls = transport == "tls"
+    if text is None:
+        if tls:
+            names = []
+            for name in DEFAULT_TLS_SERVERS:
+                reason = SERVERS[name].tls_reason()
+                if reason:
+                    notes.append(f"skipping {name}: {reason}")
+                else:
+                    names.append(name)
+            for name in DEFAULT_SERVERS:
+                if name not in DEFAULT_TLS_SERVERS and SERVERS[name].tls_command is None:
+                    notes.append(f"skipping {name}: it has no TLS")
+            return names
+        return [n for n in DEFAULT_SERVERS if n != "uvloop" or SERVERS[n].unavailable_reason() is None]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        _fail("--servers: give at least one server")
     for name in names:
         if name not in SERVERS:
             _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
-        reason = SERVERS[name].unavailable_reason()
+        spec = SERVERS[name]
+        if tls and spec.tls_command is None:
+            _fail(f"--servers: {name} has no TLS (with --transport tls choose from "
+                  f"{', '.join(n for n, s in SERVERS.items() if s.tls_command is not None)})")
+        reason = spec.tls_reason() if tls else spec.unavailable_reason()
         if reason:
-            _fail(f"--servers: {name} is not available: {reason}")
+            _fail(f"--servers: {name} is not available{' with TLS' if tls else ''}: {reason}")
     return names
+
+
+def _check_tls_support() -> None:
+    """--transport tls needs trustme (the certificate) and a load generator
+    built with OpenSSL."""
+    reason = certs.trustme_missing()
+    if reason:
+        _fail(f"--transport tls needs a certificate, and {reason}")
+    from fastecho.bench._loadgen import TLS_SUPPORTED
+
+    if not TLS_SUPPORTED:
+        _fail("--transport tls: this fastecho's load generator was built without TLS (FASTECHO_WITH_TLS=OFF, "
+              "or OpenSSL >= 1.1.1 was not found at build time: install libssl-dev and reinstall fastecho)")
 
 
 def _local_port_count() -> int | None:
@@ -183,9 +225,22 @@ def _in_range(option: str, value: float, low: float, high: float, low_inclusive:
 
 def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, duration: float, warmup: float,
                rounds: int, threads: int | None, baseline_threads: int, server_cpus: str | None,
-               client_cpus: str | None) -> Plan:
-    """Check every input and return the plan; raises click.UsageError."""
-    server_names = _servers(servers)
+               client_cpus: str | None, transport: str = "tcp", tls_version: str | None = None,
+               handshakes: bool = False, notes: list[str] | None = None) -> Plan:
+    """Check every input and return the plan; raises click.UsageError.
+    Servers skipped by default (no TLS here) are explained in `notes`."""
+    if transport not in TRANSPORTS:
+        _fail(f"--transport: {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    if transport == "tls":
+        _check_tls_support()
+        tls_version = tls_version or "1.3"
+        if tls_version not in TLS_VERSIONS:
+            _fail(f"--tls-version: {tls_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    elif tls_version is not None:
+        _fail("--tls-version applies only with --transport tls")
+    if handshakes and depth != 1:
+        _fail(f"--depth {depth}: with --handshakes each connection echoes one message, so depth is 1")
+    server_names = _servers(servers, transport, notes if notes is not None else [])
     conn_counts = _int_list("--conns", conns)
     _check_conns(conn_counts)
     message_sizes = _int_list("--sizes", sizes)
@@ -206,9 +261,10 @@ def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, durat
     _in_range("--threads", threads, 1, 1024)
     return Plan(
         servers=server_names,
-        workloads=[Workload(c, s, depth) for s in message_sizes for c in conn_counts],
+        workloads=[Workload(c, s, depth, handshakes) for s in message_sizes for c in conn_counts],
         rounds=rounds, duration=duration, warmup=warmup, threads=threads, baseline_threads=baseline_threads,
-        server_cpus=server_set, client_cpus=client_set,
+        server_cpus=server_set, client_cpus=client_set, transport=transport, tls_version=tls_version,
+        handshakes=handshakes,
     )
 
 
@@ -216,17 +272,33 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
-def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Sequence[str]) -> int:
+def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Sequence[str],
+         notes: Sequence[str] = ()) -> int:
+    from fastecho.bench import report
+
+    _raise_fd_limit(max(w.conns for w in plan.workloads))
+    err = report.stderr_console()
+    for note in notes:
+        err.print(f"fastecho bench: {note}", markup=False, highlight=False)
+    if plan.transport != "tls":
+        return _run_with(plan, json_path, plot_path, argv, None)
+    # One certificate for every server of the run, removed once it is over.
+    with certs.temporary_certificate(HOST) as tls:
+        return _run_with(plan, json_path, plot_path, argv, tls)
+
+
+def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Sequence[str],
+              tls: certs.TlsFiles | None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fastecho.bench import report
 
-    _raise_fd_limit(max(w.conns for w in plan.workloads))
-    machine = report.machine_info(plan, argv)
+    machine = report.machine_info(plan, argv, tls)
     err = report.stderr_console()
     seconds = plan.estimated_seconds()
     err.print(f"[bold]fastecho bench[/bold]: {_count(plan.run_count, 'run')} ({_count(len(plan.servers), 'server')}"
-              f" × {_count(len(plan.workloads), 'workload')} × {_count(plan.rounds, 'round')}), about "
+              f" × {_count(len(plan.workloads), 'workload')} × {_count(plan.rounds, 'round')}, "
+              f"{plan.transport_label}{', handshakes' if plan.handshakes else ''}), about "
               + (f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -239,10 +311,10 @@ def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Seque
                             description=f"round {round_index + 1}/{plan.rounds} · {workload.label} · {server}")
             done += 1
 
-        rows = run_plan(plan, on_run=on_run)
+        rows = run_plan(plan, on_run=on_run, tls=tls)
         progress.update(task, completed=done)
 
-    report.render_tables(report.stdout_console(), plan, rows)
+    report.render_tables(report.stdout_console(), plan, rows, tls)
     if json_path is not None:
         report.write_json(json_path, machine, rows)
         err.print(f"wrote {json_path}")
@@ -254,11 +326,23 @@ def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Seque
 
 @click.command(name="bench", context_settings={"help_option_names": ["-h", "--help"]},
                epilog="Defaults: 1 KiB ping-pong at 64 and 1000 connections, 3 rounds of 3 s, every server "
-                      "(about 2 minutes). Full matrix: --conns 1,64,1000 --sizes 64,1024,65536.")
+                      "(about 2 minutes). Full matrix: --conns 1,64,1000 --sizes 64,1024,65536. "
+                      "--transport tls: " + ", ".join(DEFAULT_TLS_SERVERS) + " on one throwaway ECDSA P-256 "
+                      "certificate (needs trustme). --handshakes: 64 connections × 64 B.")
 @click.option("--servers", metavar="LIST", help="Servers to compare, comma-separated: "
-              + ", ".join(SERVERS) + " (default: all that are installed).")
-@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}).")
-@click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}).")
+              + ", ".join(SERVERS) + " (default: all that are installed; with --transport tls, all that "
+              "serve TLS here).")
+@click.option("--transport", type=click.Choice(TRANSPORTS), default="tcp", show_default=True,
+              help="Plain TCP, or TLS (every byte encrypted, every handshake before the window).")
+@click.option("--tls-version", type=click.Choice(TLS_VERSIONS),
+              help="With --transport tls: the one TLS version the load generator offers (default 1.3).")
+@click.option("--handshakes", is_flag=True,
+              help="Handshake mode: each connection connects, handshakes (full, never resumed), echoes one "
+                   "message and closes, over and over; figures are per handshake.")
+@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}; with --handshakes "
+              f"{HANDSHAKE_DEFAULTS.conns}).")
+@click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}; with --handshakes "
+              f"{HANDSHAKE_DEFAULTS.sizes}).")
 @click.option("--depth", type=int, default=1, show_default=True, help="Messages in flight per connection.")
 @click.option("--duration", type=float, help=f"Seconds measured per run (default {DEFAULTS.duration:g}).")
 @click.option("--warmup", type=float, help=f"Seconds of traffic before each window (default {DEFAULTS.warmup:g}).")
@@ -272,13 +356,19 @@ def _run(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: Seque
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG of msgs/s and CPU/msg against connections (needs matplotlib).")
 @click.option("--quick", is_flag=True, help="Smoke run, about 20 s: one short round of the default workloads.")
-def command(servers: str | None, conns: str | None, sizes: str | None, depth: int, duration: float | None,
-            warmup: float | None, rounds: int | None, threads: int | None, baseline_threads: int,
-            server_cpus: str | None, client_cpus: str | None, json_path: Path | None, plot_path: Path | None,
-            quick: bool) -> int:
+def command(servers: str | None, transport: str, tls_version: str | None, handshakes: bool, conns: str | None,
+            sizes: str | None, depth: int, duration: float | None, warmup: float | None, rounds: int | None,
+            threads: int | None, baseline_threads: int, server_cpus: str | None, client_cpus: str | None,
+            json_path: Path | None, plot_path: Path | None, quick: bool) -> int:
     """Compare fastecho with a Python baseline, asyncio, uvloop and a bare C
-    epoll loop on loopback, servers and load generator pinned to separate CPUs."""
-    base = QUICK if quick else DEFAULTS
+    epoll loop on loopback (with --transport tls: fastecho's TLS, HAProxy
+    terminating TLS in front of fastecho, asyncio and uvloop), servers and
+    load generator pinned to separate CPUs."""
+    if handshakes:
+        base = HANDSHAKE_QUICK if quick else HANDSHAKE_DEFAULTS
+    else:
+        base = QUICK if quick else DEFAULTS
+    notes: list[str] = []
     plan = build_plan(
         servers=servers,
         conns=conns if conns is not None else base.conns,
@@ -288,6 +378,7 @@ def command(servers: str | None, conns: str | None, sizes: str | None, depth: in
         warmup=warmup if warmup is not None else base.warmup,
         rounds=rounds if rounds is not None else base.rounds,
         threads=threads, baseline_threads=baseline_threads, server_cpus=server_cpus, client_cpus=client_cpus,
+        transport=transport, tls_version=tls_version, handshakes=handshakes, notes=notes,
     )
     _check_output_path("--json", json_path)
     _check_output_path("--plot", plot_path)
@@ -297,7 +388,7 @@ def command(servers: str | None, conns: str | None, sizes: str | None, depth: in
         reason = check_plot_support()
         if reason:
             _fail(reason)
-    return _run(plan, json_path, plot_path, click.get_current_context().obj or [])
+    return _run(plan, json_path, plot_path, click.get_current_context().obj or [], notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,11 @@ process (pinned to the client CPUs) with the C load generator, and stops it.
 Within a round every workload runs every server back to back (A B C A B C
 ...), so slow drift of a shared machine hits all servers alike; rows report
 the median over rounds and the median of the per-round ratios to fastecho.
+
+With TLS every server serves one certificate made for the run, and the load
+generator verifies it. In handshake mode a "message" is one cycle of
+connect, full handshake, one echo and close, so every per-message figure
+reads per handshake.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from fastecho.bench.certs import TlsFiles
 from fastecho.bench.errors import BenchError, LoadError
 from fastecho.bench.servers import HOST, SERVERS, ServerSpec, running_server
 
@@ -26,9 +32,12 @@ class Workload:
     conns: int
     size: int
     depth: int = 1
+    handshakes: bool = False  # each conn: connect, handshake, one echo, close, again
 
     @property
     def label(self) -> str:
+        if self.handshakes:
+            return f"{self.conns} conns × handshake + {format_size(self.size)} echo + close"
         depth = "ping-pong" if self.depth == 1 else f"depth {self.depth}"
         return f"{self.conns} conns × {format_size(self.size)}, {depth}"
 
@@ -45,6 +54,15 @@ class Plan:
     server_cpus: frozenset[int] | None = None
     client_cpus: frozenset[int] | None = None
     connect_timeout: float = 10.0
+    transport: str = "tcp"  # or "tls"
+    tls_version: str | None = None  # with tls: "1.2" or "1.3" only; None: either
+    handshakes: bool = False  # handshake mode: figures are per handshake
+
+    @property
+    def transport_label(self) -> str:
+        if self.transport != "tls":
+            return "TCP"
+        return f"TLS {self.tls_version}" if self.tls_version else "TLS"
 
     @property
     def run_count(self) -> int:
@@ -71,9 +89,12 @@ class Sample:
     max_conn_msgs: int
     rss_kib: int
     client_cpu_busy: float  # share of one CPU the load generator used; near 1 = it was the limit
+    tls: str | None = None  # what the TLS handshake negotiated; None over plain TCP
 
     @classmethod
     def from_load(cls, result: Mapping, size: int) -> Sample:
+        """In handshake mode each handshake echoes one message, so the
+        message counts are handshake counts."""
         messages, elapsed = result["messages"], result["elapsed_s"]
         user, system = result["server_user_us"], result["server_sys_us"]
         return cls(
@@ -90,6 +111,7 @@ class Sample:
             max_conn_msgs=result["max_conn_messages"],
             rss_kib=result["server_rss_kib"],
             client_cpu_busy=result["client_cpu_us"] / 1e6 / elapsed,
+            tls=result.get("tls"),
         )
 
 
@@ -148,16 +170,21 @@ def pinned_to(cpus: frozenset[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, own)
 
 
-def measure(spec: ServerSpec, workload: Workload, plan: Plan, seed: int) -> Sample:
-    """Start `spec`, load it with `workload`, stop it. Raises BenchError."""
+def measure(spec: ServerSpec, workload: Workload, plan: Plan, seed: int, tls: TlsFiles | None = None) -> Sample:
+    """Start `spec` (serving TLS with `tls`, when given), load it with
+    `workload`, stop it. Server CPU counts every process of the server side.
+    Raises BenchError."""
     from fastecho.bench._loadgen import run_load
 
+    client_tls = tls is not None and spec.client_tls
     with running_server(spec, threads=plan.threads, baseline_threads=plan.baseline_threads,
-                        cpus=set(plan.server_cpus) if plan.server_cpus else None) as server:
+                        cpus=set(plan.server_cpus) if plan.server_cpus else None, tls=tls) as server:
         try:
             result = run_load(HOST, server.port, workload.conns, workload.size, workload.depth,
-                              warmup=plan.warmup, duration=plan.duration, server_pid=server.pid,
-                              seed=seed, connect_timeout=plan.connect_timeout)
+                              warmup=plan.warmup, duration=plan.duration, server_pids=server.pids,
+                              seed=seed, connect_timeout=plan.connect_timeout, handshakes=workload.handshakes,
+                              tls=client_tls, tls_version=plan.tls_version if client_tls else None,
+                              tls_ca_file=tls.ca if client_tls else None)
         except LoadError as e:
             exited = server.exit_description()
             raise LoadError(f"{e} (server {exited})" if exited else str(e)) from None
@@ -168,11 +195,14 @@ ProgressCallback = Callable[[int, str, Workload], None]  # (round, server, workl
 
 
 def run_plan(plan: Plan, specs: Mapping[str, ServerSpec] = SERVERS,
-             on_run: ProgressCallback | None = None) -> list[Row]:
+             on_run: ProgressCallback | None = None, tls: TlsFiles | None = None) -> list[Row]:
     """Run every server under every workload for plan.rounds interleaved
-    rounds. A failure of one server under one workload is recorded in its
-    row (and that pair is not run again); everything else carries on.
+    rounds; a TLS plan needs `tls`, the certificate every server serves. A
+    failure of one server under one workload is recorded in its row (and
+    that pair is not run again); everything else carries on.
     KeyboardInterrupt propagates after the running server is stopped."""
+    if (plan.transport == "tls") != (tls is not None):
+        raise ValueError("a TLS plan needs a certificate (tls=...), and only a TLS plan takes one")
     rows = {(server, w): Row(server, w) for w in plan.workloads for server in plan.servers}
     with pinned_to(plan.client_cpus):
         for round_index in range(plan.rounds):
@@ -184,7 +214,8 @@ def run_plan(plan: Plan, specs: Mapping[str, ServerSpec] = SERVERS,
                     if row.error is not None:
                         continue
                     try:
-                        row.samples[round_index] = measure(specs[server], workload, plan, seed=round_index + 1)
+                        row.samples[round_index] = measure(specs[server], workload, plan, seed=round_index + 1,
+                                                           tls=tls)
                     except BenchError as e:
                         row.error = f"round {round_index + 1}: {e}" if plan.rounds > 1 else str(e)
     return list(rows.values())

@@ -14,17 +14,32 @@
  *   reordered byte changes what is compared and is caught.
  * - Latency of a message: from the send() that carries its first byte to the
  *   recv() that completes its echo, CLOCK_MONOTONIC.
+ * - TLS (loadgen_tls.c) plugs into the same loop. Each connection moves
+ *   through TCP_CONNECTING -> TLS_HANDSHAKING -> ESTABLISHED (-> CLOSING in
+ *   handshake mode, then back to TCP_CONNECTING on a fresh socket). The
+ *   epoll interest is EPOLLIN, plus EPOLLOUT while a send waits for room or
+ *   OpenSSL said WANT_WRITE. Bytes OpenSSL has already pulled off the socket
+ *   raise no epoll event, so a connection that stops reading while OpenSSL
+ *   still holds some goes on a pending list, served on the next pass with a
+ *   zero epoll timeout. The plain TCP path is the one it always was:
+ *   sendmsg() of up to LG_MAX_IOV messages, recv() into one big buffer.
+ * - In handshake mode message numbers keep counting across a slot's
+ *   connections, so each connection sends different bytes; error offsets are
+ *   reported relative to the connection's own stream.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include "loadgen.h"
+#include "loadgen_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +65,9 @@ enum {
     LG_READS_PER_EVENT = 4,
     /* The longest epoll_wait() sleep; deadlines are also checked after it. */
     LG_MAX_WAIT_MS = 100,
+    /* How often handshake mode looks for a connection stuck in connect,
+     * handshake or close: a full pass over the connections each time. */
+    LG_STAGE_CHECK_MS = 20,
 };
 
 #define LG_HIST_SUB_BITS 6
@@ -57,17 +75,29 @@ _Static_assert(LG_HIST_SUB_BUCKETS == (1 << LG_HIST_SUB_BITS), "sub-bucket count
 
 enum lg_phase { LG_CONNECTING, LG_WARMING_UP, LG_MEASURING };
 
+enum lg_conn_state { LG_TCP_CONNECTING, LG_TLS_HANDSHAKING, LG_ESTABLISHED, LG_CLOSING };
+
 typedef struct lg_conn {
     int fd;
     int index;
-    int connected;
-    int polling_output;        /* EPOLLOUT currently requested */
-    uint64_t sent_messages;    /* messages fully handed to the kernel */
+    enum lg_conn_state state;
+    uint32_t events;           /* the epoll interest registered for fd */
+    int send_blocked;          /* a send waits for room in the socket */
+    int tls_wants_output;      /* the last handshake, read or close_notify said WANT_WRITE */
+    int close_notify_sent;
+    int pending_listed;        /* in lg_state.pending */
+    lg_tls_session *tls;       /* NULL without TLS, and until TCP connects */
+    uint64_t first_message;    /* number of this connection's first message (handshake mode
+                                  reconnects; else 0) */
+    uint64_t sent_messages;    /* messages fully handed to the kernel (or OpenSSL) */
     size_t send_offset;        /* bytes of message `sent_messages` already sent */
     uint64_t echoed_messages;  /* messages fully echoed and verified */
     size_t echo_offset;        /* bytes of message `echoed_messages` verified */
     uint64_t window_messages;  /* echoed inside the measured window */
     uint64_t *started_ns;      /* depth slots: start time of message m at m % depth */
+    uint64_t connect_ns;       /* when this connection's connect() was called */
+    uint64_t stage_deadline_ns; /* handshake mode: connect + handshake, or the close, must end by
+                                   this; 0 while echoing */
 } lg_conn;
 
 typedef struct lg_state {
@@ -87,6 +117,13 @@ typedef struct lg_state {
     uint8_t *pattern;
     uint8_t *recv_buffer;
     lg_histogram *latency;
+    lg_tls_context *tls;       /* NULL without TLS */
+    /* TLS connections whose OpenSSL holds bytes epoll cannot report; served
+     * after each epoll pass. Two arrays of `conns`, swapped per pass. */
+    lg_conn **pending, **serving;
+    int pending_count;
+    uint64_t next_stage_check_ns;
+    char tls_error[LG_ERROR_SIZE / 2];
 } lg_state;
 
 static uint64_t lg_now_ns(void)
@@ -223,11 +260,11 @@ static int lg_read_file(const char *path, char *buffer, size_t size)
     return 0;
 }
 
-/* The server's user and system CPU so far, all threads together. */
-static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
+/* One process's user and system CPU so far, all its threads together. */
+static int lg_read_process_cpu(lg_state *s, int pid, int64_t *user_us, int64_t *system_us)
 {
     char path[64], text[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", s->config->server_pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
     if (lg_read_file(path, text, sizeof text) < 0)
         return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
     /* The command name (field 2) may hold spaces and ')', so parse from the
@@ -246,17 +283,34 @@ static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
     return 0;
 }
 
+/* The server side's CPU so far: the sum over every server process. */
+static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
+{
+    *user_us = *system_us = 0;
+    for (int i = 0; i < s->config->server_pid_count; i++) {
+        int64_t user, system;
+        if (lg_read_process_cpu(s, s->config->server_pids[i], &user, &system) < 0)
+            return -1;
+        *user_us += user;
+        *system_us += system;
+    }
+    return 0;
+}
+
 static int lg_read_server_rss(lg_state *s, int64_t *rss_kib)
 {
-    char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/%d/status", s->config->server_pid);
-    if (lg_read_file(path, text, sizeof text) < 0)
-        return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
-    const char *line = strstr(text, "\nVmRSS:");
-    long long kib;
-    if (!line || sscanf(line + strlen("\nVmRSS:"), " %lld", &kib) != 1)
-        return lg_fail(s, "no VmRSS in %s", path);
-    *rss_kib = kib;
+    *rss_kib = 0;
+    for (int i = 0; i < s->config->server_pid_count; i++) {
+        char path[64], text[4096];
+        snprintf(path, sizeof path, "/proc/%d/status", s->config->server_pids[i]);
+        if (lg_read_file(path, text, sizeof text) < 0)
+            return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
+        const char *line = strstr(text, "\nVmRSS:");
+        long long kib;
+        if (!line || sscanf(line + strlen("\nVmRSS:"), " %lld", &kib) != 1)
+            return lg_fail(s, "no VmRSS in %s", path);
+        *rss_kib += kib;
+    }
     return 0;
 }
 
@@ -272,76 +326,134 @@ static int64_t lg_own_cpu_us(void)
 
 /* ---- connections -------------------------------------------------------- */
 
+static uint64_t lg_sent_bytes(const lg_state *s, const lg_conn *c)
+{
+    return (c->sent_messages - c->first_message) * s->config->size + c->send_offset;
+}
+
+static uint64_t lg_echoed_bytes(const lg_state *s, const lg_conn *c)
+{
+    return (c->echoed_messages - c->first_message) * s->config->size + c->echo_offset;
+}
+
 static int lg_watch(lg_state *s, lg_conn *c, int op, uint32_t events)
 {
     struct epoll_event ev = { .events = events, .data.ptr = c };
     if (epoll_ctl(s->epoll_fd, op, c->fd, &ev) < 0)
         return lg_fail(s, "connection %d: epoll_ctl failed: %s", c->index, strerror(errno));
+    c->events = events;
     return 0;
 }
 
-static int lg_set_output_interest(lg_state *s, lg_conn *c, int wanted)
+/* Ask epoll for what the connection waits for now: always input once TCP is
+ * up, output while a send or OpenSSL is blocked on room. */
+static int lg_update_interest(lg_state *s, lg_conn *c)
 {
-    if (c->polling_output == wanted)
+    uint32_t wanted = EPOLLIN | (c->send_blocked || c->tls_wants_output ? (uint32_t)EPOLLOUT : 0u);
+    if (wanted == c->events)
         return 0;
-    c->polling_output = wanted;
-    return lg_watch(s, c, EPOLL_CTL_MOD, EPOLLIN | (wanted ? EPOLLOUT : 0u));
+    return lg_watch(s, c, EPOLL_CTL_MOD, wanted);
 }
 
-static int lg_start_connect(lg_state *s, lg_conn *c)
+static int lg_set_send_blocked(lg_state *s, lg_conn *c, int blocked)
 {
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0)
-        return lg_fail(s, "connection %d: socket() failed: %s", c->index, strerror(errno));
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (const struct sockaddr *)&s->address, sizeof s->address) == 0) {
-        c->connected = 1;
-        s->connected_count++;
-        return lg_watch(s, c, EPOLL_CTL_ADD, EPOLLIN);
+    c->send_blocked = blocked;
+    return lg_update_interest(s, c);
+}
+
+/* Serve c after this epoll pass even if epoll reports nothing for it. */
+static void lg_list_pending(lg_state *s, lg_conn *c)
+{
+    if (c->pending_listed)
+        return;
+    c->pending_listed = 1;
+    s->pending[s->pending_count++] = c; /* at most once per connection: room for all */
+}
+
+/* The run-ending message for a TLS call that did not succeed. */
+static int lg_tls_failed(lg_state *s, lg_conn *c, enum lg_tls_status status)
+{
+    switch (status) {
+    case LG_TLS_CLOSED:
+        return lg_fail(s,
+                       "connection %d: server closed the TLS session (close_notify) after echoing %" PRIu64
+                       " of %" PRIu64 " bytes sent",
+                       c->index, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+    case LG_TLS_EOF:
+        return lg_fail(s,
+                       "connection %d: server closed the connection (EOF) after echoing %" PRIu64 " of %" PRIu64
+                       " bytes sent",
+                       c->index, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+    default:
+        return lg_fail(s, "connection %d: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)", c->index,
+                       s->tls_error, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
     }
-    /* On a nonblocking socket an interrupted connect() carries on in the
-     * background, exactly like EINPROGRESS; completion shows as EPOLLOUT. */
-    if (errno != EINPROGRESS && errno != EINTR)
-        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
-                       s->config->host, s->config->port, strerror(errno));
-    return lg_watch(s, c, EPOLL_CTL_ADD, EPOLLOUT);
 }
 
-static int lg_finish_connect(lg_state *s, lg_conn *c)
+/* The most messages c may have started: `depth` ahead of its echo, and in
+ * handshake mode one per connection. */
+static uint64_t lg_send_limit(const lg_state *s, const lg_conn *c)
 {
-    int error = 0;
-    socklen_t length = sizeof error;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0)
-        error = errno;
-    if (error != 0)
-        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
-                       s->config->host, s->config->port, strerror(error));
-    c->connected = 1;
-    s->connected_count++;
-    return lg_watch(s, c, EPOLL_CTL_MOD, EPOLLIN);
+    uint64_t limit = c->echoed_messages + (uint64_t)s->config->depth;
+    if (s->config->handshakes && limit > c->first_message + 1)
+        limit = c->first_message + 1;
+    return limit;
 }
 
-static uint64_t lg_sent_bytes(const lg_state *s, const lg_conn *c)
+static void lg_count_sent(const lg_state *s, lg_conn *c, size_t sent)
 {
-    return c->sent_messages * s->config->size + c->send_offset;
+    size_t left = sent;
+    while (left > 0) {
+        size_t rest_of_message = s->config->size - c->send_offset;
+        if (left < rest_of_message) {
+            c->send_offset += left;
+            break;
+        }
+        left -= rest_of_message;
+        c->sent_messages++;
+        c->send_offset = 0;
+    }
 }
 
-static uint64_t lg_echoed_bytes(const lg_state *s, const lg_conn *c)
+/* TLS: one message (or its rest) per SSL_write; OpenSSL cannot gather. */
+static int lg_send_ready_tls(lg_state *s, lg_conn *c, uint64_t now)
 {
-    return c->echoed_messages * s->config->size + c->echo_offset;
+    const lg_config *cfg = s->config;
+    uint64_t limit = lg_send_limit(s, c);
+    /* Each pass sends at least one byte or returns. */
+    while (c->sent_messages < limit) {
+        uint64_t m = c->sent_messages;
+        if (c->send_offset == 0)
+            c->started_ns[m % (uint64_t)cfg->depth] = now;
+        const uint8_t *bytes = s->pattern + lg_message_rotation(cfg->seed, c->index, m) + c->send_offset;
+        size_t sent = 0;
+        enum lg_tls_status status =
+            lg_tls_write(c->tls, bytes, cfg->size - c->send_offset, &sent, s->tls_error, sizeof s->tls_error);
+        if (status == LG_TLS_DONE) {
+            lg_count_sent(s, c, sent);
+            continue;
+        }
+        if (status == LG_TLS_WANT_WRITE)
+            return lg_set_send_blocked(s, c, 1);
+        if (status == LG_TLS_WANT_READ) /* input is always watched; lg_receive sends again */
+            return lg_set_send_blocked(s, c, 0);
+        return lg_tls_failed(s, c, status);
+    }
+    return lg_set_send_blocked(s, c, 0);
 }
 
 /* Send until `depth` messages are in flight or the socket is full. */
 static int lg_send_ready(lg_state *s, lg_conn *c, uint64_t now)
 {
     const lg_config *cfg = s->config;
-    if (s->phase == LG_CONNECTING)
+    if (s->phase == LG_CONNECTING || c->state != LG_ESTABLISHED)
         return 0;
+    if (c->tls)
+        return lg_send_ready_tls(s, c, now);
     for (;;) {
-        uint64_t may_start_below = c->echoed_messages + (uint64_t)cfg->depth;
+        uint64_t may_start_below = lg_send_limit(s, c);
         if (c->sent_messages >= may_start_below)
-            return lg_set_output_interest(s, c, 0);
+            return lg_set_send_blocked(s, c, 0);
         struct iovec iov[LG_MAX_IOV];
         int count = 0;
         size_t offered = 0;
@@ -361,23 +473,13 @@ static int lg_send_ready(lg_state *s, lg_conn *c, uint64_t now)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return lg_set_output_interest(s, c, 1);
+                return lg_set_send_blocked(s, c, 1);
             return lg_fail(s, "connection %d: send failed: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)",
                            c->index, strerror(errno), lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
         }
-        size_t left = (size_t)sent;
-        while (left > 0) {
-            size_t rest_of_message = cfg->size - c->send_offset;
-            if (left < rest_of_message) {
-                c->send_offset += left;
-                break;
-            }
-            left -= rest_of_message;
-            c->sent_messages++;
-            c->send_offset = 0;
-        }
+        lg_count_sent(s, c, (size_t)sent);
         if ((size_t)sent < offered)
-            return lg_set_output_interest(s, c, 1);
+            return lg_set_send_blocked(s, c, 1);
     }
 }
 
@@ -402,15 +504,17 @@ static int lg_check_echo(lg_state *s, lg_conn *c, const uint8_t *data, size_t le
             return lg_fail(s,
                            "connection %d: echoed byte %" PRIu64 " of the stream (message %" PRIu64
                            ", byte %zu of %zu) is 0x%02x, expected 0x%02x",
-                           c->index, lg_echoed_bytes(s, c) + i, c->echoed_messages, c->echo_offset + i,
-                           cfg->size, data[i], expected[i]);
+                           c->index, lg_echoed_bytes(s, c) + i, c->echoed_messages - c->first_message,
+                           c->echo_offset + i, cfg->size, data[i], expected[i]);
         }
         data += take;
         length -= take;
         c->echo_offset += take;
         if (c->echo_offset == cfg->size) {
             if (s->phase == LG_MEASURING) {
-                lg_histogram_record(s->latency, now - c->started_ns[c->echoed_messages % (uint64_t)cfg->depth]);
+                uint64_t started = cfg->handshakes ? c->connect_ns
+                                                   : c->started_ns[c->echoed_messages % (uint64_t)cfg->depth];
+                lg_histogram_record(s->latency, now - started);
                 c->window_messages++;
                 s->window_messages++;
             }
@@ -421,7 +525,67 @@ static int lg_check_echo(lg_state *s, lg_conn *c, const uint8_t *data, size_t le
     return 0;
 }
 
-static int lg_receive(lg_state *s, lg_conn *c)
+static int lg_start_connect(lg_state *s, lg_conn *c);
+
+/* Handshake mode: the server has answered our close; start the next connection. */
+static int lg_finish_cycle(lg_state *s, lg_conn *c)
+{
+    if (c->tls) {
+        lg_tls_session_free(c->tls);
+        c->tls = NULL;
+    }
+    close(c->fd); /* also leaves the epoll set */
+    c->fd = -1;
+    c->first_message = c->sent_messages; /* == echoed_messages: everything came back */
+    c->send_offset = c->echo_offset = 0;
+    c->send_blocked = c->tls_wants_output = c->close_notify_sent = 0;
+    return lg_start_connect(s, c);
+}
+
+static int lg_send_close_notify(lg_state *s, lg_conn *c)
+{
+    enum lg_tls_status status = lg_tls_close_notify(c->tls, s->tls_error, sizeof s->tls_error);
+    if (status == LG_TLS_DONE) {
+        c->close_notify_sent = 1;
+        c->tls_wants_output = 0;
+        /* The server's answer may already sit in OpenSSL, unseen by epoll. */
+        if (lg_tls_has_pending(c->tls))
+            lg_list_pending(s, c);
+    } else if (status == LG_TLS_WANT_WRITE || status == LG_TLS_WANT_READ) {
+        c->tls_wants_output = status == LG_TLS_WANT_WRITE;
+    } else {
+        return lg_tls_failed(s, c, status);
+    }
+    return lg_update_interest(s, c);
+}
+
+/* Handshake mode, once the connection's message came back: close politely
+ * (close_notify, or FIN without TLS) and wait for the server to do the same,
+ * so that its side of the close is paid for inside the cycle too. */
+static int lg_begin_close(lg_state *s, lg_conn *c)
+{
+    c->state = LG_CLOSING;
+    c->stage_deadline_ns = lg_now_ns() + lg_seconds_to_ns(s->config->connect_timeout_s);
+    c->send_blocked = 0;
+    if (c->tls)
+        return lg_send_close_notify(s, c);
+    if (shutdown(c->fd, SHUT_WR) < 0)
+        return lg_fail(s, "connection %d: shutdown failed: %s", c->index, strerror(errno));
+    return lg_update_interest(s, c);
+}
+
+/* What follows bytes having been read: the close in handshake mode once the
+ * message is back, else more sending. */
+static int lg_after_input(lg_state *s, lg_conn *c, uint64_t now)
+{
+    if (c->state == LG_CLOSING)
+        return lg_update_interest(s, c);
+    if (s->config->handshakes && c->echoed_messages > c->first_message)
+        return lg_begin_close(s, c);
+    return lg_send_ready(s, c, now);
+}
+
+static int lg_receive_plain(lg_state *s, lg_conn *c)
 {
     uint64_t now = lg_now_ns();
     for (int reads = 0; reads < LG_READS_PER_EVENT; reads++) {
@@ -434,21 +598,237 @@ static int lg_receive(lg_state *s, lg_conn *c)
             return lg_fail(s, "connection %d: receive failed: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)",
                            c->index, strerror(errno), lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
         }
-        if (n == 0)
+        if (n == 0) {
+            if (c->state == LG_CLOSING)
+                return lg_finish_cycle(s, c);
             return lg_fail(s,
                            "connection %d: server closed the connection (EOF) after echoing %" PRIu64
                            " of %" PRIu64 " bytes sent",
                            c->index, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+        }
         now = lg_now_ns();
         if (lg_check_echo(s, c, s->recv_buffer, (size_t)n, now) < 0)
             return -1;
         if ((size_t)n < LG_RECV_BUFFER_SIZE)
             break;
     }
-    return lg_send_ready(s, c, now);
+    return lg_after_input(s, c, now);
+}
+
+static int lg_receive_tls(lg_state *s, lg_conn *c)
+{
+    uint64_t now = lg_now_ns();
+    enum lg_tls_status status = LG_TLS_WANT_READ;
+    for (int reads = 0; reads < LG_READS_PER_EVENT; reads++) {
+        size_t n = 0;
+        status = lg_tls_read(c->tls, s->recv_buffer, LG_RECV_BUFFER_SIZE, &n, s->tls_error, sizeof s->tls_error);
+        if (status != LG_TLS_DONE)
+            break;
+        now = lg_now_ns();
+        if (lg_check_echo(s, c, s->recv_buffer, n, now) < 0)
+            return -1;
+        /* Nothing held back by OpenSSL: whatever else arrives, epoll reports. */
+        if (!lg_tls_has_pending(c->tls))
+            break;
+    }
+    switch (status) {
+    case LG_TLS_DONE: /* the read budget ran out, or nothing is held */
+        c->tls_wants_output = 0;
+        if (lg_tls_has_pending(c->tls))
+            lg_list_pending(s, c);
+        break;
+    case LG_TLS_WANT_READ:
+        c->tls_wants_output = 0;
+        break;
+    case LG_TLS_WANT_WRITE:
+        c->tls_wants_output = 1;
+        break;
+    case LG_TLS_CLOSED:
+    case LG_TLS_EOF:
+        if (c->state == LG_CLOSING && c->close_notify_sent)
+            return lg_finish_cycle(s, c);
+        return lg_tls_failed(s, c, status);
+    case LG_TLS_ERROR:
+        return lg_tls_failed(s, c, status);
+    }
+    return lg_after_input(s, c, now);
+}
+
+static int lg_receive(lg_state *s, lg_conn *c)
+{
+    return c->tls ? lg_receive_tls(s, c) : lg_receive_plain(s, c);
+}
+
+/* The connection is ready to echo (TCP up and, with TLS, handshaken). */
+static int lg_established(lg_state *s, lg_conn *c)
+{
+    c->state = LG_ESTABLISHED;
+    c->stage_deadline_ns = 0;
+    if (c->tls && !s->result->tls_description[0])
+        lg_tls_describe(c->tls, s->result->tls_description, sizeof s->result->tls_description);
+    int rc;
+    if (s->phase == LG_CONNECTING) {
+        s->connected_count++; /* sending starts once all are up */
+        rc = lg_update_interest(s, c);
+    } else {
+        rc = lg_send_ready(s, c, lg_now_ns()); /* handshake mode's next connection */
+    }
+    if (rc < 0)
+        return -1;
+    if (c->tls && lg_tls_has_pending(c->tls))
+        lg_list_pending(s, c);
+    return 0;
+}
+
+static int lg_continue_handshake(lg_state *s, lg_conn *c)
+{
+    enum lg_tls_status status = lg_tls_handshake(c->tls, s->tls_error, sizeof s->tls_error);
+    switch (status) {
+    case LG_TLS_DONE:
+        c->tls_wants_output = 0;
+        return lg_established(s, c);
+    case LG_TLS_WANT_READ:
+    case LG_TLS_WANT_WRITE:
+        c->tls_wants_output = status == LG_TLS_WANT_WRITE;
+        return lg_update_interest(s, c);
+    case LG_TLS_CLOSED:
+    case LG_TLS_EOF:
+        return lg_fail(s, "connection %d: server closed the connection during the TLS handshake", c->index);
+    default:
+        return lg_fail(s, "connection %d: %s", c->index, s->tls_error);
+    }
+}
+
+/* TCP is up: handshake, or echo straight away without TLS. */
+static int lg_tcp_connected(lg_state *s, lg_conn *c)
+{
+    if (!s->tls)
+        return lg_established(s, c);
+    c->tls = lg_tls_session_new(s->tls, c->fd, s->config->host, s->tls_error, sizeof s->tls_error);
+    if (!c->tls)
+        return lg_fail(s, "connection %d: %s", c->index, s->tls_error);
+    c->state = LG_TLS_HANDSHAKING;
+    return lg_continue_handshake(s, c);
+}
+
+static int lg_start_connect(lg_state *s, lg_conn *c)
+{
+    c->state = LG_TCP_CONNECTING;
+    c->connect_ns = lg_now_ns();
+    c->stage_deadline_ns = c->connect_ns + lg_seconds_to_ns(s->config->connect_timeout_s);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        return lg_fail(s, "connection %d: socket() failed: %s", c->index, strerror(errno));
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (const struct sockaddr *)&s->address, sizeof s->address) == 0) {
+        if (lg_watch(s, c, EPOLL_CTL_ADD, EPOLLIN) < 0)
+            return -1;
+        return lg_tcp_connected(s, c);
+    }
+    /* On a nonblocking socket an interrupted connect() carries on in the
+     * background, exactly like EINPROGRESS; completion shows as EPOLLOUT. */
+    if (errno != EINPROGRESS && errno != EINTR)
+        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
+                       s->config->host, s->config->port, strerror(errno));
+    return lg_watch(s, c, EPOLL_CTL_ADD, EPOLLOUT);
+}
+
+static int lg_finish_connect(lg_state *s, lg_conn *c)
+{
+    int error = 0;
+    socklen_t length = sizeof error;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0)
+        error = errno;
+    if (error != 0)
+        return lg_fail(s, "connection %d: connect to %s:%d failed: %s", c->index,
+                       s->config->host, s->config->port, strerror(error));
+    return lg_tcp_connected(s, c);
+}
+
+/* Handshake mode: the close is under way; send close_notify if it could not
+ * go yet, then look for the server's answer. */
+static int lg_continue_close(lg_state *s, lg_conn *c)
+{
+    if (c->tls && !c->close_notify_sent) {
+        if (lg_send_close_notify(s, c) < 0)
+            return -1;
+        if (!c->close_notify_sent)
+            return 0;
+    }
+    return lg_receive(s, c);
+}
+
+static int lg_on_event(lg_state *s, lg_conn *c, uint32_t what)
+{
+    switch (c->state) {
+    case LG_TCP_CONNECTING:
+        return lg_finish_connect(s, c);
+    case LG_TLS_HANDSHAKING:
+        return lg_continue_handshake(s, c);
+    case LG_CLOSING:
+        return lg_continue_close(s, c);
+    case LG_ESTABLISHED:
+        /* recv() reports an error or EOF; a TLS read that wanted output
+         * retries on EPOLLOUT and sends after. */
+        if (what & (EPOLLIN | EPOLLERR | EPOLLHUP) || c->tls_wants_output)
+            return lg_receive(s, c);
+        return lg_send_ready(s, c, lg_now_ns());
+    }
+    return 0;
+}
+
+/* Serve the connections OpenSSL holds bytes for. Ones listed again while
+ * this runs wait for the next pass, so this ends. */
+static int lg_serve_pending(lg_state *s)
+{
+    lg_conn **serving = s->pending;
+    int count = s->pending_count;
+    s->pending = s->serving;
+    s->serving = serving;
+    s->pending_count = 0;
+    for (int i = 0; i < count; i++) {
+        lg_conn *c = serving[i];
+        c->pending_listed = 0;
+        /* A connection closed and reopened since it was listed holds nothing. */
+        if (!c->tls || (c->state != LG_ESTABLISHED && c->state != LG_CLOSING))
+            continue;
+        if ((c->state == LG_CLOSING ? lg_continue_close(s, c) : lg_receive(s, c)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Handshake mode: a connection stuck in connect, handshake or close fails
+ * the run, as a connect phase that overruns does in echo mode. */
+static int lg_check_stages(lg_state *s, uint64_t now)
+{
+    const lg_config *cfg = s->config;
+    for (int i = 0; i < cfg->conns; i++) {
+        lg_conn *c = &s->conns[i];
+        if (c->stage_deadline_ns == 0 || now < c->stage_deadline_ns)
+            continue;
+        if (c->state == LG_CLOSING)
+            return lg_fail(s, "connection %d: server did not close within %g s of the client's %s", c->index,
+                           cfg->connect_timeout_s, c->tls ? "close_notify" : "FIN");
+        return lg_fail(s, "connection %d: %s to %s:%d not completed within %g s", c->index,
+                       s->tls ? "connect and TLS handshake" : "connect", cfg->host, cfg->port,
+                       cfg->connect_timeout_s);
+    }
+    return 0;
 }
 
 /* ---- the run ------------------------------------------------------------ */
+
+int lg_tls_supported(void)
+{
+    return lg_tls_available();
+}
+
+const char *lg_tls_version_text(void)
+{
+    return lg_tls_library();
+}
 
 static int lg_validate(lg_state *s)
 {
@@ -469,10 +849,29 @@ static int lg_validate(lg_state *s)
         return lg_fail(s, "duration %g s is outside (0, 3600]", cfg->duration_s);
     if (!(cfg->connect_timeout_s > 0.0 && cfg->connect_timeout_s <= 600.0))
         return lg_fail(s, "connect timeout %g s is outside (0, 600]", cfg->connect_timeout_s);
-    if (cfg->server_pid < 0)
-        return lg_fail(s, "server pid %d is negative", cfg->server_pid);
+    if (cfg->server_pid_count < 0 || cfg->server_pid_count > LG_MAX_SERVER_PIDS)
+        return lg_fail(s, "server pid count %d is outside 0..%d", cfg->server_pid_count, LG_MAX_SERVER_PIDS);
+    if (cfg->server_pid_count > 0 && !cfg->server_pids)
+        return lg_fail(s, "server pid count %d without server pids", cfg->server_pid_count);
+    for (int i = 0; i < cfg->server_pid_count; i++)
+        if (cfg->server_pids[i] <= 0)
+            return lg_fail(s, "server pid %d is not a process id", cfg->server_pids[i]);
+    if (cfg->handshakes && cfg->depth != 1)
+        return lg_fail(s, "depth %d: handshake mode echoes one message per connection, so depth must be 1",
+                       cfg->depth);
+    if (cfg->tls_version != 0 && cfg->tls_version != 12 && cfg->tls_version != 13)
+        return lg_fail(s, "tls_version %d is not 0 (1.2 or 1.3), 12 or 13", cfg->tls_version);
+    if (!cfg->tls && (cfg->tls_version != 0 || cfg->tls_ca_file))
+        return lg_fail(s, "tls_version and tls_ca_file apply only with tls");
     s->address.sin_family = AF_INET;
     s->address.sin_port = htons((uint16_t)cfg->port);
+    if (cfg->tls) {
+        /* Here rather than in lg_allocate: a CA file that cannot be loaded,
+         * or a build without TLS, is a config error, not a failed run. */
+        s->tls = lg_tls_context_new(cfg->tls_version, cfg->tls_ca_file, s->tls_error, sizeof s->tls_error);
+        if (!s->tls)
+            return lg_fail(s, "%s", s->tls_error);
+    }
     return 0;
 }
 
@@ -485,7 +884,9 @@ static int lg_allocate(lg_state *s)
     s->pattern = malloc(cfg->size + LG_PATTERN_ROTATIONS);
     s->recv_buffer = malloc(LG_RECV_BUFFER_SIZE);
     s->latency = malloc(sizeof *s->latency);
-    if (!s->conns || !s->started_ns || !s->pattern || !s->recv_buffer || !s->latency)
+    s->pending = calloc(conns, sizeof *s->pending);
+    s->serving = calloc(conns, sizeof *s->serving);
+    if (!s->conns || !s->started_ns || !s->pattern || !s->recv_buffer || !s->latency || !s->pending || !s->serving)
         return lg_fail(s, "out of memory for %d connections of %zu-byte messages", cfg->conns, cfg->size);
     lg_fill_pattern(s->pattern, cfg->size + LG_PATTERN_ROTATIONS, cfg->seed);
     lg_histogram_reset(s->latency);
@@ -503,16 +904,23 @@ static int lg_allocate(lg_state *s)
 static void lg_release(lg_state *s)
 {
     if (s->conns)
-        for (int i = 0; i < s->config->conns; i++)
+        for (int i = 0; i < s->config->conns; i++) {
+            if (s->conns[i].tls)
+                lg_tls_session_free(s->conns[i].tls);
             if (s->conns[i].fd >= 0)
                 close(s->conns[i].fd);
+        }
     if (s->epoll_fd >= 0)
         close(s->epoll_fd);
+    if (s->tls)
+        lg_tls_context_free(s->tls);
     free(s->conns);
     free(s->started_ns);
     free(s->pattern);
     free(s->recv_buffer);
     free(s->latency);
+    free(s->pending);
+    free(s->serving);
 }
 
 /* Start counting: everything before this moment was warm-up. */
@@ -523,8 +931,7 @@ static int lg_open_window(lg_state *s)
         s->conns[i].window_messages = 0;
     s->window_messages = 0;
     s->phase = LG_MEASURING;
-    if (s->config->server_pid > 0 &&
-        lg_read_server_cpu(s, &s->window_server_user_us, &s->window_server_system_us) < 0)
+    if (lg_read_server_cpu(s, &s->window_server_user_us, &s->window_server_system_us) < 0)
         return -1;
     s->window_own_cpu_us = lg_own_cpu_us();
     s->window_start_ns = lg_now_ns();
@@ -537,7 +944,7 @@ static int lg_close_window(lg_state *s)
     lg_result *r = s->result;
     r->elapsed_s = (double)(lg_now_ns() - s->window_start_ns) / 1e9;
     r->own_cpu_us = lg_own_cpu_us() - s->window_own_cpu_us;
-    if (cfg->server_pid > 0) {
+    if (cfg->server_pid_count > 0) {
         int64_t user_us, system_us;
         if (lg_read_server_cpu(s, &user_us, &system_us) < 0 || lg_read_server_rss(s, &r->server_rss_kib) < 0)
             return -1;
@@ -545,6 +952,7 @@ static int lg_close_window(lg_state *s)
         r->server_stime_us = system_us - s->window_server_system_us;
     }
     r->messages = s->window_messages;
+    r->handshakes = cfg->handshakes ? s->window_messages : 0;
     r->p50_ns = lg_histogram_quantile(s->latency, 0.50);
     r->p99_ns = lg_histogram_quantile(s->latency, 0.99);
     r->p999_ns = lg_histogram_quantile(s->latency, 0.999);
@@ -574,7 +982,8 @@ static int lg_drive(lg_state *s)
             return -1;
 
     /* Each pass either sleeps until an event or the next deadline (at most
-     * LG_MAX_WAIT_MS), so the loop ends by the last deadline. */
+     * LG_MAX_WAIT_MS), or with pending TLS bytes does not sleep at all but
+     * serves them; either way the loop ends by the last deadline. */
     for (;;) {
         uint64_t now = lg_now_ns();
         if (s->phase == LG_CONNECTING) {
@@ -586,9 +995,14 @@ static int lg_drive(lg_state *s)
                     if (lg_send_ready(s, &s->conns[i], now) < 0)
                         return -1;
             } else if (now >= deadline) {
-                return lg_fail(s, "only %d of %d connections to %s:%d were established within %g s",
-                               s->connected_count, cfg->conns, cfg->host, cfg->port, cfg->connect_timeout_s);
+                return lg_fail(s, "only %d of %d connections to %s:%d were established%s within %g s",
+                               s->connected_count, cfg->conns, cfg->host, cfg->port,
+                               s->tls ? " (TLS handshake included)" : "", cfg->connect_timeout_s);
             }
+        } else if (cfg->handshakes && now >= s->next_stage_check_ns) {
+            if (lg_check_stages(s, now) < 0)
+                return -1;
+            s->next_stage_check_ns = now + LG_STAGE_CHECK_MS * 1000000u;
         }
         if (s->phase == LG_WARMING_UP && now >= deadline) {
             if (lg_open_window(s) < 0)
@@ -604,26 +1018,43 @@ static int lg_drive(lg_state *s)
         uint64_t wait_ms = (wait_ns + 999999u) / 1000000u;
         if (wait_ms > LG_MAX_WAIT_MS)
             wait_ms = LG_MAX_WAIT_MS;
+        if (s->pending_count > 0)
+            wait_ms = 0;
         int ready = epoll_wait(s->epoll_fd, events, LG_MAX_EVENTS, (int)wait_ms);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
             return lg_fail(s, "epoll_wait failed: %s", strerror(errno));
         }
-        for (int i = 0; i < ready; i++) {
-            lg_conn *c = events[i].data.ptr;
-            uint32_t what = events[i].events;
-            int rc;
-            if (!c->connected)
-                rc = lg_finish_connect(s, c);
-            else if (what & (EPOLLIN | EPOLLERR | EPOLLHUP))
-                rc = lg_receive(s, c); /* recv() reports the error or EOF */
-            else
-                rc = lg_send_ready(s, c, lg_now_ns());
-            if (rc < 0)
+        for (int i = 0; i < ready; i++)
+            if (lg_on_event(s, events[i].data.ptr, events[i].events) < 0)
                 return -1;
-        }
+        if (s->pending_count > 0 && lg_serve_pending(s) < 0)
+            return -1;
     }
+}
+
+/* OpenSSL writes with write(2), which raises SIGPIPE on a closed peer (the
+ * plain path's MSG_NOSIGNAL cannot reach it). Block it in this thread for
+ * the run, and swallow one that arrived meanwhile. */
+static int lg_block_sigpipe(sigset_t *previous)
+{
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    return pthread_sigmask(SIG_BLOCK, &pipe_only, previous) == 0;
+}
+
+static void lg_restore_sigpipe(const sigset_t *previous)
+{
+    if (sigismember(previous, SIGPIPE) != 1) { /* it was not blocked before: drop ours, if any */
+        sigset_t pipe_only;
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        const struct timespec no_wait = { 0, 0 };
+        sigtimedwait(&pipe_only, NULL, &no_wait); /* at most one is pending: SIGPIPE does not queue */
+    }
+    pthread_sigmask(SIG_SETMASK, previous, NULL);
 }
 
 int lg_run(const lg_config *config, lg_result *result)
@@ -631,9 +1062,15 @@ int lg_run(const lg_config *config, lg_result *result)
     memset(result, 0, sizeof *result);
     result->server_utime_us = result->server_stime_us = result->server_rss_kib = -1;
     lg_state s = { .config = config, .result = result, .epoll_fd = -1, .phase = LG_CONNECTING };
-    if (lg_validate(&s) < 0)
+    if (lg_validate(&s) < 0) {
+        lg_release(&s);
         return LG_BAD_CONFIG;
+    }
+    sigset_t previous_mask;
+    int blocked = s.tls ? lg_block_sigpipe(&previous_mask) : 0;
     int rc = lg_allocate(&s) == 0 ? lg_drive(&s) : -1;
     lg_release(&s);
+    if (blocked)
+        lg_restore_sigpipe(&previous_mask);
     return rc == 0 ? LG_OK : LG_FAILED;
 }

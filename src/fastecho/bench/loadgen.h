@@ -1,13 +1,23 @@
 /*
- * loadgen.h: a single-threaded epoll load generator for TCP echo servers.
+ * loadgen.h: a single-threaded epoll load generator for TCP and TLS echo
+ * servers.
  *
- * It opens N connections to one IPv4 host:port, keeps `depth` messages of
- * `size` bytes in flight on each, checks every echoed byte, and records the
- * latency of each message in a log-linear histogram. It has no Python in it;
- * src/fastecho/bench/_loadgen.pyx calls lg_run() with the GIL released.
+ * Echo mode (the default): it opens N connections to one IPv4 host:port
+ * (with TLS, handshakes on each), keeps `depth` messages of `size` bytes in
+ * flight on each, checks every echoed byte, and records the latency of each
+ * message in a log-linear histogram. Every handshake happens before the
+ * measured window.
  *
- * The run is bounded in time: connect_timeout_s + warmup_s + duration_s
- * (plus one epoll tick), whatever the server does.
+ * Handshake mode (lg_config.handshakes): each of the N connections, over and
+ * over, connects, completes a full handshake (never a resumed one), echoes
+ * one message of `size` bytes, checks it, and closes (close_notify, or FIN
+ * without TLS, then waits for the server's). The window counts these cycles;
+ * latency is from connect() to the verified echo. Without TLS a "handshake"
+ * is a TCP connection's setup and teardown.
+ *
+ * It has no Python in it; src/fastecho/bench/_loadgen.pyx calls lg_run()
+ * with the GIL released. The run is bounded in time: connect_timeout_s +
+ * warmup_s + duration_s (plus one epoll tick), whatever the server does.
  */
 #ifndef FASTECHO_LOADGEN_H
 #define FASTECHO_LOADGEN_H
@@ -27,6 +37,9 @@
 #define LG_HIST_BUCKETS ((64 - 5) * LG_HIST_SUB_BUCKETS)
 
 #define LG_ERROR_SIZE 512
+#define LG_TLS_DESCRIPTION_SIZE 128
+/* Most processes whose CPU one run sums (a proxy in front + its backend, ...). */
+#define LG_MAX_SERVER_PIDS 16
 
 typedef struct lg_histogram {
     uint64_t counts[LG_HIST_BUCKETS];
@@ -45,44 +58,72 @@ typedef struct lg_config {
     double duration_s;        /* length of the measured window, > 0 */
     double connect_timeout_s; /* all connections must be up within this, > 0 */
     uint64_t max_messages;    /* end the window early after this many; 0 = no limit */
-    int server_pid;           /* read this process's CPU and RSS; 0 = don't */
+    /* The server side: every process that serves the clients (a TLS proxy and
+     * its backend count together). Their CPU and RSS are summed. */
+    const int *server_pids;   /* server_pid_count process ids, each > 0 */
+    int server_pid_count;     /* 0..LG_MAX_SERVER_PIDS; 0 = don't read any */
     uint64_t seed;            /* payload pattern seed */
+    int tls;                  /* nonzero: speak TLS (only in a build with FASTECHO_WITH_TLS) */
+    int tls_version;          /* with tls: 0 = 1.2 or 1.3, as negotiated; 12 or 13 = only that one */
+    const char *tls_ca_file;  /* with tls: verify the server's certificate, which must name `host`,
+                                 against this PEM CA; NULL = accept any certificate */
+    int handshakes;           /* nonzero: handshake mode (see above); needs depth 1 */
 } lg_config;
 
 typedef struct lg_result {
     /* Everything below counts only the measured window. */
     uint64_t messages;          /* messages fully echoed and verified */
+    uint64_t handshakes;        /* handshake mode: connections that completed connect, handshake
+                                   and their one verified echo (so equal to messages); else 0 */
     double elapsed_s;           /* actual window length */
-    double connect_s;           /* time to establish all connections */
-    uint64_t p50_ns, p99_ns, p999_ns, max_ns; /* per-message latency */
-    int starved_conns;          /* connections that completed no message */
-    uint64_t min_conn_messages; /* fewest messages one connection completed */
-    uint64_t max_conn_messages; /* most messages one connection completed */
+    double connect_s;           /* time to establish all connections (with TLS, handshakes
+                                   included), before any warm-up */
+    uint64_t p50_ns, p99_ns, p999_ns, max_ns; /* per-message latency; in handshake mode,
+                                   connect() to verified echo */
+    int starved_conns;          /* connections (handshake mode: slots) that completed nothing */
+    uint64_t min_conn_messages; /* fewest messages one connection (slot) completed */
+    uint64_t max_conn_messages; /* most messages one connection (slot) completed */
     int64_t own_cpu_us;         /* CPU the generator itself used: near elapsed_s
                                    means the client, not the server, was the limit */
-    /* Only when lg_config.server_pid != 0, else -1. */
+    /* Only when lg_config.server_pid_count > 0, else -1; sums over those processes. */
     int64_t server_utime_us;    /* user CPU the server used in the window */
     int64_t server_stime_us;    /* system CPU the server used in the window */
     int64_t server_rss_kib;     /* server VmRSS at the end of the window */
+    /* With tls: what the first handshake negotiated, e.g.
+     * "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"; else empty. */
+    char tls_description[LG_TLS_DESCRIPTION_SIZE];
     char error[LG_ERROR_SIZE];  /* why lg_run failed; empty on success */
 } lg_result;
 
 enum lg_status {
     LG_OK = 0,
     LG_FAILED = -1,     /* the run failed; see lg_result.error */
-    LG_BAD_CONFIG = -2, /* a config field is out of range; see lg_result.error */
+    LG_BAD_CONFIG = -2, /* a config field is out of range, the CA file cannot be loaded, or
+                           TLS was asked of a build without it; see lg_result.error */
 };
 
 /*
  * Run one measurement. Returns LG_OK and fills *result, or returns
  * LG_BAD_CONFIG or LG_FAILED with a one-line reason in result->error.
- * The run fails when: connections are not all established within
- * connect_timeout_s, an echoed byte differs from what was sent, the server
- * closes or resets a connection, or /proc/<server_pid> cannot be read.
+ * The run fails when: connections are not all established (TLS handshake
+ * included) within connect_timeout_s, an echoed byte differs from what was
+ * sent, the server closes or resets a connection, a handshake fails (a
+ * certificate that does not verify included), or a server pid's /proc
+ * entry cannot be read. In handshake mode it also fails when one
+ * connection's connect and handshake, or its close once echoed, takes
+ * longer than connect_timeout_s.
  * A connection the server never answers is NOT a failure; it is counted in
- * starved_conns. Thread-safe: keeps no global state.
+ * starved_conns. Thread-safe: keeps no global state, and blocks SIGPIPE in
+ * the calling thread only while it runs (OpenSSL writes with write(2)).
  */
 int lg_run(const lg_config *config, lg_result *result);
+
+/* 1 when this build can speak TLS (FASTECHO_WITH_TLS), else 0. */
+int lg_tls_supported(void);
+
+/* The TLS library the generator runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026";
+ * NULL without TLS. */
+const char *lg_tls_version_text(void);
 
 /* Empty the histogram. */
 void lg_histogram_reset(lg_histogram *hist);

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -12,11 +14,32 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fastecho.bench.certs import TlsFiles
 from fastecho.bench.harness import BASELINE_SERVER, Plan, Row, find_row, format_size
-from fastecho.bench.servers import SERVERS
+from fastecho.bench.servers import SERVERS, haproxy_binary
 
 
-def machine_info(plan: Plan, argv: Sequence[str]) -> dict:
+def _haproxy_version() -> str | None:
+    """'2.6.12-1+deb12u4' from `haproxy -v`, or None without one."""
+    binary = haproxy_binary()
+    if binary is None:
+        return None
+    try:
+        first = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10,
+                               stdin=subprocess.DEVNULL).stdout.partition("\n")[0]
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = first.split()
+    return words[2] if len(words) > 2 and words[:2] == ["HAProxy", "version"] else first or None
+
+
+def _load_generator_tls() -> str | None:
+    from fastecho.bench._loadgen import TLS_LIBRARY
+
+    return TLS_LIBRARY
+
+
+def machine_info(plan: Plan, argv: Sequence[str], tls: TlsFiles | None = None) -> dict:
     """What a reader needs to judge and rerun the figures."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -51,6 +74,14 @@ def machine_info(plan: Plan, argv: Sequence[str]) -> dict:
         "warmup_s": plan.warmup,
         "command": "python -m fastecho.bench " + " ".join(argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "transport": plan.transport,
+        "tls_version": plan.tls_version,
+        "handshakes": plan.handshakes,
+        "certificate": tls.description if tls else None,
+        # Not always the same library: wheels bundle the load generator's.
+        "load_generator_tls": _load_generator_tls(),
+        "python_ssl": ssl.OPENSSL_VERSION,  # asyncio's and uvloop's
+        "haproxy": _haproxy_version() if "haproxy" in plan.servers else None,
     }
 
 
@@ -58,11 +89,20 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _negotiated(row: Row) -> str | None:
+    """What TLS the row's handshakes settled on ('a; b' if rounds differed)."""
+    seen = list(dict.fromkeys(s.tls for s in row.samples.values() if s.tls))
+    return "; ".join(seen) if seen else None
+
+
 def row_record(row: Row, rows: Sequence[Row]) -> dict:
-    """One JSON row: medians over rounds; metrics are null when it failed."""
+    """One JSON row: medians over rounds; metrics are null when it failed.
+    In handshake mode the per-message keys are named per handshake (one
+    handshake echoes one message), and MiB/s is left out; TLS rows add
+    "tls", what was negotiated."""
     baseline = find_row(rows, BASELINE_SERVER, row.workload)
     w = row.workload
-    return {
+    record = {
         "server": row.server,
         "conns": w.conns,
         "size": w.size,
@@ -85,6 +125,13 @@ def row_record(row: Row, rows: Sequence[Row]) -> dict:
         "msgs_per_s_vs_fastecho": _rounded(row.ratio_to(baseline, "msgs_per_s"), 4),
         "cpu_per_msg_vs_fastecho": _rounded(row.ratio_to(baseline, "cpu_us_per_msg"), 4),
     }
+    if w.handshakes:
+        del record["mib_per_s"]
+        record = {key.replace("msgs", "handshakes").replace("_msg", "_handshake"): value
+                  for key, value in record.items()}
+    if (negotiated := _negotiated(row)) is not None:
+        record["tls"] = negotiated
+    return record
 
 
 def write_json(path: Path, machine: dict, rows: Sequence[Row]) -> None:
@@ -103,28 +150,31 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
-def render_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> None:
+def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFiles | None = None) -> None:
     """One table per workload, one row per server, medians over rounds."""
+    unit = "handshake" if plan.handshakes else "msg"
     for workload in plan.workloads:
         baseline = find_row(rows, BASELINE_SERVER, workload)
-        table = Table(title=f"{workload.label} · median of {plan.rounds} round{'s' * (plan.rounds > 1)}",
-                      title_justify="left", title_style="bold")
+        title = f"{workload.label} · {plan.transport_label} · median of {plan.rounds} round{'s' * (plan.rounds > 1)}"
+        table = Table(title=title, title_justify="left", title_style="bold")
         table.add_column("server", style="bold")
-        for heading in ("msgs/s", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/msg\n(user + sys)",
-                        "starved\nconns", "RSS\nMiB", "msgs/s\nvs fastecho", "CPU/msg\nvs fastecho"):
+        headings = [f"{unit}s/s", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs", f"CPU µs/{unit}\n(user + sys)",
+                    "starved\nconns", "RSS\nMiB", f"{unit}s/s\nvs fastecho", f"CPU/{unit}\nvs fastecho"]
+        if plan.handshakes:
+            headings.remove("MiB/s")  # one small message per handshake: not a throughput
+        for heading in headings:
             table.add_column(heading, justify="right")
         for server in plan.servers:
             row = find_row(rows, server, workload)
             if row is None:
                 continue
             if not row.ok:
-                table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * 9)
+                table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * (len(headings) - 1))
                 continue
             cpu, user, system = (row.median(m) for m in ("cpu_us_per_msg", "user_us_per_msg", "sys_us_per_msg"))
             cpu_cell = "–" if cpu is None else f"{cpu:.2f} ({user:.2f} + {system:.2f})"
             starved = row.median("starved_conns")
-            table.add_row(
-                server,
+            cells = [
                 _number(row.median("msgs_per_s"), 0, thousands=True),
                 _number(row.median("mib_per_s"), 1),
                 _number(row.median("p50_us"), 1),
@@ -135,11 +185,31 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> None:
                 _number(rss / 1024 if (rss := row.median("rss_kib")) is not None else None, 1),
                 _ratio(row.ratio_to(baseline, "msgs_per_s")),
                 _ratio(row.ratio_to(baseline, "cpu_us_per_msg")),
-            )
+            ]
+            if plan.handshakes:
+                del cells[1]
+            table.add_row(server, *cells)
         console.print(table)
     cpus = f"server on CPU {_cpus(plan.server_cpus)}, load generator on CPU {_cpus(plan.client_cpus)}"
-    console.print(f"[dim]{cpus}; CPU µs/msg is the server's user+sys time in the window divided by messages "
-                  f"echoed; starved = connections that completed no message.[/dim]")
+    if plan.handshakes:
+        what = ("CPU µs/handshake is the server's user+sys time in the window divided by the cycles of connect, "
+                "full handshake, one echo and close completed; latency is connect() to verified echo; starved = "
+                "connections that completed no cycle.")
+    else:
+        what = ("CPU µs/msg is the server's user+sys time in the window divided by messages echoed; starved = "
+                "connections that completed no message.")
+    console.print(f"[dim]{cpus}; {what}[/dim]")
+    if tls is not None:
+        negotiated = {row.server: n for row in rows if (n := _negotiated(row))}
+        settled = sorted(set(negotiated.values()))
+        if len(settled) == 1:
+            agreed = f"every TLS server negotiated {settled[0]}"
+        else:
+            agreed = "negotiated: " + "; ".join(f"{server}: {n}" for server, n in negotiated.items())
+        plain = [n for n in plan.servers if n in SERVERS and not SERVERS[n].client_tls]
+        console.print(f"[dim]TLS: {tls.description}, verified by the load generator; {agreed}. Server CPU of "
+                      f"a proxy in front counts both processes (proxy + backend)"
+                      + (f"; {', '.join(plain)}: plain TCP, for comparison" if plain else "") + ".[/dim]")
 
 
 def _cpus(cpus: frozenset[int] | None) -> str:
@@ -156,8 +226,10 @@ def check_plot_support() -> str | None:
 
 
 def write_plot(path: Path, plan: Plan, rows: Sequence[Row]) -> None:
-    """msgs/s and server CPU µs/msg against connection count, one line per
-    server, one pair of panels per (size, depth)."""
+    """msgs/s and server CPU µs/msg (per handshake in handshake mode)
+    against connection count, one line per server, one pair of panels per
+    (size, depth)."""
+    unit = "handshake" if plan.handshakes else "message"
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -175,10 +247,10 @@ def write_plot(path: Path, plan: Plan, rows: Sequence[Row]) -> None:
             conns = [p[0] for p in points]
             throughput_axis.plot(conns, [p[1] for p in points], marker="o", label=server)
             cpu_axis.plot(conns, [p[2] for p in points], marker="o", label=server)
-        shape = f"{format_size(size)} messages, depth {depth}"
-        throughput_axis.set(title=f"throughput · {shape}", xlabel="connections", ylabel="messages/s", xscale="log")
-        cpu_axis.set(title=f"server CPU per message · {shape}", xlabel="connections",
-                     ylabel="µs per message (user + sys)", xscale="log")
+        shape = f"{format_size(size)} messages, depth {depth}, {plan.transport_label}"
+        throughput_axis.set(title=f"throughput · {shape}", xlabel="connections", ylabel=f"{unit}s/s", xscale="log")
+        cpu_axis.set(title=f"server CPU per {unit} · {shape}", xlabel="connections",
+                     ylabel=f"µs per {unit} (user + sys)", xscale="log")
         for axis in (throughput_axis, cpu_axis):
             axis.set_ylim(bottom=0)  # ratios read true only from a zero baseline
             axis.grid(True, alpha=0.3)

@@ -2,22 +2,33 @@
 
 Every server prints one line, ``... listening on HOST:PORT ...``, once it
 accepts connections, and exits on SIGTERM. That is all the harness relies on.
+
+A server may also have a *front*: a proxy started after it, in front of it
+(HAProxy). A front cannot report a port, so it is given a free one, and it is
+ready once that port accepts a connection. The server side is then both
+processes: both are pinned to the server CPUs, both have their CPU counted,
+and both are stopped at the end.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
+import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastecho.bench.certs import TlsFiles
 from fastecho.bench.errors import ServerStartError
 
 HOST = "127.0.0.1"  # benchmarks only ever talk to loopback
@@ -33,6 +44,17 @@ def reference_binary() -> Path:
 
 
 @dataclass(frozen=True)
+class FrontLaunch:
+    """What a front is told when it is started."""
+
+    port: int  # where it must listen (free when chosen; it cannot report one itself)
+    backend_port: int  # where the server behind it listens
+    threads: int  # as many as the C servers get
+    tls: TlsFiles | None  # terminate TLS with these, or forward plain TCP
+    workdir: Path  # a private directory for its config files, removed afterwards
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     name: str
     description: str
@@ -41,6 +63,23 @@ class ServerSpec:
     command: Callable[[int, int], list[str]]
     # None when the server can run here, else why not.
     unavailable_reason: Callable[[], str | None]
+    # How it serves TLS: (threads, baseline_threads, tls) -> argv; None when
+    # it has no TLS. With a front, this starts the plain backend behind it.
+    tls_command: Callable[[int, int, TlsFiles], list[str]] | None = None
+    # None when it can serve TLS here, else why not (asked only for TLS runs).
+    tls_unavailable_reason: Callable[[], str | None] = lambda: None
+    # A proxy in front: argv of the front's process; None for none.
+    front: Callable[[FrontLaunch], list[str]] | None = None
+    front_name: str = ""
+    # False: in a TLS run the load generator still speaks plain TCP to it
+    # (fastecho-plain: the baseline that TLS adds its cost to).
+    client_tls: bool = True
+
+    def tls_reason(self) -> str | None:
+        """None when it can be run with --transport tls, else why not."""
+        if self.tls_command is None:
+            return "it has no TLS"
+        return self.unavailable_reason() or self.tls_unavailable_reason()
 
 
 def _module_missing(module: str, hint: str) -> Callable[[], str | None]:
@@ -61,15 +100,121 @@ def _reference_missing() -> str | None:
     return f"{path} is missing; reinstall fastecho (pip install .) to build it"
 
 
+_FASTECHO_MISSING = _module_missing("fastecho._core", "the engine is not built; pip install .")
+
+
+@functools.cache
+def _fastecho_tls_missing() -> str | None:
+    """Whether this fastecho serves TLS listeners, by what `serve --help`
+    offers: asking the CLI avoids depending on the engine's internals."""
+    try:
+        result = subprocess.run([sys.executable, "-m", "fastecho", "serve", "--help"], capture_output=True,
+                                text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"fastecho serve --help failed: {e}"
+    if result.returncode != 0:
+        return f"fastecho serve --help exited with status {result.returncode}"
+    if "--tls-cert" not in result.stdout:
+        return "this fastecho does not serve TLS yet (fastecho serve --help offers no --tls-cert)"
+    return None
+
+
+def _fastecho_plain(threads: int) -> list[str]:
+    return [sys.executable, "-m", "fastecho", "serve", "--host", HOST, "--port", "0", "--threads", str(threads)]
+
+
+def _fastecho_tls(threads: int, tls: TlsFiles) -> list[str]:
+    return [sys.executable, "-m", "fastecho", "serve", "--listen", f"tls://{HOST}:0", "--tls-cert", str(tls.cert),
+            "--tls-key", str(tls.key), "--threads", str(threads)]
+
+
+def _aioserver(*options: str) -> list[str]:
+    return [sys.executable, "-m", "fastecho.bench.aioserver", "--host", HOST, "--port", "0", *options]
+
+
+def _aioserver_tls(tls: TlsFiles, *options: str) -> list[str]:
+    return _aioserver("--tls-cert", str(tls.cert), "--tls-key", str(tls.key), *options)
+
+
+def haproxy_binary() -> str | None:
+    """HAProxy's path: on PATH, or in the sbin directories distributions use."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+def _haproxy_missing() -> str | None:
+    if haproxy_binary() is None:
+        return "haproxy is not installed (apt-get install haproxy)"
+    return _FASTECHO_MISSING()
+
+
+def _haproxy_maxconn() -> int:
+    """As many connections as the fd limit lets HAProxy hold, front and back
+    (two descriptors each). Left to itself it would size from the soft limit,
+    which the harness raises only as far as the client needs."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 100_000
+    return max(64, min(100_000, (hard - 128) // 2))
+
+
+def _haproxy_front(launch: FrontLaunch) -> list[str]:
+    """HAProxy in TCP mode: it terminates TLS (or only forwards, without
+    tls) and relays the bytes to the backend. No logging: nothing runs per
+    connection but the proxying."""
+    bind = f"bind {HOST}:{launch.port}"
+    if launch.tls is not None:
+        bind += f" ssl crt {launch.tls.combined} ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.3"
+    config = launch.workdir / "haproxy.cfg"
+    config.write_text(f"""\
+global
+    nbthread {launch.threads}
+    maxconn {_haproxy_maxconn()}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+
+frontend echo
+    {bind}
+    default_backend fastecho
+
+backend fastecho
+    server fastecho {HOST}:{launch.backend_port}
+""")
+    # -db: stay in the foreground as one process (no master-worker, no daemon)
+    return [haproxy_binary() or "haproxy", "-f", str(config), "-db"]
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec(
             "fastecho",
             "fastecho engine: C pthread pool + epoll",
-            lambda threads, _: [sys.executable, "-m", "fastecho", "serve",
-                                "--host", HOST, "--port", "0", "--threads", str(threads)],
-            _module_missing("fastecho._core", "the engine is not built; pip install ."),
+            lambda threads, _: _fastecho_plain(threads),
+            _FASTECHO_MISSING,
+            tls_command=lambda threads, _, tls: _fastecho_tls(threads, tls),
+            tls_unavailable_reason=_fastecho_tls_missing,
+        ),
+        ServerSpec(
+            "fastecho-plain",
+            "fastecho's plain TCP listener; in a TLS run the load generator speaks plain TCP to it, "
+            "as the baseline TLS adds to",
+            lambda threads, _: _fastecho_plain(threads),
+            _FASTECHO_MISSING,
+            tls_command=lambda threads, _, __: _fastecho_plain(threads),
+            client_tls=False,
+        ),
+        ServerSpec(
+            "haproxy",
+            "HAProxy (mode tcp) in front of fastecho's plain listener; with TLS, HAProxy terminates it",
+            lambda threads, _: _fastecho_plain(threads),
+            _haproxy_missing,
+            tls_command=lambda threads, _, __: _fastecho_plain(threads),
+            front=_haproxy_front,
+            front_name="haproxy",
         ),
         ServerSpec(
             "python",
@@ -80,16 +225,17 @@ SERVERS: dict[str, ServerSpec] = {
         ),
         ServerSpec(
             "asyncio",
-            "stdlib asyncio Protocol, one thread",
-            lambda _, __: [sys.executable, "-m", "fastecho.bench.aioserver", "--host", HOST, "--port", "0"],
+            "stdlib asyncio Protocol, one thread (TLS: the stdlib ssl module)",
+            lambda _, __: _aioserver(),
             lambda: None,
+            tls_command=lambda _, __, tls: _aioserver_tls(tls),
         ),
         ServerSpec(
             "uvloop",
-            "asyncio Protocol on uvloop, one thread",
-            lambda _, __: [sys.executable, "-m", "fastecho.bench.aioserver", "--host", HOST, "--port", "0",
-                           "--uvloop"],
+            "asyncio Protocol on uvloop, one thread (TLS: uvloop's, over the stdlib ssl module)",
+            lambda _, __: _aioserver("--uvloop"),
             _module_missing("uvloop", "pip install 'fastecho[uvloop]'"),
+            tls_command=lambda _, __, tls: _aioserver_tls(tls, "--uvloop"),
         ),
         ServerSpec(
             "reference",
@@ -102,15 +248,12 @@ SERVERS: dict[str, ServerSpec] = {
 
 
 @dataclass
-class RunningServer:
+class ServerProcess:
+    """One process of the server side, with where its stderr went."""
+
     name: str
     process: subprocess.Popen[bytes]
-    port: int
     stderr_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def exit_description(self) -> str | None:
         """'exited with status N: <last stderr line>' if it has exited."""
@@ -118,6 +261,31 @@ class RunningServer:
         if status is None:
             return None
         return _describe_exit(status, self.stderr_path)
+
+
+@dataclass
+class RunningServer:
+    name: str
+    process: subprocess.Popen[bytes]  # the server; with a front, the backend behind it
+    port: int  # where clients connect: with a front, the front's port
+    stderr_path: Path
+    front: ServerProcess | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Every process of the server side, whose CPU counts together."""
+        return (self.process.pid,) + ((self.front.process.pid,) if self.front else ())
+
+    def exit_description(self) -> str | None:
+        """'exited with status N: <last stderr line>' if the server has
+        exited, or the same prefixed with the front's name if the front has."""
+        if self.front is not None and (front_exit := self.front.exit_description()):
+            return f"{self.front.name} {front_exit}"
+        return ServerProcess(self.name, self.process, self.stderr_path).exit_description()
 
 
 def _last_line(path: Path) -> str:
@@ -181,26 +349,75 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
     process.wait()
 
 
+def _start(stack: ExitStack, name: str, argv: list[str], cpus: set[int] | None, log_dir: Path,
+           stem: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Spawn argv pinned to `cpus`, its output in files under log_dir, and
+    have `stack` stop and reap it. Returns it with its stdout and stderr paths.
+
+    Files, not pipes: a chatty server can never block on a full pipe nobody
+    reads."""
+    stdout_path, stderr_path = log_dir / f"{stem}.stdout", log_dir / f"{stem}.stderr"
+    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        try:
+            process = _spawn_pinned(argv, cpus, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        except OSError as e:
+            raise ServerStartError(f"cannot start {name} ({argv[0]}): {e.strerror or e}") from None
+    stack.callback(stop_process, process)
+    return process, stdout_path, stderr_path
+
+
+def _free_port() -> int:
+    """A port free on HOST right now. Another program could take it before
+    the front binds it; the front then fails to start, and says so."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def _wait_until_accepting(name: str, process: subprocess.Popen[bytes], port: int, stderr_path: Path,
+                          timeout: float) -> None:
+    """Wait until HOST:port accepts a TCP connection (closed at once, before
+    any measurement), failing early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = process.poll()
+        if status is not None:
+            raise ServerStartError(f"{name} {_describe_exit(status, stderr_path)} before listening")
+        try:
+            with socket.create_connection((HOST, port), timeout=_POLL_INTERVAL_S * 10):
+                return
+        except OSError:
+            time.sleep(_POLL_INTERVAL_S)
+    raise ServerStartError(f"{name} did not accept connections on {HOST}:{port} within {timeout:g} s")
+
+
 @contextmanager
 def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpus: set[int] | None = None,
-                   start_timeout: float = START_TIMEOUT_S) -> Iterator[RunningServer]:
-    """Start `spec` pinned to `cpus`, wait for its port, yield it, and always
-    stop and reap it on the way out (also on error and Ctrl-C).
+                   start_timeout: float = START_TIMEOUT_S, tls: TlsFiles | None = None) -> Iterator[RunningServer]:
+    """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given),
+    wait for its port, then start its front, if any, pinned the same and wait
+    until it accepts; yield it, and always stop and reap every process on the
+    way out (also on error and Ctrl-C), the front first.
 
-    Raises ServerStartError if it exits or stays silent before listening.
-    stdout and stderr go to files, not pipes, so that a chatty server can
-    never block on a full pipe nobody reads.
+    Raises ServerStartError if a process exits or stays silent before
+    listening, or if `spec` has no TLS and `tls` is given.
     """
-    argv = spec.command(threads, baseline_threads)
-    with tempfile.TemporaryDirectory(prefix=f"fastecho-bench-{spec.name}-") as log_dir:
-        stdout_path, stderr_path = Path(log_dir, "stdout"), Path(log_dir, "stderr")
-        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-            try:
-                process = _spawn_pinned(argv, cpus, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-            except OSError as e:
-                raise ServerStartError(f"cannot start {spec.name} ({argv[0]}): {e.strerror or e}") from None
-        try:
-            port = _wait_for_port(spec.name, process, stdout_path, stderr_path, start_timeout)
-            yield RunningServer(spec.name, process, port, stderr_path)
-        finally:
-            stop_process(process)
+    if tls is not None:
+        if spec.tls_command is None:
+            raise ServerStartError(f"{spec.name} has no TLS")
+        argv = spec.tls_command(threads, baseline_threads, tls)
+    else:
+        argv = spec.command(threads, baseline_threads)
+    # The directory outlives the processes: the stack stops them first.
+    with tempfile.TemporaryDirectory(prefix=f"fastecho-bench-{spec.name}-") as log_dir, ExitStack() as stack:
+        process, stdout_path, stderr_path = _start(stack, spec.name, argv, cpus, Path(log_dir), "server")
+        port = _wait_for_port(spec.name, process, stdout_path, stderr_path, start_timeout)
+        front = None
+        if spec.front is not None:
+            front_port = _free_port()
+            front_argv = spec.front(FrontLaunch(front_port, port, threads, tls, Path(log_dir)))
+            front_process, _, front_stderr = _start(stack, spec.front_name, front_argv, cpus, Path(log_dir), "front")
+            _wait_until_accepting(spec.front_name, front_process, front_port, front_stderr, start_timeout)
+            front = ServerProcess(spec.front_name, front_process, front_stderr)
+            port = front_port
+        yield RunningServer(spec.name, process, port, stderr_path, front)
