@@ -11,7 +11,6 @@ and both are stopped at the end.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import re
@@ -103,19 +102,15 @@ def _reference_missing() -> str | None:
 _FASTECHO_MISSING = _module_missing("fastecho._core", "the engine is not built; pip install .")
 
 
-@functools.cache
 def _fastecho_tls_missing() -> str | None:
-    """Whether this fastecho serves TLS listeners, by what `serve --help`
-    offers: asking the CLI avoids depending on the engine's internals."""
-    try:
-        result = subprocess.run([sys.executable, "-m", "fastecho", "serve", "--help"], capture_output=True,
-                                text=True, timeout=30, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"fastecho serve --help failed: {e}"
-    if result.returncode != 0:
-        return f"fastecho serve --help exited with status {result.returncode}"
-    if "--tls-cert" not in result.stdout:
-        return "this fastecho does not serve TLS yet (fastecho serve --help offers no --tls-cert)"
+    """Why this fastecho cannot serve TLS listeners, or None when it can."""
+    missing = _FASTECHO_MISSING()
+    if missing:
+        return missing
+    from fastecho import _core
+
+    if not _core.TLS_AVAILABLE:
+        return "this fastecho was built without TLS (OpenSSL's headers were missing at build time)"
     return None
 
 
