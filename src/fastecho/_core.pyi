@@ -7,7 +7,7 @@ LOOPBACK: tuple[str, ...]
 TLS_AVAILABLE: bool
 TLS_LIBRARY: str
 
-def _defaults() -> dict[str, int]: ...
+def _defaults() -> dict[str, int | float]: ...
 
 class TlsContext:
     def __init__(
@@ -33,8 +33,8 @@ class Engine:
         max_memory: int = 0,
         fd_reserve: int = 0,
         proxy_from: Iterable[str | IPv4Network | IPv6Network] | None = ...,
-        proxy_timeout: float = 5.0,
-        tls_handshake_timeout: float = 10.0,
+        proxy_timeout: float = 0.0,
+        tls_handshake_timeout: float = 0.0,
     ) -> None: ...
     def set_tls(self, context: TlsContext) -> None: ...
     def start(self, *listen_fds: int, proxy: Iterable[bool] = (), tls: Iterable[bool] = ()) -> None: ...

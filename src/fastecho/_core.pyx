@@ -103,6 +103,8 @@ def _defaults():
         "thread_stack_size": cfg.thread_stack_size,
         "queue_capacity": cfg.queue_capacity,
         "max_line": cfg.max_line,
+        "proxy_timeout": cfg.proxy_timeout_ms / 1000,  # seconds
+        "tls_handshake_timeout": cfg.tls_handshake_timeout_ms / 1000,
         "fds_per_server": FE_FDS_PER_SERVER,
         "fds_per_worker": FE_FDS_PER_WORKER,
     }
@@ -161,8 +163,8 @@ cdef class Engine:
                   unsigned long long max_connections=0,
                   unsigned long long max_connections_per_ip=0,
                   double idle_timeout=0.0, allow=None, size_t max_memory=0,
-                  size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=5.0,
-                  double tls_handshake_timeout=10.0):
+                  size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=0.0,
+                  double tls_handshake_timeout=0.0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -192,8 +194,10 @@ cdef class Engine:
             cfg.idle_timeout_ms = 1  # shorter than the core's 1 ms tick, but never 0 ("off")
         cfg.max_memory = max_memory
         cfg.fd_reserve = fd_reserve
-        cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
-        cfg.tls_handshake_timeout_ms = max(_milliseconds(tls_handshake_timeout), 1)
+        if proxy_timeout:  # 0: the core's default
+            cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
+        if tls_handshake_timeout:
+            cfg.tls_handshake_timeout_ms = max(_milliseconds(tls_handshake_timeout), 1)
         err[0] = 0
         try:
             allowed = _ranges(allow, &cfg.allow_count)

@@ -302,7 +302,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy_from", "networks", TRUSTED_PROXIES, metavar="CIDR",
            help="On +proxy listeners, trust PROXY headers only from peers in this network; "
                 "repeat for more (default: loopback). Other peers are closed and counted."),
-    Option("proxy_timeout", "float", 5.0, low=0.001, high=3600.0, resolution="0.001",
+    Option("proxy_timeout", "float", ENGINE["proxy_timeout"], low=0.001, high=3600.0, resolution="0.001",
            metavar="SECONDS",
            help="On +proxy listeners, close a connection whose PROXY header is not complete "
                 "in this long."),
@@ -316,7 +316,7 @@ OPTIONS: tuple[Option, ...] = (
            help="Mutual TLS: clients must present a certificate issued by a CA in this PEM file."),
     Option("tls_min_version", "choice", "1.2", choices=("1.2", "1.3"), metavar="VERSION",
            help="Oldest TLS version served: 1.2 (with Mozilla's intermediate ciphers) or 1.3."),
-    Option("tls_handshake_timeout", "float", 10.0, low=0.001, high=3600.0, resolution="0.001",
+    Option("tls_handshake_timeout", "float", ENGINE["tls_handshake_timeout"], low=0.001, high=3600.0, resolution="0.001",
            metavar="SECONDS",
            help="Close a TLS connection whose handshake has not finished in this long."),
 )
@@ -534,12 +534,12 @@ class ServeConfig:
     idle_timeout: float = 0.0
     allow: tuple[Network, ...] = ()
     proxy_from: tuple[Network, ...] = TRUSTED_PROXIES
-    proxy_timeout: float = 5.0
+    proxy_timeout: float = ENGINE["proxy_timeout"]
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
     tls_min_version: str = "1.2"
-    tls_handshake_timeout: float = 10.0
+    tls_handshake_timeout: float = ENGINE["tls_handshake_timeout"]
 
     def __post_init__(self) -> None:
         for f in fields(self):
