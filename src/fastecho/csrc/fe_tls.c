@@ -287,11 +287,18 @@ void fe_server_set_tls(fe_server *s, fe_tls *tls)
     pthread_mutex_lock(&s->tls_lock);
     SSL_CTX *old = s->tls_ctx;
     if (old != NULL) {
-        /* Tickets issued under the old pair keep resuming: same keys. */
-        unsigned char keys[80];
-        if (SSL_CTX_get_tlsext_ticket_keys(old, keys, sizeof keys) == 1)
+        /* Tickets issued under the old pair keep resuming: same keys.
+         * Written only where they differ: tls may be live already (installed
+         * before, and rotated back to, or installed twice), and OpenSSL
+         * reads a context's ticket keys without a lock in every handshake
+         * of its sessions, so even rewriting the same bytes would race. */
+        unsigned char keys[80], have[80];
+        if (SSL_CTX_get_tlsext_ticket_keys(old, keys, sizeof keys) == 1 &&
+            (SSL_CTX_get_tlsext_ticket_keys(tls->ctx, have, sizeof have) != 1 ||
+             CRYPTO_memcmp(keys, have, sizeof keys) != 0))
             SSL_CTX_set_tlsext_ticket_keys(tls->ctx, keys, sizeof keys);
         OPENSSL_cleanse(keys, sizeof keys);
+        OPENSSL_cleanse(have, sizeof have);
     }
     s->tls_ctx = tls->ctx;
     pthread_mutex_unlock(&s->tls_lock);
