@@ -280,8 +280,13 @@ static bool settle(fe_worker *w, fe_conn *c)
             fe_conn_lingering(w, c);
             continue;
         case FE_STEP_FINISH:
-            if (!c->lingering)
-                conn_end(c); /* closing now: a close_notify with no room is skipped */
+            /* A close_notify with no room waits for it, as in LINGER:
+             * skipped, the client would get FIN alone after its whole
+             * echo, which TLS cannot tell from a cut-off stream. */
+            if (!c->lingering && conn_end(c) == FE_TP_AGAIN_WRITE) {
+                want = FE_WANT_WRITE; /* then FINISH again */
+                break;
+            }
             close_conn(w, c, reason);
             return false;
         case FE_STEP_CLOSE:
