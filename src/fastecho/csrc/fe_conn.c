@@ -173,8 +173,11 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->awaiting_proxy = h->proxy;
     c->tls = h->tls;
     c->handshaking = h->tls && !h->proxy;
-    if (c->handshaking) /* its timeout runs from the accept: w->now_ns is stale while no timer runs */
-        c->active_ns = h->accepted_ns;
+    /* Its handshake timeout runs from now: w->now_ns is stale while no timer
+     * runs, and the accept time would put it out of order on w->handshaking
+     * behind connections that waited less in the queue. */
+    if (c->handshaking)
+        c->active_ns = fe_now_ns();
     c->listener = h->listener;
     list_append(list_of(w, c), c);
     w->conn_count++;
