@@ -72,12 +72,19 @@ static void pending_remove(fe_worker *w, fe_conn *c)
 
 /* ---------------------------------------------------------------- transport */
 
-/* The connection's transport, picked by a flag (no indirect call). After
- * our FIN, input is only discarded: a TLS connection then reads the raw
- * socket, since its records need no decrypting to be thrown away. */
-static inline ssize_t conn_read(fe_conn *c, void *buf, size_t n)
+/* The functions on the echo path take `tls`, which is always a constant
+ * where they are called: handle() looks at c->tls once and enters one of
+ * two copies of the path, each inlined with its constant folded. The plain
+ * copy is then the bare loop, without a single transport check, and the
+ * TLS copy calls OpenSSL directly (no indirect call in either). */
+#define FE_ECHO_PATH static inline __attribute__((always_inline))
+
+/* Reads through the connection's transport. After our FIN, input is only
+ * discarded: a TLS connection then reads the raw socket, since its records
+ * need no decrypting to be thrown away. */
+FE_ECHO_PATH ssize_t conn_read(fe_conn *c, bool tls, void *buf, size_t n)
 {
-    if (!c->tls || c->lingering)
+    if (!tls || c->lingering)
         return fe_tp_plain_read(c->fd, buf, n);
     ssize_t got = fe_tp_tls_read(c->ssl, buf, n);
     c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
@@ -102,9 +109,9 @@ static void conn_discard(fe_conn *c, void *scratch, size_t n)
         fe_tp_plain_discard(c->fd, scratch, n);
 }
 
-static inline ssize_t conn_write(fe_conn *c, const void *buf, size_t n)
+FE_ECHO_PATH ssize_t conn_write(fe_conn *c, bool tls, const void *buf, size_t n)
 {
-    return c->tls ? fe_tp_tls_write(c->ssl, buf, n) : fe_tp_plain_write(c->fd, buf, n);
+    return tls ? fe_tp_tls_write(c->ssl, buf, n) : fe_tp_plain_write(c->fd, buf, n);
 }
 
 /* Ends our direction: close_notify first on TLS. Returns FE_TP_AGAIN_WRITE
@@ -164,9 +171,9 @@ static void adopt_queued(fe_worker *w)
 
 /* Sends queued output until done or the socket is full. Returns -1 when
  * the connection is broken. */
-static int flush(fe_worker *w, fe_conn *c)
+FE_ECHO_PATH int flush(fe_worker *w, fe_conn *c, bool tls)
 {
-    ssize_t n = conn_write(c, c->out.data + c->out.start, c->out.len);
+    ssize_t n = conn_write(c, tls, c->out.data + c->out.start, c->out.len);
     if (n < 0)
         return -1;
     fe_conn_sent(w, c, (size_t)n);
@@ -201,7 +208,8 @@ static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason
     ssize_t n = conn_peek(c, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
-    ssize_t sent = conn_write(c, w->read_buffer, (size_t)n);
+    ssize_t sent = c->tls ? conn_write(c, true, w->read_buffer, (size_t)n)
+                          : conn_write(c, false, w->read_buffer, (size_t)n);
     if (sent < 0)
         return -1;
     if (sent == 0) {
@@ -231,7 +239,7 @@ static int read_proxy_header(fe_worker *w, fe_conn *c, enum fe_close_reason *rea
 
 /* One read, echoed at once. Returns -1 when the connection must be closed
  * and sets *reason. */
-static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, enum fe_close_reason *reason)
 {
     if (c->awaiting_proxy)
         return read_proxy_header(w, c, reason);
@@ -242,12 +250,12 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
         return peek_echo(w, c, want, reason);
     if (want == 0)
         return 0; /* at the cap or the budget: fe_conn_next turns reading off */
-    ssize_t n = conn_read(c, w->read_buffer, want);
+    ssize_t n = conn_read(c, tls, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
     size_t sent = 0;
     if (fe_conn_echoes_directly(w, c)) {
-        ssize_t put = conn_write(c, w->read_buffer, (size_t)n);
+        ssize_t put = conn_write(c, tls, w->read_buffer, (size_t)n);
         if (put < 0)
             return -1;
         sent = (size_t)put; /* a short write leaves the rest to fe_conn_input */
@@ -258,12 +266,12 @@ static int read_and_echo(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
         return 0;
     /* Line mode: send the lines just framed. */
     *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET;
-    return flush(w, c);
+    return flush(w, c, tls);
 }
 
 /* Acts on what c wants next: FIN, close, or the epoll interest to wait
  * with. Returns false if c was closed. */
-static bool settle(fe_worker *w, fe_conn *c)
+FE_ECHO_PATH bool settle_with(fe_worker *w, fe_conn *c, bool tls)
 {
     uint32_t want = 0;
     enum fe_close_reason reason = FE_CLOSE_RESET;
@@ -297,7 +305,7 @@ static bool settle(fe_worker *w, fe_conn *c)
         }
         break;
     }
-    if (c->tls) {
+    if (tls) {
         want |= c->tp_wants;
         if ((want & FE_WANT_READ) && !c->handshaking && !c->lingering && fe_tp_tls_pending(c->ssl))
             pending_add(w, c); /* read again after this batch: epoll will not say so */
@@ -312,6 +320,12 @@ static bool settle(fe_worker *w, fe_conn *c)
         c->events = (uint8_t)events;
     }
     return true;
+}
+
+/* settle, off the echo path (timers, the budget, stopping, handshakes). */
+static bool settle(fe_worker *w, fe_conn *c)
+{
+    return c->tls ? settle_with(w, c, true) : settle_with(w, c, false);
 }
 
 /* Advances c's TLS handshake; closes c when it failed. */
@@ -332,29 +346,29 @@ static void handshake(fe_worker *w, fe_conn *c)
     settle(w, c);
 }
 
-static void handle(fe_worker *w, fe_conn *c, uint32_t events)
+FE_ECHO_PATH void handle_with(fe_worker *w, fe_conn *c, uint32_t events, bool tls)
 {
     enum fe_close_reason reason = FE_CLOSE_RESET;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
         close_conn(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
         return;
     }
-    if (c->handshaking) {
+    if (tls && c->handshaking) {
         handshake(w, c);
         return;
     }
-    if (c->tls && (c->tp_wants & FE_WANT_WRITE) && (events & EPOLLOUT))
+    if (tls && (c->tp_wants & FE_WANT_WRITE) && (events & EPOLLOUT))
         events |= EPOLLIN; /* the read that had to send first can go on */
     if (events & EPOLLOUT) {
         if (c->space_wait)
             fe_conn_socket_drained(c);
-        if (c->out.len > 0 && flush(w, c) != 0) {
+        if (c->out.len > 0 && flush(w, c, tls) != 0) {
             close_conn(w, c, FE_CLOSE_RESET);
             return;
         }
     }
     if (c->events & EPOLLIN) {
-        if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c, &reason) != 0) {
+        if ((events & (EPOLLIN | EPOLLHUP)) && read_and_echo(w, c, tls, &reason) != 0) {
             close_conn(w, c, reason);
             return;
         }
@@ -365,7 +379,21 @@ static void handle(fe_worker *w, fe_conn *c, uint32_t events)
         close_conn(w, c, FE_CLOSE_RESET);
         return;
     }
-    settle(w, c);
+    settle_with(w, c, tls);
+}
+
+static __attribute__((noinline)) void handle_tls(fe_worker *w, fe_conn *c, uint32_t events)
+{
+    handle_with(w, c, events, true);
+}
+
+/* Acts on epoll's events for c (or on input OpenSSL holds: EPOLLIN). */
+static inline void handle(fe_worker *w, fe_conn *c, uint32_t events)
+{
+    if (c->tls)
+        handle_tls(w, c, events);
+    else
+        handle_with(w, c, events, false);
 }
 
 /* Looks again at connections waiting for the memory budget. */
