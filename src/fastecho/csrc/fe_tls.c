@@ -15,9 +15,11 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #ifdef FE_WITH_TLS
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -305,16 +307,101 @@ void fe_server_set_tls(fe_server *s, fe_tls *tls)
     SSL_CTX_free(old); /* connections made with it hold their own references */
 }
 
+/* ---- The socket under a session: a BIO of our own, not OpenSSL's socket
+ * BIO, which uses read() and write(): recv() and send() skip the file
+ * layer's position lock, and send() takes MSG_NOSIGNAL, so a peer that is
+ * gone cannot raise SIGPIPE in a program that embeds the engine. The fd is
+ * the BIO's data; the end of the stream is BIO_FLAGS_IN_EOF, as for
+ * OpenSSL's own BIO (SSL_OP_IGNORE_UNEXPECTED_EOF asks for it). */
+
+static int sock_of(BIO *bio)
+{
+    return (int)(intptr_t)BIO_get_data(bio);
+}
+
+static int sock_read(BIO *bio, char *buf, size_t n, size_t *got)
+{
+    ssize_t r;
+    do {
+        r = recv(sock_of(bio), buf, n, MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    BIO_clear_retry_flags(bio);
+    if (r > 0) {
+        *got = (size_t)r;
+        return 1;
+    }
+    if (r == 0)
+        BIO_set_flags(bio, BIO_FLAGS_IN_EOF);
+    else if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_read(bio);
+    *got = 0;
+    return 0;
+}
+
+static int sock_write(BIO *bio, const char *buf, size_t n, size_t *put)
+{
+    ssize_t r;
+    do {
+        r = send(sock_of(bio), buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    BIO_clear_retry_flags(bio);
+    if (r >= 0) {
+        *put = (size_t)r;
+        return 1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_write(bio);
+    *put = 0;
+    return 0;
+}
+
+static long sock_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    (void)num, (void)ptr;
+    switch (cmd) {
+    case BIO_CTRL_FLUSH: /* nothing is held here */
+        return 1;
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(bio, BIO_FLAGS_IN_EOF) != 0;
+    default:
+        return 0;
+    }
+}
+
+static BIO_METHOD *sock_method;
+static pthread_once_t sock_method_once = PTHREAD_ONCE_INIT;
+
+static void make_sock_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                                 "fastecho socket");
+    if (m && BIO_meth_set_read_ex(m, sock_read) && BIO_meth_set_write_ex(m, sock_write) &&
+        BIO_meth_set_ctrl(m, sock_ctrl)) {
+        sock_method = m; /* kept for the life of the process */
+        return;
+    }
+    BIO_meth_free(m);
+}
+
 struct ssl_st *fe_tls_accept(fe_server *s, int fd)
 {
-    pthread_mutex_lock(&s->tls_lock);
-    SSL *ssl = s->tls_ctx ? SSL_new(s->tls_ctx) : NULL;
-    pthread_mutex_unlock(&s->tls_lock);
-    if (ssl == NULL || !SSL_set_fd(ssl, fd)) {
-        SSL_free(ssl);
+    pthread_once(&sock_method_once, make_sock_method);
+    BIO *bio = sock_method ? BIO_new(sock_method) : NULL;
+    if (bio == NULL) {
         ERR_clear_error();
         return NULL;
     }
+    BIO_set_data(bio, (void *)(intptr_t)fd);
+    BIO_set_init(bio, 1);
+    pthread_mutex_lock(&s->tls_lock);
+    SSL *ssl = s->tls_ctx ? SSL_new(s->tls_ctx) : NULL;
+    pthread_mutex_unlock(&s->tls_lock);
+    if (ssl == NULL) {
+        BIO_free(bio);
+        ERR_clear_error();
+        return NULL;
+    }
+    SSL_set_bio(ssl, bio, bio); /* the session owns it now (one reference for both) */
     SSL_set_accept_state(ssl);
     return ssl;
 }

@@ -43,10 +43,9 @@ ssize_t fe_tp_plain_write(int fd, const void *buf, size_t n);
 /* Ends our direction of the stream (FIN); the peer may still send. */
 void fe_tp_plain_shutdown(int fd);
 
-/* ---- TLS (fe_tp_tls.c). ssl is the connection's session (fe_tls_accept).
- * Each call leaves OpenSSL's per-thread error queue empty. Worker threads
- * block every signal, so a write to a closed peer (OpenSSL's socket BIO
- * uses write(), not send(MSG_NOSIGNAL)) cannot kill the process. */
+/* ---- TLS (fe_tp_tls.c). ssl is the connection's session (fe_tls_accept),
+ * over a socket BIO that uses recv() and send(MSG_NOSIGNAL). Each call
+ * leaves OpenSSL's per-thread error queue empty. */
 struct ssl_st;
 
 /* Advances the handshake: 1 when it has finished, FE_TP_AGAIN or
