@@ -314,6 +314,10 @@ void fe_server_set_tls(fe_server *s, fe_tls *tls)
  * the BIO's data; the end of the stream is BIO_FLAGS_IN_EOF, as for
  * OpenSSL's own BIO (SSL_OP_IGNORE_UNEXPECTED_EOF asks for it). */
 
+#ifndef BIO_FLAGS_IN_EOF /* OpenSSL 1.1.1 before e: a flag of this BIO's own */
+#define BIO_FLAGS_IN_EOF 0x800
+#endif
+
 static int sock_of(BIO *bio)
 {
     return (int)(intptr_t)BIO_get_data(bio);
