@@ -2,6 +2,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Iterable
 
 CLOSE_REASONS: tuple[str, ...]
+UDP_DROP_REASONS: tuple[str, ...]
 LOOPBACK: tuple[str, ...]
 
 TLS_AVAILABLE: bool
@@ -35,9 +36,14 @@ class Engine:
         proxy_from: Iterable[str | IPv4Network | IPv6Network] | None = ...,
         proxy_timeout: float = 0.0,
         tls_handshake_timeout: float = 0.0,
+        udp_allow_low_ports: bool = False,
+        udp_rate: int = 0,
+        udp_max_datagram: int = 0,
     ) -> None: ...
     def set_tls(self, context: TlsContext) -> None: ...
-    def start(self, *listen_fds: int, proxy: Iterable[bool] = (), tls: Iterable[bool] = ()) -> None: ...
+    def start(
+        self, *listen_fds: int, proxy: Iterable[bool] = (), tls: Iterable[bool] = (), udp: Iterable[bool] = ()
+    ) -> None: ...
     def shutdown(self, drain_seconds: float, linger_seconds: float = 1.0) -> None: ...
     def wait(self, timeout: float) -> bool: ...
     def stats(self) -> dict[str, Any]: ...

@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
@@ -30,6 +30,8 @@ cdef enum:
 
 # Index = enum fe_close_reason; the names are the core's (fe_close_reason_name).
 CLOSE_REASONS = tuple(fe_close_reason_name(i).decode() for i in range(FE_CLOSE_REASON_COUNT))
+# Why a datagram was not echoed: the core's table (fe_udp_drop_name).
+UDP_DROP_REASONS = tuple(fe_udp_drop_name(i).decode() for i in range(FE_UDP_DROP_COUNT))
 
 
 cdef int _raise_error(int errnum, const char *message) except -1:
@@ -164,7 +166,8 @@ cdef class Engine:
                   unsigned long long max_connections_per_ip=0,
                   double idle_timeout=0.0, allow=None, size_t max_memory=0,
                   size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=0.0,
-                  double tls_handshake_timeout=0.0):
+                  double tls_handshake_timeout=0.0, bint udp_allow_low_ports=False,
+                  unsigned int udp_rate=0, size_t udp_max_datagram=0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -198,6 +201,10 @@ cdef class Engine:
             cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
         if tls_handshake_timeout:
             cfg.tls_handshake_timeout_ms = max(_milliseconds(tls_handshake_timeout), 1)
+        cfg.udp_allow_low_ports = udp_allow_low_ports
+        cfg.udp_rate = udp_rate
+        if udp_max_datagram:
+            cfg.udp_max_datagram = udp_max_datagram
         err[0] = 0
         try:
             allowed = _ranges(allow, &cfg.allow_count)
@@ -228,12 +235,13 @@ cdef class Engine:
         """Use context for every TLS handshake from now on (before start, or to rotate)."""
         fe_server_set_tls(self._live(), context._tls)
 
-    def start(self, *listen_fds, proxy=(), tls=()):
+    def start(self, *listen_fds, proxy=(), tls=(), udp=()):
         """Serve the listening sockets listen_fds (which the caller keeps open).
 
-        proxy, tls: for each fd in turn, whether its connections start with a
-        PROXY protocol header, and whether they speak TLS (then set_tls must
-        have been called); missing entries: no.
+        proxy, tls, udp: for each fd in turn, whether its connections start
+        with a PROXY protocol header, whether they speak TLS (then set_tls
+        must have been called), and whether it is a UDP socket (bound, with
+        SO_REUSEPORT set); missing entries: no.
         """
         cdef fe_server *server = self._live()
         cdef char err[ERRLEN]
@@ -242,11 +250,12 @@ cdef class Engine:
         cdef size_t count = len(listen_fds)
         if not 1 <= count <= FE_MAX_LISTENERS:
             raise ConfigError(f"between 1 and {FE_MAX_LISTENERS} listeners are served, not {count}")
-        proxy_flags, tls_flags = list(proxy), list(tls)
+        proxy_flags, tls_flags, udp_flags = list(proxy), list(tls), list(udp)
         for i, fd in enumerate(listen_fds):
             listeners[i].fd = fd
             listeners[i].proxy = i < len(proxy_flags) and bool(proxy_flags[i])
             listeners[i].tls = i < len(tls_flags) and bool(tls_flags[i])
+            listeners[i].udp = i < len(udp_flags) and bool(udp_flags[i])
         err[0] = 0
         with nogil:
             rc = fe_server_start(server, listeners, count, err, ERRLEN)
@@ -299,6 +308,11 @@ cdef class Engine:
             # Per listener, in start()'s order: (accepted, closed).
             "listeners": [(s.listener_accepted[i], s.listener_closed[i])
                           for i in range(s.listener_count)],
+            # Per listener, in start()'s order (zeros for stream listeners).
+            "udp": [{"in": s.udp_in[i], "out": s.udp_out[i], "bytes_in": s.udp_bytes_in[i],
+                     "bytes_out": s.udp_bytes_out[i],
+                     "dropped": {UDP_DROP_REASONS[r]: s.udp_dropped[i][r] for r in range(FE_UDP_DROP_COUNT)}}
+                    for i in range(s.listener_count)],
         }
 
     def drain_events(self, int max_events=4096):

@@ -27,7 +27,8 @@ extern "C" {
 typedef struct fe_server fe_server;
 
 /* File descriptors the core opens: FE_FDS_PER_SERVER for the server plus
- * FE_FDS_PER_WORKER for each worker, all in fe_server_create. Every
+ * FE_FDS_PER_WORKER for each worker, all in fe_server_create, and at
+ * fe_server_start one socket per worker for each UDP listener. Every
  * connection then costs one more. Callers check RLIMIT_NOFILE with these. */
 enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2 };
 
@@ -82,11 +83,29 @@ enum fe_framing {
 
 /* A listening socket handed to fe_server_start. */
 typedef struct fe_listener {
-    int fd;     /* bound, listening SOCK_STREAM socket; the caller owns it */
+    int fd;     /* bound, listening SOCK_STREAM socket (or, with udp, a bound
+                   SOCK_DGRAM socket with SO_REUSEPORT set); the caller owns it */
     bool proxy; /* each connection starts with a PROXY protocol header (v1 or v2) */
     bool tls;   /* connections speak TLS (after the PROXY header, if any):
                    needs fe_server_set_tls before fe_server_start */
+    bool udp;   /* datagrams, echoed to their sender: every worker reads its
+                   own socket on fd's address (the core opens them, with
+                   SO_REUSEPORT, and the kernel spreads senders across them) */
 } fe_listener;
+
+/* Why a datagram was not echoed: one table, named by fe_udp_drop_name. */
+enum fe_udp_drop {
+    FE_UDP_DROP_LOW_PORT,    /* from a source port below 1024 (echo/chargen loops, reflection) */
+    FE_UDP_DROP_NOT_ALLOWED, /* its source is not in the allow list */
+    FE_UDP_DROP_RATE,        /* its source is past udp_rate datagrams per second */
+    FE_UDP_DROP_SEND_FULL,   /* the socket's send buffer was full: never queued */
+    FE_UDP_DROP_TRUNCATED,   /* larger than udp_max_datagram: never echoed short */
+    FE_UDP_DROP_SEND_ERROR,  /* the kernel refused the reply (unreachable, ...) */
+    FE_UDP_DROP_COUNT
+};
+
+/* The drop reason's short name ("low-port", ...); "unknown" outside the table. */
+const char *fe_udp_drop_name(int reason);
 
 /* The most listeners one server serves. */
 enum { FE_MAX_LISTENERS = 64 };
@@ -194,6 +213,17 @@ typedef struct fe_config {
      * finished this long after it began (after its PROXY header, if any)
      * is closed and counted (>= 1). */
     int64_t tls_handshake_timeout_ms;
+
+    /* UDP, for listeners with udp set. Datagrams from source ports below
+     * 1024 are dropped unless udp_allow_low_ports. With udp_rate > 0, each
+     * source address gets at most that many replies per second (a token
+     * bucket; the table of sources is bounded). Each worker receives up to
+     * udp_max_datagram bytes per datagram (<= 65535, the default, which
+     * fits any UDP datagram); a larger one is dropped, never echoed short.
+     * Each worker holds 32 buffers of that size. */
+    bool udp_allow_low_ports;
+    uint32_t udp_rate;
+    size_t udp_max_datagram;
 } fe_config;
 
 typedef struct fe_stats {
@@ -222,6 +252,13 @@ typedef struct fe_stats {
     size_t listener_count;
     uint64_t listener_accepted[FE_MAX_LISTENERS];
     uint64_t listener_closed[FE_MAX_LISTENERS];
+    /* Per UDP listener (0 for the others): datagrams and bytes received and
+     * echoed, and datagrams dropped by reason. */
+    uint64_t udp_in[FE_MAX_LISTENERS];
+    uint64_t udp_out[FE_MAX_LISTENERS];
+    uint64_t udp_bytes_in[FE_MAX_LISTENERS];
+    uint64_t udp_bytes_out[FE_MAX_LISTENERS];
+    uint64_t udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT];
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read

@@ -199,8 +199,8 @@ void *fe_acceptor_main(void *arg)
     struct pollfd fds[1 + FE_MAX_LISTENERS];
     fds[0] = (struct pollfd){.fd = s->acceptor_wake_fd, .events = POLLIN};
     size_t count = atomic_load(&s->listener_count);
-    for (size_t i = 0; i < count; i++)
-        fds[1 + i] = (struct pollfd){.fd = s->listeners[i].fd, .events = POLLIN};
+    for (size_t i = 0; i < count; i++) /* UDP listeners accept nothing: poll skips fd -1 */
+        fds[1 + i] = (struct pollfd){.fd = s->listeners[i].udp ? -1 : s->listeners[i].fd, .events = POLLIN};
     nfds_t all = (nfds_t)(1 + count);
 
     for (;;) {
@@ -219,7 +219,7 @@ void *fe_acceptor_main(void *arg)
         for (nfds_t i = 1; i < all && verdict == 0; i++) {
             /* Any event, POLLHUP and POLLNVAL too: accept() then says what
              * is wrong with the listener, instead of poll() spinning on it. */
-            if (after_pause || fds[i].revents != 0)
+            if (fds[i].fd >= 0 && (after_pause || fds[i].revents != 0))
                 verdict = accept_batch(s, (size_t)i - 1);
         }
         if (verdict < 0)

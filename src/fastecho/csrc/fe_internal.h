@@ -10,6 +10,7 @@
 #include "fe_limits.h"
 #include "fe_line.h"
 #include "fe_queue.h"
+#include "fe_rate.h"
 #include "fe_ring.h"
 
 #include <pthread.h>
@@ -42,6 +43,14 @@ static inline uint64_t fe_counter_read(const fe_counter *c)
 
 typedef struct fe_conn fe_conn;
 
+/* A worker's own socket on a UDP listener's address (fe_udp.c). */
+typedef struct fe_udp_socket {
+    int fd;          /* -1: none (closed at stop) */
+    uint8_t listener; /* index in fe_server.listeners */
+} fe_udp_socket;
+
+struct fe_udp_batch; /* fe_udp.c's buffers for recvmmsg/sendmmsg */
+
 typedef struct fe_conn_list {
     fe_conn *head;
     fe_conn *tail;
@@ -59,6 +68,11 @@ typedef struct fe_worker {
     fe_counter tls_resumed;
     fe_counter closes[FE_CLOSE_REASON_COUNT];
     fe_counter listener_closed[FE_MAX_LISTENERS];
+    fe_counter udp_in[FE_MAX_LISTENERS];
+    fe_counter udp_out[FE_MAX_LISTENERS];
+    fe_counter udp_bytes_in[FE_MAX_LISTENERS];
+    fe_counter udp_bytes_out[FE_MAX_LISTENERS];
+    fe_counter udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT];
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -89,6 +103,10 @@ typedef struct fe_worker {
     bool closing;      /* past the drain deadline: no more echoing */
     bool ring_ready;
     fe_ring events;    /* access events, when cfg.event_ring_size > 0 */
+    /* UDP: this worker's socket on each UDP listener, and its buffers. */
+    fe_udp_socket udp[FE_MAX_LISTENERS];
+    size_t udp_count;
+    struct fe_udp_batch *udp_batch;
 } fe_worker;
 
 struct fe_server {
@@ -148,6 +166,8 @@ struct fe_server {
      * until fe_server_set_tls), replaced on rotation under tls_lock. */
     struct ssl_ctx_st *tls_ctx;
     pthread_mutex_t tls_lock;
+    /* UDP sources' token buckets, when cfg.udp_rate > 0 (fe_udp_open). */
+    fe_rate_table udp_rate;
     bool ip_table_ready;
     pthread_mutex_t events_lock; /* serializes fe_server_drain_events callers */
 
@@ -165,6 +185,9 @@ struct fe_server {
     bool started;
     bool workers_joined;
 };
+
+/* Sources the UDP rate table tracks at once (fe_rate.h: bounded). */
+enum { FE_UDP_RATE_SOURCES = 65536 };
 
 /* Monotonic clock in nanoseconds. */
 int64_t fe_now_ns(void);

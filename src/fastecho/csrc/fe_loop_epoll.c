@@ -21,6 +21,7 @@
 #include "fe_conn.h"
 #include "fe_tls.h"
 #include "fe_transport.h"
+#include "fe_udp.h"
 
 #include <errno.h>
 #include <sys/epoll.h>
@@ -482,12 +483,38 @@ static int wait_timeout_ms(const fe_worker *w)
     return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
 }
 
+/* UDP sockets are told apart from connections in epoll's data by their
+ * low bit (both are at least 4-byte aligned). */
+static void *udp_tag(fe_udp_socket *u)
+{
+    return (void *)((uintptr_t)u | 1);
+}
+
+static fe_udp_socket *udp_untag(void *ptr)
+{
+    return (uintptr_t)ptr & 1 ? (fe_udp_socket *)((uintptr_t)ptr & ~(uintptr_t)1) : NULL;
+}
+
+/* Registers w's UDP sockets; one that cannot be is closed (served by the
+ * other workers' sockets on the same address). */
+static void watch_udp(fe_worker *w)
+{
+    for (size_t i = 0; i < w->udp_count; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = udp_tag(&w->udp[i])};
+        if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, w->udp[i].fd, &ev) != 0) {
+            close(w->udp[i].fd);
+            w->udp[i].fd = -1;
+        }
+    }
+}
+
 void *fe_worker_main(void *arg)
 {
     fe_worker *w = arg;
     fe_server *s = w->server;
     struct epoll_event events[FE_MAX_EVENTS];
     w->now_ns = fe_now_ns();
+    watch_udp(w);
 
     for (;;) {
         int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w));
@@ -497,13 +524,18 @@ void *fe_worker_main(void *arg)
         if (clock_read)
             w->now_ns = fe_now_ns();
         for (int i = 0; i < n; i++) {
-            if (events[i].data.ptr == NULL) {
+            void *ptr = events[i].data.ptr;
+            fe_udp_socket *u;
+            if (ptr == NULL) {
                 uint64_t ignored;
                 while (read(w->wake_fd, &ignored, sizeof ignored) < 0 && errno == EINTR) {
                 }
                 adopt_queued(w);
+            } else if ((u = udp_untag(ptr)) != NULL) {
+                if (u->fd >= 0)
+                    fe_udp_serve(w, u);
             } else {
-                handle(w, events[i].data.ptr, events[i].events);
+                handle(w, ptr, events[i].events);
             }
         }
         /* A timer that started in this batch (a connection now awaiting its
@@ -520,9 +552,12 @@ void *fe_worker_main(void *arg)
         if (atomic_load(&s->state) == FE_RUNNING)
             continue;
 
-        /* Stopping. The acceptor was joined before the state changed, so
-         * everything it ever queued is visible now; adopt it (or close it,
-         * once closing) before deciding whether this worker is finished. */
+        /* Stopping. UDP reading ends at once (each batch was sent as it
+         * was read, so nothing is pending). The acceptor was joined before
+         * the state changed, so everything it ever queued is visible now;
+         * adopt it (or close it, once closing) before deciding whether this
+         * worker is finished. */
+        fe_udp_close(w);
         adopt_queued(w);
         if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))
             enter_closing(w);

@@ -6,6 +6,7 @@
 #include "fe_internal.h"
 #include "fe_sock.h"
 #include "fe_tls.h"
+#include "fe_udp.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -71,6 +72,7 @@ void fe_config_init(fe_config *cfg)
     cfg->proxy_from_count = 0;
     cfg->proxy_timeout_ms = 5000;
     cfg->tls_handshake_timeout_ms = 10000;
+    cfg->udp_max_datagram = 65535;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
 }
@@ -137,6 +139,8 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     if (cfg->tls_handshake_timeout_ms < 1 || cfg->tls_handshake_timeout_ms > FE_MAX_TIMEOUT_MS)
         return fail(err, errlen, 0, "the TLS handshake timeout must be between 1 and %lld ms",
                     (long long)FE_MAX_TIMEOUT_MS);
+    if (cfg->udp_max_datagram < 1 || cfg->udp_max_datagram > 65535)
+        return fail(err, errlen, 0, "the largest UDP datagram must be between 1 and 65535 bytes");
     return 0;
 }
 
@@ -156,6 +160,8 @@ static void release_workers(fe_server *s)
 {
     for (int i = 0; i < s->worker_count; i++) {
         fe_worker *w = &s->workers[i];
+        fe_udp_close(w); /* a no-op unless the workers never ran */
+        fe_udp_free(w);
         if (w->epoll_fd >= 0)
             close(w->epoll_fd);
         if (w->wake_fd >= 0)
@@ -169,6 +175,7 @@ static void release_workers(fe_server *s)
     free(s->workers);
     free(s->assigned);
     fe_ip_table_destroy(&s->ip_table);
+    fe_rate_destroy(&s->udp_rate);
     free(s->suffix);
     free(s->allow);
     free(s->proxy_from);
@@ -351,7 +358,11 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
                     FE_MAX_LISTENERS, count);
     }
     for (size_t i = 0; i < count; i++) {
-        if (fe_sock_prepare_listener(listeners[i].fd) != 0) {
+        if (listeners[i].udp && (listeners[i].tls || listeners[i].proxy)) {
+            pthread_mutex_unlock(&s->control_lock);
+            return fail(err, errlen, EINVAL, "a UDP listener speaks neither TLS nor the PROXY protocol");
+        }
+        if (!listeners[i].udp && fe_sock_prepare_listener(listeners[i].fd) != 0) {
             int e = errno;
             pthread_mutex_unlock(&s->control_lock);
             return fail(err, errlen, e, "fd %d is not a usable listening socket", listeners[i].fd);
@@ -365,6 +376,12 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
         s->listeners[i] = listeners[i];
     }
     atomic_store(&s->listener_count, count);
+    if (fe_udp_open(s, err, errlen) != 0) {
+        int e = errno;
+        pthread_mutex_unlock(&s->control_lock);
+        errno = e;
+        return -1; /* what it opened is closed at destroy */
+    }
 
     /* Threads inherit the creator's signal mask: block everything while
      * spawning so that signals are only ever delivered to the caller. */
@@ -455,6 +472,22 @@ int fe_server_wait(fe_server *s, int timeout_ms)
     return done;
 }
 
+/* Listener l's UDP counters, summed over the workers. */
+static void udp_stats(const fe_server *s, size_t l, fe_stats *out)
+{
+    out->udp_in[l] = out->udp_out[l] = out->udp_bytes_in[l] = out->udp_bytes_out[l] = 0;
+    memset(out->udp_dropped[l], 0, sizeof out->udp_dropped[l]);
+    for (int i = 0; i < s->worker_count; i++) {
+        const fe_worker *w = &s->workers[i];
+        out->udp_in[l] += fe_counter_read(&w->udp_in[l]);
+        out->udp_out[l] += fe_counter_read(&w->udp_out[l]);
+        out->udp_bytes_in[l] += fe_counter_read(&w->udp_bytes_in[l]);
+        out->udp_bytes_out[l] += fe_counter_read(&w->udp_bytes_out[l]);
+        for (int r = 0; r < FE_UDP_DROP_COUNT; r++)
+            out->udp_dropped[l][r] += fe_counter_read(&w->udp_dropped[l][r]);
+    }
+}
+
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
     uint64_t received = 0, sent = 0, closed = 0, too_long = 0, dropped = 0, waits = 0;
@@ -507,6 +540,7 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
             listener_closed += fe_counter_read(&s->workers[i].listener_closed[l]);
         out->listener_closed[l] = listener_closed;
         out->listener_accepted[l] = fe_counter_read(&s->listener_accepted[l]);
+        udp_stats(s, l, out);
     }
 }
 

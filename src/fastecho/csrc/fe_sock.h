@@ -24,4 +24,13 @@ int fe_sock_prepare_listener(int fd);
  * and with it the whole worker). Failures are ignored: both are tuning. */
 void fe_sock_prepare_accepted(int fd);
 
+/* A dup of fd, a bound UDP socket with SO_REUSEPORT set, non-blocking and
+ * close-on-exec. Returns it, or -1 with errno (EINVAL: not such a socket). */
+int fe_sock_udp_dup(int fd);
+
+/* A new non-blocking UDP socket bound to fd's address with SO_REUSEPORT,
+ * with fd's IPV6_V6ONLY and buffer sizes, so that the kernel spreads
+ * senders across it and fd. Returns it, or -1 with errno. */
+int fe_sock_udp_sibling(int fd);
+
 #endif /* FE_SOCK_H */

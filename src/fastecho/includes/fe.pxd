@@ -1,6 +1,6 @@
 # Declarations of the C core's public header (csrc/fe.h), and nothing else.
 # Every C declaration the binding uses lives in this folder.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "fe.h" nogil:
@@ -20,6 +20,7 @@ cdef extern from "fe.h" nogil:
         int fd
         bint proxy
         bint tls
+        bint udp
 
     ctypedef struct fe_peer:
         uint8_t family
@@ -54,6 +55,11 @@ cdef extern from "fe.h" nogil:
 
     const char *fe_close_reason_name(int reason)
 
+    enum:
+        FE_UDP_DROP_COUNT
+
+    const char *fe_udp_drop_name(int reason)
+
     ctypedef struct fe_event:
         uint8_t kind
         uint8_t reason
@@ -86,6 +92,9 @@ cdef extern from "fe.h" nogil:
         size_t proxy_from_count
         int64_t proxy_timeout_ms
         int64_t tls_handshake_timeout_ms
+        bint udp_allow_low_ports
+        uint32_t udp_rate
+        size_t udp_max_datagram
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -110,6 +119,11 @@ cdef extern from "fe.h" nogil:
         size_t listener_count
         uint64_t listener_accepted[FE_MAX_LISTENERS]
         uint64_t listener_closed[FE_MAX_LISTENERS]
+        uint64_t udp_in[FE_MAX_LISTENERS]
+        uint64_t udp_out[FE_MAX_LISTENERS]
+        uint64_t udp_bytes_in[FE_MAX_LISTENERS]
+        uint64_t udp_bytes_out[FE_MAX_LISTENERS]
+        uint64_t udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT]
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
