@@ -275,9 +275,12 @@ log "3. auditwheel show / repair"
 import json, sys
 
 show = json.load(open(sys.argv[1]))
-tag = show["overall_tag"]
+# The wheel as built needs OpenSSL from the system, so its overall tag is
+# plain linux_*; the tag its symbols allow is what repair (which bundles
+# OpenSSL) gives it.
+tag = show["sym_tag"]
 if not tag.startswith("manylinux_"):
-    sys.exit(f"auditwheel: tag {tag} is not a manylinux tag")
+    sys.exit(f"auditwheel: tag {tag} is not a manylinux tag (overall {show['overall_tag']})")
 # TLS: OpenSSL's two libraries, and nothing else, come from outside the policy
 # (auditwheel repair bundles them).
 outside = {name.split(".so")[0] for name in show["external_libs"]}
@@ -310,7 +313,7 @@ esac
 import stat, sys, zipfile
 
 with zipfile.ZipFile(sys.argv[1]) as zf:
-    grafted = sorted(n for n in zf.namelist() if ".libs/" in n)
+    grafted = sorted(n for n in zf.namelist() if ".libs/" in n and not n.endswith("/"))
     kinds = sorted(n.split("/")[-1].split("-")[0].split(".so")[0] for n in grafted)
     if kinds != ["libcrypto", "libssl"]:
         sys.exit(f"auditwheel grafted {grafted}; expected exactly OpenSSL's libssl and libcrypto")
