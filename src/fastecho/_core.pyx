@@ -107,6 +107,7 @@ def _defaults():
         "max_line": cfg.max_line,
         "proxy_timeout": cfg.proxy_timeout_ms / 1000,  # seconds
         "tls_handshake_timeout": cfg.tls_handshake_timeout_ms / 1000,
+        "udp_max_datagram": cfg.udp_max_datagram,
         "fds_per_server": FE_FDS_PER_SERVER,
         "fds_per_worker": FE_FDS_PER_WORKER,
     }

@@ -149,15 +149,23 @@ def _start_and_serve(config: ServeConfig) -> None:
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.option("--timeout", type=click.FloatRange(0.1, 3600.0), default=10.0, show_default=True,
               help="Seconds to wait to connect, and for each reply.")
+@click.option("--udp", is_flag=True, help="Send each line as a UDP datagram (to a udp:// listener).")
+@click.option("--retries", type=click.IntRange(0, 100), default=2, show_default=True,
+              help="--udp: ask again this many times when a reply does not come.")
 @click.option("--tls", is_flag=True, help="Speak TLS (to a tls:// listener).")
 @click.option("--ca", metavar="PEM", help="--tls: trust this CA file instead of the system's.")
 @click.option("--insecure", is_flag=True, help="--tls: check neither the certificate nor the name.")
 @click.option("--cert", metavar="PEM", help="--tls: present this client certificate (mutual TLS).")
 @click.option("--key", metavar="PEM", help="--tls: the client certificate's key (default: in --cert).")
-def client(host: str, port: int, timeout: float, tls: bool, ca: str | None, insecure: bool,
-           cert: str | None, key: str | None) -> int:
+def client(host: str, port: int, timeout: float, udp: bool, retries: int, tls: bool, ca: str | None,
+           insecure: bool, cert: str | None, key: str | None) -> int:
     """Send each line of stdin to HOST PORT and print each reply (exit 0 at EOF)."""
-    from fastecho.client import TlsOptions, run
+    from fastecho.client import TlsOptions, run, run_udp
+
+    if udp and tls:
+        raise click.UsageError("--udp and --tls contradict each other")
+    if udp:
+        return run_udp(host, port, timeout, retries)
 
     given = [flag for flag, value in (("--ca", ca), ("--insecure", insecure), ("--cert", cert),
                                       ("--key", key)) if value]

@@ -187,3 +187,54 @@ def run(host: str, port: int, timeout: float = 10.0,
     finally:
         sock.close()
     return 0
+
+
+def run_udp(host: str, port: int, timeout: float = 10.0, retries: int = 2,
+            stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+    """Send each line of stdin (without its newline) as one datagram and print the reply.
+
+    A reply that does not come within timeout is asked for again, up to
+    retries more times, then ClientError. Replies that are not the current
+    line (a late answer to an earlier try) are skipped.
+    """
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    where = format_address(host, port)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except socket.gaierror as e:
+        raise ClientError(f"cannot resolve {host!r}: {e.strerror}") from None
+    with sock:
+        try:
+            sock.connect(address)  # only this server's datagrams come back
+        except OSError as e:
+            raise ClientError(f"cannot reach {where}: {e.strerror or e}") from None
+        while line := stdin.readline():
+            datagram = line.rstrip(b"\r\n")
+            stdout.write(_udp_exchange(sock, datagram, where, timeout, retries) + b"\n")
+            stdout.flush()
+    return 0
+
+
+def _udp_exchange(sock: socket.socket, datagram: bytes, where: str, timeout: float, retries: int) -> bytes:
+    for _ in range(retries + 1):
+        try:
+            sock.send(datagram)
+        except OSError as e:
+            raise ClientError(f"cannot send to {where}: {e.strerror or e}") from None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                reply = sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionRefusedError:
+                raise ClientError(f"{where} refused the datagram (nothing listens there)") from None
+            except OSError as e:
+                raise ClientError(f"cannot receive from {where}: {e.strerror or e}") from None
+            if reply == datagram:
+                return reply
+    raise ClientError(f"no reply from {where} after {retries + 1} tries of {timeout:g}s")
+

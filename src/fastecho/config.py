@@ -24,7 +24,7 @@ from typing import Any
 from fastecho._core import LOOPBACK, _defaults
 from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
-from fastecho.listeners import SCHEMES, Listener, ListenerError, check_distinct
+from fastecho.listeners import SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct
 from fastecho.listeners import parse_url as parse_listener_url
 from fastecho.userfiles import UserFileError, read_small_file
 
@@ -269,9 +269,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("fd", "int", None, optional=True, low=0, high=2**31 - 1, metavar="N",
            help="Serve the inherited listening socket N instead of binding "
                 "(systemd socket activation, LISTEN_FDS, is used automatically)."),
-    Option("fd_scheme", "choice", "tcp", choices=tuple(SCHEMES), metavar="SCHEME",
+    Option("fd_scheme", "choice", "tcp", choices=STREAM_SCHEMES, metavar="SCHEME",
            help="What the inherited socket (--fd, socket activation) speaks: "
-                + ", ".join(SCHEMES) + "."),
+                + ", ".join(STREAM_SCHEMES) + "."),
     Option("user", "str", None, optional=True, check=_check_user, metavar="NAME",
            help="Drop root privileges to this user after binding."),
     # Metrics
@@ -319,6 +319,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_handshake_timeout", "float", ENGINE["tls_handshake_timeout"], low=0.001, high=3600.0, resolution="0.001",
            metavar="SECONDS",
            help="Close a TLS connection whose handshake has not finished in this long."),
+    # UDP
+    Option("udp_allow_low_ports", "bool", False,
+           help="On udp listeners, echo datagrams from source ports below 1024 too (dropped by "
+                "default: two echo services aimed at each other loop for ever)."),
+    Option("udp_rate", "int", 0, low=0, high=1_000_000_000, metavar="N",
+           help="On udp listeners, answer at most N datagrams per second per source address "
+                "(0: no limit); the rest are dropped and counted."),
+    Option("udp_max_datagram", "int", ENGINE["udp_max_datagram"], low=1, high=65535, metavar="BYTES",
+           help="On udp listeners, the largest datagram echoed; a larger one is dropped and "
+                "counted, never echoed short (each worker holds 32 buffers of this size)."),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -540,6 +550,9 @@ class ServeConfig:
     tls_client_ca: str | None = None
     tls_min_version: str = "1.2"
     tls_handshake_timeout: float = ENGINE["tls_handshake_timeout"]
+    udp_allow_low_ports: bool = False
+    udp_rate: int = 0
+    udp_max_datagram: int = ENGINE["udp_max_datagram"]
 
     def __post_init__(self) -> None:
         for f in fields(self):

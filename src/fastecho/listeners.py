@@ -17,7 +17,12 @@ SCHEMES = {
     "tcp+proxy": "plain TCP, after a PROXY protocol header (v1 or v2) from a trusted proxy",
     "tls": "TLS 1.2/1.3 (needs --tls-cert)",
     "tls+proxy": "TLS, after a PROXY protocol header from a trusted proxy",
+    "udp": "UDP: each datagram echoed to its sender",
 }
+
+
+# What an inherited socket (--fd, socket activation) may speak: a stream.
+STREAM_SCHEMES = tuple(scheme for scheme in SCHEMES if scheme != "udp")
 
 
 class ListenerError(ValueError):
@@ -34,6 +39,11 @@ class Listener:
     def proxy(self) -> bool:
         """Whether each connection starts with a PROXY protocol header."""
         return self.scheme.endswith("+proxy")
+
+    @property
+    def udp(self) -> bool:
+        """Whether it serves datagrams (a UDP socket) rather than a stream."""
+        return self.scheme == "udp"
 
     @property
     def tls(self) -> bool:
@@ -79,10 +89,11 @@ def parse_url(text: str) -> Listener:
 
 
 def check_distinct(listeners: tuple[Listener, ...]) -> None:
-    """Two listeners on the same address and port cannot both bind (port 0 picks a new one each time)."""
-    seen: dict[tuple[str, int], Listener] = {}
+    """Two stream (or two UDP) listeners on the same address and port cannot both bind
+    (port 0 picks a new one each time); a tcp and a udp one can."""
+    seen: dict[tuple[str, int, bool], Listener] = {}
     for listener in listeners:
-        key = (listener.host, listener.port)
+        key = (listener.host, listener.port, listener.udp)
         if listener.port != 0 and key in seen:
             raise ListenerError(f"{listener.url} and {seen[key].url} are the same address")
         seen[key] = listener

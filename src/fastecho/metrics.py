@@ -67,6 +67,10 @@ CLOSES = ("fastecho_closes_total", "Connections closed, by reason.", "closes")
 # Per listener (label: its URL): connections accepted, and open now.
 LISTENER_ACCEPTED = ("fastecho_listener_connections_total", "Connections accepted, by listener.")
 LISTENER_ACTIVE = ("fastecho_listener_connections_active", "Connections open now, by listener.")
+# Per UDP listener: datagrams and bytes by direction, and drops by reason (the core's table).
+UDP_DATAGRAMS = ("fastecho_udp_datagrams_total", "UDP datagrams received (in) and echoed (out), by listener.")
+UDP_BYTES = ("fastecho_udp_bytes_total", "UDP payload bytes received (in) and echoed (out), by listener.")
+UDP_DROPPED = ("fastecho_udp_dropped_total", "UDP datagrams not echoed, by listener and reason.")
 
 
 class EngineCollector:
@@ -110,10 +114,29 @@ class EngineCollector:
         accepted = CounterMetricFamily(*LISTENER_ACCEPTED, labels=["listener"])
         active = GaugeMetricFamily(*LISTENER_ACTIVE, labels=["listener"])
         for url, (opened, closed) in zip(self._listeners, stats["listeners"]):
+            if url.startswith("udp://"):
+                continue  # no connections: fastecho_udp_* below
             accepted.add_metric([url], opened)
             active.add_metric([url], max(opened - closed, 0))
         yield accepted
         yield active
+        yield from self._udp(stats)
+
+    def _udp(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        datagrams = CounterMetricFamily(*UDP_DATAGRAMS, labels=["listener", "direction"])
+        payload = CounterMetricFamily(*UDP_BYTES, labels=["listener", "direction"])
+        dropped = CounterMetricFamily(*UDP_DROPPED, labels=["listener", "reason"])
+        for url, udp in zip(self._listeners, stats.get("udp", ())):
+            if not url.startswith("udp://"):
+                continue
+            for direction in ("in", "out"):
+                datagrams.add_metric([url, direction], udp[direction])
+                payload.add_metric([url, direction], udp[f"bytes_{direction}"])
+            for reason, count in udp["dropped"].items():
+                dropped.add_metric([url, reason], count)
+        yield datagrams
+        yield payload
+        yield dropped
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # nothing to check at registration: names are fixed above

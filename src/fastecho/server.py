@@ -65,10 +65,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
 
 
-def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket on host:port; ServeError with one clear line if not."""
+def bind_listener(host: str, port: int, backlog: int, udp: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port, or with udp a bound UDP socket that each
+    worker joins with a socket of its own (SO_REUSEPORT); ServeError with one clear line if not."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ServeError(f"cannot resolve host {host!r}: {e.strerror}") from None
     family, type_, proto, _, address = infos[0]
@@ -78,9 +80,13 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     except OSError as e:
         raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(backlog)
+        if not udp:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
         sock.close()
@@ -192,7 +198,12 @@ def fd_reserve_at(limit: int) -> int:
     return min(FD_RESERVE, limit // 4)
 
 
-def fds_needed(threads: int, open_now: int) -> int:
+def fds_per_worker(udp_listeners: int) -> int:
+    """The fds the engine opens for each worker: its own, and a socket on each UDP listener."""
+    return _core._defaults()["fds_per_worker"] + udp_listeners
+
+
+def fds_needed(threads: int, open_now: int, udp_listeners: int = 0) -> int:
     """The smallest RLIMIT_NOFILE that fits the engine for threads workers.
 
     That is: the fds open now, the engine's own (per server and per worker),
@@ -200,7 +211,7 @@ def fds_needed(threads: int, open_now: int) -> int:
     that limit (which grows with the limit, up to FD_RESERVE).
     """
     defaults = _core._defaults()
-    base = (open_now + defaults["fds_per_server"] + threads * defaults["fds_per_worker"]
+    base = (open_now + defaults["fds_per_server"] + threads * fds_per_worker(udp_listeners)
             + MIN_CONNECTION_FDS)
     limit = base
     while limit - fd_reserve_at(limit) < base:  # at most FD_RESERVE steps
@@ -208,15 +219,15 @@ def fds_needed(threads: int, open_now: int) -> int:
     return limit
 
 
-def threads_that_fit(limit: int, open_now: int) -> int:
+def threads_that_fit(limit: int, open_now: int, udp_listeners: int = 0) -> int:
     """The most worker threads that fds_needed() fits in limit (0 if none)."""
     defaults = _core._defaults()
     room = (limit - fd_reserve_at(limit) - open_now - defaults["fds_per_server"]
             - MIN_CONNECTION_FDS)
-    return max(0, room // defaults["fds_per_worker"])
+    return max(0, room // fds_per_worker(udp_listeners))
 
 
-def check_fd_limit(threads: int) -> None:
+def check_fd_limit(threads: int, udp_listeners: int = 0) -> None:
     """ServeError, before the engine tries, if RLIMIT_NOFILE cannot fit it.
 
     Run just before the engine is created, after raise_fd_limit() and with
@@ -226,10 +237,10 @@ def check_fd_limit(threads: int) -> None:
     if limit == resource.RLIM_INFINITY:
         return
     open_now = open_fd_count()
-    needed = fds_needed(threads, open_now)
+    needed = fds_needed(threads, open_now, udp_listeners)
     if needed <= limit:
         return
-    fit = threads_that_fit(limit, open_now)
+    fit = threads_that_fit(limit, open_now, udp_listeners)
     instead = f" or use at most {fit} thread{'s' if fit > 1 else ''}" if fit else ""
     raise ServeError(f"--threads {threads} needs at least {needed} file descriptors but the "
                      f"limit (RLIMIT_NOFILE) is {limit}; raise it (ulimit -n){instead}")
@@ -268,6 +279,9 @@ def create_engine(cfg: ServeConfig) -> Engine:
         proxy_from=list(cfg.proxy_from),
         proxy_timeout=cfg.proxy_timeout,
         tls_handshake_timeout=cfg.tls_handshake_timeout,
+        udp_allow_low_ports=cfg.udp_allow_low_ports,
+        udp_rate=cfg.udp_rate,
+        udp_max_datagram=cfg.udp_max_datagram,
     )
 
 
@@ -282,7 +296,7 @@ def open_listeners(cfg: ServeConfig, inherited: socket.socket | None) -> list[tu
     opened: list[tuple[Listener, socket.socket]] = []
     try:
         for listener in cfg.listeners():
-            sock = bind_listener(listener.host, listener.port, cfg.backlog)
+            sock = bind_listener(listener.host, listener.port, cfg.backlog, listener.udp)
             host, port = sock.getsockname()[:2]  # the real port, when 0 was asked for
             opened.append((Listener(listener.scheme, host, port), sock))
     except BaseException:
@@ -394,7 +408,7 @@ class Server:
                 drop_privileges(cfg.user, logs.open_files())
                 if self.pidfile is not None:
                     self.pidfile.check_removable(cfg.user)
-            check_fd_limit(cfg.threads)
+            check_fd_limit(cfg.threads, sum(listener.udp for listener, _ in bound))
             with failing_as("cannot create the engine"):
                 self.engine = create_engine(cfg)
             if tls_context is not None:
@@ -403,7 +417,8 @@ class Server:
             with failing_as("cannot start the engine"):
                 self.engine.start(*(sock.fileno() for sock in sockets),
                                   proxy=[listener.proxy for listener, _ in bound],
-                                  tls=[listener.tls for listener, _ in bound])
+                                  tls=[listener.tls for listener, _ in bound],
+                                  udp=[listener.udp for listener, _ in bound])
             where = describe_listeners([listener for listener, _ in bound])
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
             print(line, file=self.out, flush=True)
