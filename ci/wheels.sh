@@ -251,7 +251,7 @@ with zipfile.ZipFile(wheel) as zf:
     for info in zf.infolist():
         with zf.open(info) as f:
             is_elf = f.read(4) == b"\x7fELF"
-        if is_elf and not info.filename.endswith(".so"):
+        if is_elf and ".so" not in info.filename.rsplit("/", 1)[-1]:
             mode = info.external_attr >> 16
             print(f"wheel executable: {info.filename} mode {stat.filemode(mode)}")
             if not mode & stat.S_IXUSR:
@@ -320,7 +320,7 @@ with zipfile.ZipFile(sys.argv[1]) as zf:
     print("repaired wheel: bundles", ", ".join(grafted))
     for info in zf.infolist():
         with zf.open(info) as f:
-            if f.read(4) == b"\x7fELF" and not info.filename.endswith(".so"):
+            if f.read(4) == b"\x7fELF" and ".so" not in info.filename.rsplit("/", 1)[-1]:
                 if not (info.external_attr >> 16) & stat.S_IXUSR:
                     sys.exit(f"{info.filename} lost its executable bit in repair")
 print("repaired wheel: executables keep their mode")
