@@ -61,6 +61,7 @@ MIN_CONNECTION_FDS = 16
 # Longer than the acceptor's longest back-off (500 ms), which is how often it
 # retries, and so counts, while the shortage lasts.
 FD_SHORTAGE_QUIET_SECONDS = 1.0
+UDP_BUFFER_BYTES = 4 * 1024 * 1024  # each UDP socket's kernel buffers, if the system allows
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
 
@@ -82,6 +83,11 @@ def bind_listener(host: str, port: int, backlog: int, udp: bool = False) -> sock
     try:
         if udp:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Room for bursts: a datagram that finds the buffer full is lost.
+            # The kernel caps these at net.core.rmem_max/wmem_max; each
+            # worker's socket copies them.
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
