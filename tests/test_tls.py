@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastecho import _core
-from helpers import (assert_one_line_error, listeners, needs_haproxy,
+from helpers import (assert_one_line_error, listeners, needs_haproxy, proc_cpu_seconds,
                      proxy_v1, run_cli, scrape, start_server, wait_until)
 
 pytestmark = pytest.mark.skipif(not _core.TLS_AVAILABLE, reason="this build has no TLS")
@@ -300,6 +300,39 @@ def test_mtls_refuses_a_client_without_a_certificate_from_the_ca(pki, mtls_serve
     with tls_connect(pki, address(mtls_server), pki.client_context(cert="client.pem")) as s:
         s.sendall(b"still serving")
         assert recv_exactly(s, 13) == b"still serving"
+
+
+def test_rotating_the_client_ca_refuses_tickets_issued_under_the_old_one(pki, serve, tmp_path):
+    # Tickets keep resuming across a rotation, but not into other trust settings.
+    ca = tmp_path / "clients.pem"
+    ca.write_bytes(Path(pki.path("client-ca.pem")).read_bytes())
+    server = serve("--listen", TLS, *tls_args(pki, "--tls-client-ca", str(ca)), port=None)
+    context = pki.client_context(cert="client.pem")
+    with tls_connect(pki, address(server), context) as first:
+        first.sendall(b"x")
+        assert recv_exactly(first, 1) == b"x"
+        session = first.session
+    ca.write_bytes(trustme.CA().cert_pem.bytes())  # trust another CA from now on
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_stderr("TLS certificate reloaded")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(pki, address(server), context, session=session) as again:
+            again.sendall(b"resume?")
+            assert again.recv(10) == b""
+
+
+def test_a_partial_record_held_by_openssl_does_not_spin_the_worker(pki, serve):
+    server = serve("--listen", TLS, *tls_args(pki, "--threads", "1"), port=None)
+    with tls_connect(pki, address(server)) as s:
+        s.sendall(b"one whole record")
+        assert recv_exactly(s, 16) == b"one whole record"
+        before = proc_cpu_seconds(server.pid)
+        # Three bytes of a record header, on the raw socket: OpenSSL holds them and
+        # waits for the rest, which never comes.
+        socket.socket.sendall(s, b"\x17\x03\x03")
+        time.sleep(1.0)
+        spent = proc_cpu_seconds(server.pid) - before
+    assert spent < 0.5, f"the server used {spent:.2f} s of CPU in 1 s while waiting"
 
 
 # ---------------------------------------------------------------- bad clients

@@ -173,6 +173,7 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->awaiting_proxy = h->proxy;
     c->tls = h->tls;
     c->handshaking = h->tls && !h->proxy;
+    c->tp_wants = c->handshaking ? FE_WANT_READ : 0; /* the client speaks first */
     /* Its handshake timeout runs from now: w->now_ns is stale while no timer
      * runs, and the accept time would put it out of order on w->handshaking
      * behind connections that waited less in the queue. */
@@ -418,6 +419,7 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, siz
     list_remove(&w->proxy_waiting, c);
     c->awaiting_proxy = false;
     c->handshaking = c->tls; /* its handshake, and the timeout for it, start now */
+    c->tp_wants = c->tls ? FE_WANT_READ : 0;
     c->active_ns = w->now_ns;
     list_append(list_of(w, c), c);
     *reason = admit_proxied(w, c);
@@ -505,24 +507,25 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         *interest = FE_WANT_READ;
         return FE_STEP_WAIT;
     }
-    if (c->handshaking) { /* the transport adds what the handshake waits for */
+    if (c->handshaking) { /* only what the handshake waits for (c->tp_wants, the backend's) */
         if (w->closing) {
             *reason = FE_CLOSE_SHUTDOWN;
             return FE_STEP_CLOSE;
         }
-        *interest = FE_WANT_READ;
+        *interest = 0;
         return FE_STEP_WAIT;
     }
-    if (c->out.len == 0 && c->peer_eof) {
+    bool unsent = c->out.len > 0 || c->tls_unsent;
+    if (!unsent && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF;
         return FE_STEP_FINISH;
     }
-    if (c->out.len == 0 && (w->closing || c->finishing) && !c->lingering)
+    if (!unsent && (w->closing || c->finishing) && !c->lingering)
         return FE_STEP_LINGER;
 
     uint32_t want = 0;
-    if (c->out.len > 0)
+    if (unsent)
         want |= FE_WANT_WRITE;
     if (!c->peer_eof && c->lingering) {
         want |= FE_WANT_READ; /* discarding input: needs no room */

@@ -89,6 +89,7 @@ FE_ECHO_PATH ssize_t conn_read(fe_conn *c, bool tls, void *buf, size_t n)
         return fe_tp_plain_read(c->fd, buf, n);
     ssize_t got = fe_tp_tls_read(c->ssl, buf, n);
     c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
+    c->tls_got = got > 0;
     return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
 }
 
@@ -99,6 +100,7 @@ static ssize_t conn_peek(fe_conn *c, void *buf, size_t n)
         return fe_tp_plain_peek(c->fd, buf, n);
     ssize_t got = fe_tp_tls_peek(c->ssl, buf, n);
     c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
+    c->tls_got = got > 0;
     return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
 }
 
@@ -202,10 +204,14 @@ static int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason 
  *
  * TLS: a peek returns at most the rest of one incoming record, which goes
  * out as one record, all or nothing. When the socket takes only part of
- * it, OpenSSL keeps that record and wants the same bytes again: the next
- * peek (same room, nothing consumed meanwhile) returns exactly them. */
+ * it, OpenSSL keeps that record and wants the same bytes again: they stay
+ * unread, c->tls_unsent says so, and every retry (on writability, from the
+ * pending list, or once the budget frees, and before FIN) peeks exactly
+ * those bytes again. */
 static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
 {
+    if (c->tls_unsent)
+        want = c->tls_unsent_len;
     ssize_t n = conn_peek(c, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
@@ -213,6 +219,8 @@ static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason
                           : conn_write(c, false, w->read_buffer, (size_t)n);
     if (sent < 0)
         return -1;
+    c->tls_unsent = c->tls && sent == 0;
+    c->tls_unsent_len = c->tls_unsent ? (uint16_t)n : 0;
     if (sent == 0) {
         fe_conn_socket_full(w, c);
         return 0;
@@ -244,9 +252,11 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, enum fe_close
 {
     if (c->awaiting_proxy)
         return read_proxy_header(w, c, reason);
+    *reason = FE_CLOSE_RESET;
+    if (tls && c->tls_unsent) /* a half-sent record first, whatever the budget says now */
+        return peek_echo(w, c, c->tls_unsent_len, reason);
     enum fe_budget_verdict how;
     size_t want = fe_conn_read_room(w, c, &how);
-    *reason = FE_CLOSE_RESET;
     if (how == FE_BUDGET_PEEK)
         return peek_echo(w, c, want, reason);
     if (want == 0)
@@ -287,6 +297,7 @@ FE_ECHO_PATH bool settle_with(fe_worker *w, fe_conn *c, bool tls)
                 break;
             }
             fe_conn_lingering(w, c);
+            c->tp_wants = 0; /* input is now discarded from the raw socket */
             continue;
         case FE_STEP_FINISH:
             /* A close_notify with no room waits for it, as in LINGER:
@@ -308,8 +319,13 @@ FE_ECHO_PATH bool settle_with(fe_worker *w, fe_conn *c, bool tls)
     }
     if (tls) {
         want |= c->tp_wants;
-        if ((want & FE_WANT_READ) && !c->handshaking && !c->lingering && fe_tp_tls_pending(c->ssl))
-            pending_add(w, c); /* read again after this batch: epoll will not say so */
+        /* Read again after this batch (epoll will not say so) if OpenSSL
+         * may hold a whole record: only after a read that returned bytes,
+         * since what a read that found too little leaves is part of a record
+         * whose rest must come from the socket. */
+        if ((want & FE_WANT_READ) && c->tls_got && !c->handshaking && !c->lingering &&
+            fe_tp_tls_pending(c->ssl))
+            pending_add(w, c);
     }
     uint32_t events = epoll_interest(want);
     if (events != c->events) {
@@ -338,6 +354,7 @@ static void handshake(fe_worker *w, fe_conn *c)
         fe_tp_tls_subject(c->ssl, subject, sizeof subject);
         fe_conn_handshake_done(w, c, subject, fe_tp_tls_resumed(c->ssl));
         c->tp_wants = 0;
+        c->tls_got = true; /* data may have come with its last flight */
     } else if (rc == FE_TP_AGAIN || rc == FE_TP_AGAIN_WRITE) {
         c->tp_wants = rc == FE_TP_AGAIN ? FE_WANT_READ : FE_WANT_WRITE;
     } else {
@@ -365,6 +382,10 @@ FE_ECHO_PATH void handle_with(fe_worker *w, fe_conn *c, uint32_t events, bool tl
             fe_conn_socket_drained(c);
         if (c->out.len > 0 && flush(w, c, tls) != 0) {
             close_conn(w, c, FE_CLOSE_RESET);
+            return;
+        }
+        if (tls && c->tls_unsent && peek_echo(w, c, c->tls_unsent_len, &reason) != 0) {
+            close_conn(w, c, reason);
             return;
         }
     }

@@ -21,6 +21,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -37,9 +38,23 @@ static const char intermediate_ciphers[] =
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
 static const char intermediate_groups[] = "X25519:prime256v1:secp384r1";
-/* Sessions resume only within the same context id; with client
- * certificates OpenSSL refuses to resume without one. */
+/* Sessions resume only within the same context id (with client
+ * certificates OpenSSL refuses to resume without one). Without client
+ * certificates it is this constant; with them, a digest of the trusted CAs
+ * (session_context), so that a session verified under other trust settings
+ * never resumes after a rotation, which keeps the ticket keys. */
 static const unsigned char session_id_context[] = "fastecho";
+
+/* The context id for settings: SSL_MAX_SID_CTX_LENGTH (32) bytes at most. */
+static int session_context(const fe_tls_settings *s, unsigned char *out, unsigned int *len)
+{
+    if (s->client_ca_pem == NULL) {
+        memcpy(out, session_id_context, sizeof session_id_context - 1);
+        *len = sizeof session_id_context - 1;
+        return 1;
+    }
+    return EVP_Digest(s->client_ca_pem, s->client_ca_len, out, len, EVP_sha256(), NULL);
+}
 
 bool fe_tls_available(void)
 {
@@ -169,10 +184,12 @@ static int load_client_ca(SSL_CTX *ctx, const fe_tls_settings *s, char *err, siz
 
 static int configure(SSL_CTX *ctx, const fe_tls_settings *s, char *err, size_t errlen)
 {
+    unsigned char sid[EVP_MAX_MD_SIZE];
+    unsigned int sid_len = 0;
     int min = s->min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
     if (!SSL_CTX_set_min_proto_version(ctx, min) || !SSL_CTX_set_cipher_list(ctx, intermediate_ciphers) ||
         !SSL_CTX_set1_groups_list(ctx, intermediate_groups) ||
-        !SSL_CTX_set_session_id_context(ctx, session_id_context, sizeof session_id_context - 1))
+        !session_context(s, sid, &sid_len) || !SSL_CTX_set_session_id_context(ctx, sid, sid_len))
         return fail(err, errlen, "TLS policy not supported by %s", fe_tls_library());
     SSL_CTX_set_dh_auto(ctx, 1); /* for the DHE-RSA suites */
     long options = SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
@@ -200,6 +217,7 @@ static int configure(SSL_CTX *ctx, const fe_tls_settings *s, char *err, size_t e
 int fe_tls_create(const fe_tls_settings *settings, fe_tls **out, char *err, size_t errlen)
 {
     *out = NULL;
+    ERR_clear_error(); /* the caller's thread may hold an old error: not ours to report */
     if (settings->cert_pem == NULL || settings->key_pem == NULL || settings->cert_len > INT32_MAX ||
         settings->key_len > INT32_MAX || settings->client_ca_len > INT32_MAX) {
         snprintf(err, errlen, "a certificate and a key are needed");
@@ -377,8 +395,7 @@ static pthread_once_t sock_method_once = PTHREAD_ONCE_INIT;
 
 static void make_sock_method(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
-                                 "fastecho socket");
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "fastecho socket");
     if (m && BIO_meth_set_read_ex(m, sock_read) && BIO_meth_set_write_ex(m, sock_write) &&
         BIO_meth_set_ctrl(m, sock_ctrl)) {
         sock_method = m; /* kept for the life of the process */

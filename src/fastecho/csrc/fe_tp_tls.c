@@ -35,7 +35,8 @@ static int failure(SSL *ssl, int ret, int errnum)
         /* With an empty queue and no errno: FIN without close_notify (older
          * OpenSSL). Otherwise the socket broke. */
         result = (ERR_peek_error() == 0 && errnum == 0) ? 0 : FE_TP_ERROR;
-        SSL_set_quiet_shutdown(ssl, 1); /* no close_notify on a failed session */
+        if (result != 0)
+            SSL_set_quiet_shutdown(ssl, 1); /* no close_notify on a failed session */
         break;
     default:
         result = FE_TP_PROTOCOL;
