@@ -576,7 +576,7 @@ def test_haproxy_in_front_per_ip_limit_counts_the_original_client(serve, haproxy
 
 @pytest.mark.parametrize("args, fragments", [
     (("--listen", "tls://127.0.0.1:7000"), ("tls",)),
-    (("--listen", "udp://127.0.0.1:7000"), ("udp",)),
+    (("--listen", "sctp://127.0.0.1:7000"), ("sctp", "unknown scheme")),
     (("--listen", "tcp://127.0.0.1:7000", "--listen", "tcp+proxy://127.0.0.1:7000"), ("127.0.0.1:7000",)),
     (("--listen", "tcp://127.0.0.1:7000", "--listen", "tcp://127.0.0.1:7000"), ("127.0.0.1:7000",)),
     (("--listen", "127.0.0.1:7000"), ()),
@@ -590,7 +590,7 @@ def test_haproxy_in_front_per_ip_limit_counts_the_original_client(serve, haproxy
     (("--listen", PROXY, "--proxy-from", "10.0.0.0/33"), ("10.0.0.0/33",)),
     (("--listen", PROXY, "--proxy-timeout", "soon"), ("soon",)),
     (("--listen", PROXY, "--proxy-timeout", "-1"), ("-1",)),
-], ids=["tls-scheme", "udp-scheme", "duplicate-address", "duplicate-url", "no-scheme", "no-port",
+], ids=["tls-without-certificate", "unknown-scheme", "duplicate-address", "duplicate-url", "no-scheme", "no-port",
         "port-out-of-range", "port-not-a-number", "no-host", "path", "with-port",
         "proxy-from-not-a-network", "proxy-from-bad-prefix", "proxy-timeout-not-a-number",
         "proxy-timeout-negative"])
