@@ -25,16 +25,22 @@ struct fe_conn {
     uint8_t events;       /* the interest the backend registered (EPOLLIN/EPOLLOUT) */
     bool tls;             /* TLS transport (ssl), handshake done or not */
     bool finishing;       /* line too long: send what is queued, then close */
-    /* The flags fe_conn_plain tests, side by side. */
-    bool peer_eof;        /* client sent FIN: echo what is left, then close */
-    bool lingering;       /* we sent FIN: discard input until the peer closes */
-    bool budget_wait;     /* not read until the memory budget frees (w->budget_blocked) */
-    bool space_wait;      /* budget spent, holds nothing: not read until its socket drains */
-    bool awaiting_proxy;  /* +proxy: its PROXY header has not all arrived (w->proxy_waiting) */
-    bool handshaking;     /* TLS: the handshake has not finished (w->handshaking) */
-    bool tls_unsent;      /* TLS, budget spent: OpenSSL holds a peeked record half-sent
-                             (tls_unsent_len bytes, still unread): like queued output,
-                             it goes out, with the same bytes, before anything else */
+    /* The states fe_conn_plain rules out, read as one word (any set: not plain). */
+    union {
+        struct {
+            bool peer_eof;       /* client sent FIN: echo what is left, then close */
+            bool lingering;      /* we sent FIN: discard input until the peer closes */
+            bool budget_wait;    /* not read until the memory budget frees (w->budget_blocked) */
+            bool space_wait;     /* budget spent, holds nothing: not read until its socket drains */
+            bool awaiting_proxy; /* +proxy: its PROXY header has not all arrived (w->proxy_waiting) */
+            bool handshaking;    /* TLS: the handshake has not finished (w->handshaking) */
+            bool tls_unsent;     /* TLS, budget spent: OpenSSL holds a peeked record half-sent
+                                    (tls_unsent_len bytes, still unread): like queued output,
+                                    it goes out, with the same bytes, before anything else */
+            bool unused;         /* (always false) */
+        };
+        uint64_t not_plain;
+    };
     fe_buf out;           /* echoed bytes the socket has not taken yet */
     uint64_t bytes_in, bytes_out;
     /* cold */
@@ -105,8 +111,7 @@ static inline bool fe_conn_plain(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     return s->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 &&
-           !(c->peer_eof | c->lingering | c->budget_wait | c->space_wait | c->awaiting_proxy |
-             c->handshaking | c->tls_unsent) &&
+           c->not_plain == 0 &&
            atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed) <
                s->memory_plain_bound;
 }
