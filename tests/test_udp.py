@@ -247,3 +247,37 @@ def test_client_udp_gives_up_after_its_retries_with_one_line():
 def test_udp_option_errors_are_one_line(args, fragment):
     result = run_cli("serve", *args, "--print-config")
     assert_one_line_error(result, 2, fragment)
+
+
+def test_access_log_has_one_line_per_source_with_its_totals(serve):
+    server = serve("--listen", UDP, "--access-log", port=None)
+    with client(address(server)) as s:
+        for payload in (b"a", b"bb", b"ccc"):
+            assert exchange(s, payload) == payload
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.bind(("127.0.0.2", 0))
+        other.settimeout(5)
+        other.sendto(b"from .2", address(server))
+        assert other.recv(100) == b"from .2"
+    assert server.stop() == 0  # the stop writes the window's lines
+    log = server.stderr()
+    assert "udp 127.0.0.1 in=3 out=3 bytes_in=6 bytes_out=6 over=" in log
+    assert "udp 127.0.0.2 in=1 out=1 bytes_in=7 bytes_out=7 over=" in log
+
+
+def test_access_log_sums_the_sources_a_worker_cannot_tell_apart(serve):
+    # One worker tallies 4096 sources a window; the rest share one line, so
+    # spoofed sources cannot grow its memory.
+    server = serve("--listen", UDP, "--threads", "1", "--access-log", "--access-log-ring", "8192",
+                   "--metrics-port", "0", port=None)
+    sources = 4096 + 300
+    for i in range(sources):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((f"127.1.{i // 250}.{i % 250 + 1}", 0))
+            s.sendto(b"!", address(server))
+    wait_for(server, 'fastecho_udp_datagrams_total{direction="in"}', sources)
+    assert server.stop() == 0
+    lines = [line for line in server.stderr().splitlines() if "] udp " in line]
+    assert sum("other sources" not in line for line in lines) == 4096
+    assert [line.split("] ", 1)[1].split(" in=")[0] for line in lines if "other sources" in line] == \
+        ["udp (300 other sources)"]

@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_EVENT_UDP, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
@@ -81,6 +81,11 @@ cdef object _peer_host(const fe_peer *peer):
 
 
 cdef tuple _event_tuple(const fe_event *ev):
+    if ev.kind == FE_EVENT_UDP:
+        # (kind, source host or None for "other sources", sources, bytes_in, bytes_out,
+        #  window_s, datagrams_in, datagrams_out)
+        return ("udp", _peer_host(&ev.peer) if ev.peer.family else None, ev.sources, ev.bytes_in,
+                ev.bytes_out, ev.duration_ns / 1e9, ev.datagrams_in, ev.datagrams_out)
     return (
         "open" if ev.kind == FE_EVENT_OPEN else "close",
         _peer_host(&ev.peer),
@@ -322,7 +327,11 @@ cdef class Engine:
         Each is (kind, peer_host, peer_port, bytes_in, bytes_out, duration_s,
         reason, via, subject): kind is "open" or "close", reason is "" for
         open events, via is the proxy's (host, port) or None, and subject is
-        the TLS client certificate's subject (open events) or None.
+        the TLS client certificate's subject (open events) or None. A UDP
+        source's totals over about a minute are ("udp", source_host, 1,
+        bytes_in, bytes_out, window_s, datagrams_in, datagrams_out), with
+        source_host None and the count of sources for those that did not fit
+        the worker's table.
         """
         cdef fe_server *server = self._live()
         cdef fe_event batch[EVENT_BATCH]

@@ -27,6 +27,8 @@ def format_event(event: Sequence) -> str:
     `open 127.0.0.1:53422 subject="CN=client,O=Example"` (escaped to
     printable ASCII by the core, so it cannot forge a line).
     """
+    if event[0] == "udp":
+        return format_udp(event)
     kind, host, port, bytes_in, bytes_out, duration, reason, via, subject = event
     who = format_address(host, port)
     if via is not None:
@@ -35,6 +37,16 @@ def format_event(event: Sequence) -> str:
         return f'open {who} subject="{subject}"' if subject else f"open {who}"
     return (f"{kind} {who} in={bytes_in} out={bytes_out} "
             f"duration={duration:.3f}s reason={reason or '-'}")
+
+
+def format_udp(event: Sequence) -> str:
+    """`udp 127.0.0.1 in=12 out=12 bytes_in=1200 bytes_out=1200 over=60.000s`: one UDP source's
+    totals over about a minute; `udp (3000 other sources) ...` for those a worker's table
+    could not hold apart."""
+    _, host, sources, bytes_in, bytes_out, window, datagrams_in, datagrams_out = event
+    who = host if host is not None else f"({sources} other sources)"
+    return (f"udp {who} in={datagrams_in} out={datagrams_out} bytes_in={bytes_in} "
+            f"bytes_out={bytes_out} over={window:.3f}s")
 
 
 class AccessLogDrainer:

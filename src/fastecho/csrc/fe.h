@@ -47,7 +47,11 @@ typedef struct fe_cidr {
     uint8_t addr[16];
 } fe_cidr;
 
-enum fe_event_kind { FE_EVENT_OPEN = 1, FE_EVENT_CLOSE = 2 };
+enum fe_event_kind {
+    FE_EVENT_OPEN = 1,
+    FE_EVENT_CLOSE = 2,
+    FE_EVENT_UDP = 3, /* a UDP source's totals over a window (about a minute) */
+};
 
 /* Why a connection closed: one table, named by fe_close_reason_name, that
  * the counters (fe_stats.closes), the binding, the metrics and the access
@@ -126,6 +130,12 @@ typedef struct fe_event {
     /* open, on a tls listener: the client certificate's subject (RFC 2253
      * form, e.g. "CN=client,O=Example"); "" when the client sent none. */
     char subject[FE_SUBJECT_MAX];
+    /* udp: peer is the source address (port 0; family 0 for the sources
+     * that did not fit the table, counted in sources), bytes_in/out its
+     * payload bytes, duration_ns the window, and these its datagrams. */
+    uint64_t datagrams_in;
+    uint64_t datagrams_out;
+    uint64_t sources;
 } fe_event;
 
 typedef struct fe_config {

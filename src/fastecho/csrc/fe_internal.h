@@ -12,6 +12,7 @@
 #include "fe_queue.h"
 #include "fe_rate.h"
 #include "fe_ring.h"
+#include "fe_udp_log.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -107,6 +108,8 @@ typedef struct fe_worker {
     fe_udp_socket udp[FE_MAX_LISTENERS];
     size_t udp_count;
     struct fe_udp_batch *udp_batch;
+    fe_udp_log udp_log;  /* per-source tallies, with access events and UDP */
+    bool udp_log_ready;
 } fe_worker;
 
 struct fe_server {

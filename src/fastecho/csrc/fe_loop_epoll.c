@@ -484,6 +484,7 @@ static bool needs_clock(const fe_worker *w)
 {
     return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
            w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->budget_blocked > 0 ||
+           w->udp_log.window_start_ns != 0 ||
            atomic_load(&w->server->state) != FE_RUNNING;
 }
 
@@ -492,6 +493,9 @@ static int wait_timeout_ms(const fe_worker *w)
     const fe_server *s = w->server;
     /* With no timer running (the plain echo loop), there is none to look at. */
     int64_t ms = needs_clock(w) ? fe_conn_next_timer_ms(w) : -1;
+    int64_t log_ms = fe_udp_log_ms_left(w);
+    if (log_ms >= 0 && (ms < 0 || log_ms < ms))
+        ms = log_ms;
     if (w->tls_pending_count > 0)
         return 0; /* input is waiting in OpenSSL */
     if (atomic_load(&s->state) != FE_RUNNING) {
@@ -566,6 +570,8 @@ void *fe_worker_main(void *arg)
             w->now_ns = fe_now_ns();
         if (w->tls_pending_count > 0)
             serve_tls_pending(w);
+        if (w->udp_log.window_start_ns != 0)
+            fe_udp_log_flush_due(w, false);
         if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head || w->handshaking.head)
             close_expired(w);
         if (w->budget_blocked > 0 && fe_conn_budget_retry_due(w))
@@ -578,6 +584,7 @@ void *fe_worker_main(void *arg)
          * the state changed, so everything it ever queued is visible now;
          * adopt it (or close it, once closing) before deciding whether this
          * worker is finished. */
+        fe_udp_log_flush_due(w, true);
         fe_udp_close(w);
         adopt_queued(w);
         if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))

@@ -28,6 +28,11 @@ struct fe_udp_batch {
     struct mmsghdr msgs[FE_UDP_BATCH];
     struct iovec iov[FE_UDP_BATCH];
     struct sockaddr_storage from[FE_UDP_BATCH];
+    /* For the access log: each received datagram's length and fate, and
+     * which received datagram each reply slot holds. */
+    uint32_t len[FE_UDP_BATCH];
+    bool echoed[FE_UDP_BATCH];
+    uint8_t origin[FE_UDP_BATCH];
     char *data; /* FE_UDP_BATCH buffers of cfg.udp_max_datagram bytes */
 };
 
@@ -85,6 +90,11 @@ int fe_udp_open(fe_server *s, char *err, size_t errlen)
         }
         b->data = data;
         w->udp_batch = b;
+        if (w->ring_ready) {
+            if (fe_udp_log_init(&w->udp_log) != 0)
+                return fail(err, errlen, ENOMEM, "allocating the UDP access log", -1);
+            w->udp_log_ready = true;
+        }
     }
     return 0;
 }
@@ -120,6 +130,8 @@ static int verdict(fe_worker *w, const struct mmsghdr *m, const struct sockaddr_
     return FE_UDP_DROP_COUNT;
 }
 
+static void tally(fe_worker *w, const struct fe_udp_batch *b, int n);
+
 void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
 {
     struct fe_udp_batch *b = w->udp_batch;
@@ -142,6 +154,8 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
     for (int i = 0; i < n; i++) {
         size_t len = b->msgs[i].msg_len;
         bytes_in += len;
+        b->len[i] = (uint32_t)len;
+        b->echoed[i] = false;
         int drop = verdict(w, &b->msgs[i], &b->from[i], &now_ns);
         if (drop != FE_UDP_DROP_COUNT) {
             fe_counter_add(&w->udp_dropped[l][drop], 1);
@@ -150,6 +164,7 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
         b->iov[i].iov_len = len;
         if (keep != i)
             b->msgs[keep].msg_hdr = b->msgs[i].msg_hdr;
+        b->origin[keep] = (uint8_t)i;
         keep++;
     }
     fe_counter_add(&w->udp_in[l], (uint64_t)n);
@@ -160,8 +175,10 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
     while (sent < keep) {
         int r = sendmmsg(u->fd, b->msgs + sent, (unsigned)(keep - sent), MSG_DONTWAIT);
         if (r > 0) {
-            for (int i = sent; i < sent + r; i++)
+            for (int i = sent; i < sent + r; i++) {
                 bytes_out += b->msgs[i].msg_hdr.msg_iov->iov_len;
+                b->echoed[b->origin[i]] = true;
+            }
             sent += r;
         } else if (r < 0 && errno == EINTR) {
             continue;
@@ -172,11 +189,44 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
         } else {
             fe_counter_add(&w->udp_dropped[l][FE_UDP_DROP_SEND_ERROR], 1); /* that one; go on */
             memmove(&b->msgs[sent], &b->msgs[sent + 1], (size_t)(keep - sent - 1) * sizeof b->msgs[0]);
+            memmove(&b->origin[sent], &b->origin[sent + 1], (size_t)(keep - sent - 1));
             keep--;
         }
     }
     fe_counter_add(&w->udp_out[l], (uint64_t)sent);
     fe_counter_add(&w->udp_bytes_out[l], bytes_out);
+    if (w->udp_log_ready)
+        tally(w, b, n);
+}
+
+/* Counts each datagram of the batch under its source for the access log. */
+static void tally(fe_worker *w, const struct fe_udp_batch *b, int n)
+{
+    w->now_ns = fe_now_ns(); /* the window's start, if this opens one */
+    for (int i = 0; i < n; i++) {
+        fe_peer source;
+        fe_peer_from_sockaddr(&source, (const struct sockaddr *)&b->from[i], sizeof b->from[i]);
+        fe_udp_log_count(&w->udp_log, &source, b->len[i], b->echoed[i], w->now_ns);
+    }
+}
+
+static void push_event(void *ctx, const fe_event *ev)
+{
+    fe_ring_push(ctx, ev);
+}
+
+void fe_udp_log_flush_due(fe_worker *w, bool now)
+{
+    if (w->udp_log_ready && (now || fe_udp_log_due(&w->udp_log, w->now_ns)))
+        fe_udp_log_flush(&w->udp_log, w->now_ns, push_event, &w->events);
+}
+
+int64_t fe_udp_log_ms_left(const fe_worker *w)
+{
+    if (!w->udp_log_ready || w->udp_log.window_start_ns == 0)
+        return -1;
+    int64_t end = w->udp_log.window_start_ns + FE_UDP_LOG_WINDOW_MS * 1000000LL;
+    return end <= w->now_ns ? 0 : (end - w->now_ns + 999999) / 1000000;
 }
 
 void fe_udp_close(fe_worker *w)
@@ -192,6 +242,10 @@ void fe_udp_close(fe_worker *w)
 
 void fe_udp_free(fe_worker *w)
 {
+    if (w->udp_log_ready) {
+        fe_udp_log_free(&w->udp_log);
+        w->udp_log_ready = false;
+    }
     if (w->udp_batch != NULL) {
         free(w->udp_batch->data);
         free(w->udp_batch);

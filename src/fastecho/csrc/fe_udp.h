@@ -22,6 +22,13 @@ int fe_udp_open(fe_server *s, char *err, size_t errlen);
  * worker; never blocks. */
 void fe_udp_serve(fe_worker *w, fe_udp_socket *u);
 
+/* Access log: emits the per-source events whose window has run out at
+ * w->now_ns (all of them with now, at the stop). */
+void fe_udp_log_flush_due(fe_worker *w, bool now);
+
+/* Milliseconds until the access log's window runs out (-1: none open). */
+int64_t fe_udp_log_ms_left(const fe_worker *w);
+
 /* Closes w's UDP sockets (the stop: reading UDP ends at once) and removes
  * them from its epoll set. Idempotent; on w's thread, or after it exited. */
 void fe_udp_close(fe_worker *w);

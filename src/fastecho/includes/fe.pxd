@@ -35,6 +35,7 @@ cdef extern from "fe.h" nogil:
     enum fe_event_kind:
         FE_EVENT_OPEN
         FE_EVENT_CLOSE
+        FE_EVENT_UDP
 
     enum fe_close_reason:
         FE_CLOSE_NONE
@@ -69,6 +70,9 @@ cdef extern from "fe.h" nogil:
         uint64_t bytes_out
         uint64_t duration_ns
         char subject[160]
+        uint64_t datagrams_in
+        uint64_t datagrams_out
+        uint64_t sources
 
     ctypedef struct fe_config:
         int threads
