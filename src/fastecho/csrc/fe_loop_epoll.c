@@ -80,6 +80,16 @@ static void pending_remove(fe_worker *w, fe_conn *c)
  * TLS copy calls OpenSSL directly (no indirect call in either). */
 #define FE_ECHO_PATH static inline __attribute__((always_inline))
 
+/* A TLS read's result as the connection sees it: a read that must send
+ * first waits for writability (tp_wants) and is otherwise "nothing now";
+ * tls_got notes whether bytes came, for the pending check in settle. */
+static inline ssize_t tls_read_result(fe_conn *c, ssize_t got)
+{
+    c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
+    c->tls_got = got > 0;
+    return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
+}
+
 /* Reads through the connection's transport. After our FIN, input is only
  * discarded: a TLS connection then reads the raw socket, since its records
  * need no decrypting to be thrown away. */
@@ -87,10 +97,7 @@ FE_ECHO_PATH ssize_t conn_read(fe_conn *c, bool tls, void *buf, size_t n)
 {
     if (!tls || c->lingering)
         return fe_tp_plain_read(c->fd, buf, n);
-    ssize_t got = fe_tp_tls_read(c->ssl, buf, n);
-    c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
-    c->tls_got = got > 0;
-    return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
+    return tls_read_result(c, fe_tp_tls_read(c->ssl, buf, n));
 }
 
 /* Peeks (leaves the bytes to be read again) and drops peeked bytes. */
@@ -98,10 +105,7 @@ static ssize_t conn_peek(fe_conn *c, void *buf, size_t n)
 {
     if (!c->tls)
         return fe_tp_plain_peek(c->fd, buf, n);
-    ssize_t got = fe_tp_tls_peek(c->ssl, buf, n);
-    c->tp_wants = got == FE_TP_AGAIN_WRITE ? FE_WANT_WRITE : 0;
-    c->tls_got = got > 0;
-    return got == FE_TP_AGAIN_WRITE ? FE_TP_AGAIN : got;
+    return tls_read_result(c, fe_tp_tls_peek(c->ssl, buf, n));
 }
 
 static void conn_discard(fe_conn *c, void *scratch, size_t n)
