@@ -274,7 +274,8 @@ typedef struct fe_stats {
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
  * buffer, 256 KiB stacks, queue capacity 4096, raw framing (max_line
  * 64 KiB if line mode is turned on), no access events, no limits, no memory
- * budget, no fd reserve. */
+ * budget, no fd reserve; UDP: low source ports dropped, no rate limit,
+ * datagrams up to 65535 bytes. */
 void fe_config_init(fe_config *cfg);
 
 /* Allocates a server from cfg (copied; the caller keeps ownership of cfg).

@@ -77,13 +77,17 @@ bool fe_rate_take(fe_rate_table *t, const fe_peer *source, int64_t now_ns)
         slot->family = source->family;
         memcpy(slot->addr, source->addr, sizeof slot->addr);
         slot->tokens = full;
+        slot->seen_ns = now_ns > 0 ? now_ns : 1;
     } else if (now_ns > slot->seen_ns) {
         /* Refill for the time since; a second's worth fills it. */
         uint64_t elapsed = (uint64_t)(now_ns - slot->seen_ns);
         uint64_t refill = elapsed >= (uint64_t)NS_PER_S ? full : elapsed * t->rate;
         slot->tokens = refill >= full - slot->tokens ? full : slot->tokens + refill;
+        slot->seen_ns = now_ns;
     }
-    slot->seen_ns = now_ns > 0 ? now_ns : 1;
+    /* An earlier now_ns (a worker whose batch began before another's took
+     * the lock after it) leaves seen_ns alone: moving it back would let the
+     * next take refill that stretch of time a second time. */
     bool allowed = slot->tokens >= one;
     if (allowed)
         slot->tokens -= one;

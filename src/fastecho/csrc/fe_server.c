@@ -72,6 +72,10 @@ void fe_config_init(fe_config *cfg)
     cfg->proxy_from_count = 0;
     cfg->proxy_timeout_ms = 5000;
     cfg->tls_handshake_timeout_ms = 10000;
+    /* Every field set here: a C caller's cfg starts as whatever its stack
+     * held, so a field left out is garbage (a bool that is neither 0 nor 1). */
+    cfg->udp_allow_low_ports = false;
+    cfg->udp_rate = 0;
     cfg->udp_max_datagram = 65535;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
