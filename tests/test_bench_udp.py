@@ -35,7 +35,7 @@ HEADER = struct.Struct("<QIIII")  # seq, socket, slot, length, check: the genera
 # A generous loss timeout, so that only what a server drops is lost, even on
 # a busy machine; the loss tests set their own.
 UDP = {"udp": True, "udp_timeout": 1.0, **SHORT}
-UDP_SERVERS = ["reference-udp", "reference-udp-mmsg", "asyncio", "uvloop"]
+UDP_SERVERS = ["fastecho", "reference-udp", "reference-udp-mmsg", "asyncio", "uvloop"]
 
 
 def _skip_if_unavailable(name: str) -> None:
@@ -354,7 +354,9 @@ def test_bad_udp_arguments_raise_value_error(overrides, fragment):
 
 @pytest.mark.parametrize("name", ["fastecho-reference-udp", "fastecho-reference-udp-mmsg"])
 def test_reference_loops_share_a_port_over_threads_and_stop_on_sigterm(name):
-    process = subprocess.Popen([str(reference_binary(name)), "--host", HOST, "--port", "0", "--threads", "3"],
+    # --rcvbuf: bigger than the default, within what net.core.rmem_max lets anyone ask for
+    process = subprocess.Popen([str(reference_binary(name)), "--host", HOST, "--port", "0", "--threads", "3",
+                                "--rcvbuf", "262144"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         line = process.stdout.readline()
@@ -384,6 +386,7 @@ def test_reference_loops_share_a_port_over_threads_and_stop_on_sigterm(name):
 
 @pytest.mark.parametrize("args, fragment", [(["--threads", "0"], "--threads must be a number in 1..1024"),
                                              (["--host", "localhost"], "--host must be an IPv4 address"),
+                                             (["--rcvbuf", "-5"], "--rcvbuf must be a number in 0..1073741824"),
                                              (["extra"], "unexpected argument")])
 def test_reference_loops_refuse_bad_options_with_exit_2(args, fragment):
     result = subprocess.run([str(reference_binary("fastecho-reference-udp")), *args], capture_output=True, text=True,
