@@ -6,8 +6,8 @@ fastecho's UDP listener asks for (4 MiB, capped by net.core.rmem_max).
     python bench/udp_buffers.py [--rcvbuf 4194304] [--rounds 3] [any python -m fastecho.bench option]
 
 At 64 sockets x depth 8 a server that falls behind holds up to 512 datagrams
-in its socket; a default buffer holds about 100 to 170 of them, and the rest
-are lost. The extra servers are `reference-udp-big` and
+in its socket; a default buffer holds 256 of 64 B or 92 of 1 KiB, and the
+rest are lost. The extra servers are `reference-udp-big` and
 `reference-udp-mmsg-big`; unless --servers is given, the run compares
 fastecho with all four loops. Every other option is python -m
 fastecho.bench's, and --transport udp is implied.
