@@ -416,7 +416,7 @@ def test_default_tls_servers_that_cannot_serve_tls_are_skipped_with_a_note():
         (["--transport", "tls", "--servers", "asyncio,reference"], "", ["reference has no TLS"]),
         (["--tls-version", "1.2"], "", ["--tls-version applies only with --transport tls"]),
         (["--transport", "tls", "--tls-version", "1.1"], "", ["--tls-version", "'1.1'"]),
-        (["--transport", "udp"], "", ["--transport", "'udp'"]),
+        (["--transport", "quic"], "", ["--transport", "'quic'"]),
         (["--handshakes", "--depth", "2"], "", ["--depth 2", "depth is 1"]),
         (["--transport", "tls", "--servers", "asyncio"], "sys.modules['trustme'] = None",
          ["--transport tls", "pip install trustme"]),

@@ -9,6 +9,9 @@ cdef extern from "loadgen.h" nogil:
         LG_ERROR_SIZE
         LG_TLS_DESCRIPTION_SIZE
         LG_MAX_SERVER_PIDS
+        LG_UDP_MAX_DATAGRAM_SIZE
+        LG_UDP_MAX_SOCKETS
+        LG_UDP_DEFAULT_TIMEOUT_MS
 
     enum lg_status:
         LG_OK
@@ -37,6 +40,8 @@ cdef extern from "loadgen.h" nogil:
         int tls_version
         const char *tls_ca_file
         int handshakes
+        int udp
+        double udp_timeout_s
 
     ctypedef struct lg_result:
         uint64_t messages
@@ -54,6 +59,11 @@ cdef extern from "loadgen.h" nogil:
         int64_t server_utime_us
         int64_t server_stime_us
         int64_t server_rss_kib
+        uint64_t sent
+        uint64_t lost
+        uint64_t late
+        uint64_t duplicates
+        uint64_t reordered
         char tls_description[LG_TLS_DESCRIPTION_SIZE]
         char error[LG_ERROR_SIZE]
 

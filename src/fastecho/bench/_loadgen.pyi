@@ -4,6 +4,9 @@ from typing import Literal, TypedDict
 
 MAX_MESSAGE_SIZE: int
 MAX_SERVER_PIDS: int  # most processes whose CPU one run sums
+UDP_MAX_DATAGRAM_SIZE: int  # 65507: the largest UDP payload over IPv4
+UDP_MAX_SOCKETS: int  # most UDP sockets one run opens
+UDP_DEFAULT_TIMEOUT: float  # seconds after which an unanswered datagram is lost, when udp_timeout is 0
 TLS_SUPPORTED: bool  # whether this build speaks TLS (FASTECHO_WITH_TLS)
 TLS_LIBRARY: str | None  # the TLS library it runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026"
 
@@ -27,6 +30,13 @@ class LoadResult(TypedDict):
     server_sys_us: int | None
     server_rss_kib: int | None  # server VmRSS at the end of the window, summed
     tls: str | None  # with tls: what was negotiated, e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"
+    # With udp (else None): what became of the datagrams sent in the window, followed past its end
+    # until each was echoed or given up.
+    sent: int | None  # datagrams sent in the window
+    lost: int | None  # of those, not echoed within udp_timeout (late ones included)
+    late: int | None  # of those, echoed only after they were counted lost
+    duplicates: int | None  # extra echoes of a datagram already echoed
+    reordered: int | None  # echoed after a datagram sent later on the same socket was
 
 def run_load(
     host: str,
@@ -46,6 +56,8 @@ def run_load(
     tls_version: Literal["1.2", "1.3"] | None = None,
     tls_ca_file: str | os.PathLike[str] | None = None,
     handshakes: bool = False,
+    udp: bool = False,
+    udp_timeout: float = 0.0,
 ) -> LoadResult:
     """Open `conns` connections to host:port (IPv4), keep `depth` messages of
     `size` bytes in flight on each, warm up for `warmup` s, then measure for
@@ -68,11 +80,23 @@ def run_load(
     completed in the window. Each connect + handshake, and each close, must
     finish within `connect_timeout`.
 
+    udp: `conns` UDP sockets, each connect()ed to host:port, keep `depth`
+    datagrams of `size` bytes (0 to UDP_MAX_DATAGRAM_SIZE) in flight. Each
+    datagram carries a header (sequence number, socket, length, check) and a
+    pattern; every echo must match it byte for byte and in length. A
+    datagram not echoed within `udp_timeout` s (0: UDP_DEFAULT_TIMEOUT) is
+    counted lost and its slot reused; duplicates, late echoes and reordering
+    are counted (`sent`, `lost`, `late`, `duplicates`, `reordered`), never an
+    error. `messages` counts the echoes that arrived in time in the window;
+    `starved_conns` the sockets with none. Not with tls or handshakes.
+
     Raises ValueError for an out-of-range argument, a CA file that cannot be
     loaded, or TLS asked of a build without it (see TLS_SUPPORTED), and
     fastecho.bench.errors.LoadError when a connection cannot be established
     within `connect_timeout` s, a handshake fails, an echoed byte differs
-    from what was sent, or the server closes or resets a connection.
+    from what was sent, or the server closes or resets a connection (UDP:
+    an echo that differs from its datagram in any byte or its length, or
+    comes back to the wrong socket, and a port that refuses datagrams).
     Connections the server never answers are not an error: they are counted
     in `starved_conns`.
     """

@@ -13,6 +13,9 @@ from fastecho.bench.errors import LoadError
 
 MAX_MESSAGE_SIZE = LG_MAX_MESSAGE_SIZE
 MAX_SERVER_PIDS = LG_MAX_SERVER_PIDS
+UDP_MAX_DATAGRAM_SIZE = LG_UDP_MAX_DATAGRAM_SIZE
+UDP_MAX_SOCKETS = LG_UDP_MAX_SOCKETS
+UDP_DEFAULT_TIMEOUT = LG_UDP_DEFAULT_TIMEOUT_MS / 1000
 # Whether this build's generator speaks TLS (FASTECHO_WITH_TLS at build time).
 TLS_SUPPORTED = bool(lg_tls_supported())
 # The TLS library it runs with ("OpenSSL 3.0.19 27 Jan 2026"); None without TLS.
@@ -25,7 +28,8 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
              double warmup=0.5, double duration=3.0, int server_pid=0,
              uint64_t seed=1, double connect_timeout=5.0,
              uint64_t max_messages=0, *, server_pids=(), bint tls=False,
-             tls_version=None, tls_ca_file=None, bint handshakes=False):
+             tls_version=None, tls_ca_file=None, bint handshakes=False, bint udp=False,
+             double udp_timeout=0.0):
     """Load an echo server at host:port and measure it; see _loadgen.pyi."""
     cdef lg_config config
     cdef lg_result result
@@ -37,6 +41,8 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
         raise ValueError(f"{len(pid_list)} server pids given; at most {LG_MAX_SERVER_PIDS}")
     for i, pid in enumerate(pid_list):
         pids[i] = pid
+    if size < 0:
+        raise ValueError(f"size {size} is negative")
     if tls_version not in _TLS_VERSIONS:
         raise ValueError(f"tls_version {tls_version!r} is not None (1.2 or 1.3), '1.2' or '1.3'")
     host_bytes = host.encode("ascii")
@@ -46,7 +52,7 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
     config.host = host_bytes
     config.port = port
     config.conns = conns
-    config.size = <size_t>size if size > 0 else 0
+    config.size = <size_t>size
     config.depth = depth
     config.warmup_s = warmup
     config.duration_s = duration
@@ -59,6 +65,8 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
     config.tls_version = _TLS_VERSIONS[tls_version]
     config.tls_ca_file = ca_file
     config.handshakes = handshakes
+    config.udp = udp
+    config.udp_timeout_s = udp_timeout
     with nogil:
         status = lg_run(&config, &result)
     if status == LG_BAD_CONFIG:
@@ -85,6 +93,11 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
         "server_sys_us": result.server_stime_us if has_server else None,
         "server_rss_kib": result.server_rss_kib if has_server else None,
         "tls": result.tls_description.decode("ascii", "replace") if tls else None,
+        "sent": result.sent if udp else None,
+        "lost": result.lost if udp else None,
+        "late": result.late if udp else None,
+        "duplicates": result.duplicates if udp else None,
+        "reordered": result.reordered if udp else None,
     }
 
 

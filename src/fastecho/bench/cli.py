@@ -23,6 +23,9 @@ from fastecho.bench.servers import HOST, SERVERS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_SIZE = 16 * 2**20  # the load generator's LG_MAX_MESSAGE_SIZE
+MAX_UDP_SIZE = 65507  # LG_UDP_MAX_DATAGRAM_SIZE: the largest UDP payload over IPv4
+MAX_UDP_SOCKETS = 65536  # LG_UDP_MAX_SOCKETS
+MAX_UDP_IN_FLIGHT = 2**20  # sockets x depth, LG_UDP_MAX_SLOTS
 MAX_DEPTH = 4096
 FD_HEADROOM = 64  # descriptors a process needs beyond its connections
 
@@ -33,7 +36,10 @@ DEFAULT_SERVERS = ("fastecho", "python", "asyncio", "uvloop", "reference")
 # --transport tls: fastecho's own TLS, its plain listener (what TLS adds to),
 # HAProxy terminating TLS in front of that listener, and the Python loops.
 DEFAULT_TLS_SERVERS = ("fastecho", "fastecho-plain", "haproxy", "asyncio", "uvloop")
-TRANSPORTS = ("tcp", "tls")
+# --transport udp: fastecho's UDP listener, the two bare C loops (per datagram
+# and batched) and a DatagramProtocol on either Python loop.
+DEFAULT_UDP_SERVERS = ("fastecho", "reference-udp", "reference-udp-mmsg", "asyncio", "uvloop")
+TRANSPORTS = ("tcp", "tls", "udp")
 TLS_VERSIONS = ("1.2", "1.3")
 
 
@@ -52,6 +58,12 @@ QUICK = RunDefaults(conns="64,1000", sizes="1024", duration=1.5, warmup=0.25, ro
 # --handshakes: 64 handshakes in flight, each echoing one small message.
 HANDSHAKE_DEFAULTS = RunDefaults(conns="64", sizes="64", duration=3.0, warmup=0.5, rounds=3)
 HANDSHAKE_QUICK = RunDefaults(conns="64", sizes="64", duration=1.5, warmup=0.25, rounds=1)
+# --transport udp: 64 sockets x depth 8 at 64 B and 1 KiB. At one datagram in
+# flight per socket the client's kernel work per datagram equals the server's
+# and the client saturates first.
+UDP_DEFAULTS = RunDefaults(conns="64", sizes="64,1024", duration=3.0, warmup=0.5, rounds=3)
+UDP_QUICK = RunDefaults(conns="64", sizes="64,1024", duration=1.5, warmup=0.25, rounds=1)
+DEFAULT_DEPTH, DEFAULT_UDP_DEPTH = 1, 8
 
 
 def _fail(message: str) -> None:
@@ -103,11 +115,45 @@ def _cpu_set(option: str, text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
+def _udp_servers(text: str | None, notes: list[str]) -> list[str]:
+    """_servers() for --transport udp: by default every server that echoes
+    UDP here, the others skipped with a note; one named that cannot is a
+    usage error."""
+    if text is None:
+        names = []
+        for name in DEFAULT_UDP_SERVERS:
+            reason = SERVERS[name].udp_reason()
+            if reason:
+                notes.append(f"skipping {name}: {reason}")
+            else:
+                names.append(name)
+        without = [n for n in dict.fromkeys(DEFAULT_SERVERS + DEFAULT_TLS_SERVERS) if SERVERS[n].udp_command is None]
+        if without:
+            notes.append(f"skipping {', '.join(without)}: {'they have' if len(without) > 1 else 'it has'} no UDP")
+        return names
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        _fail("--servers: give at least one server")
+    for name in names:
+        if name not in SERVERS:
+            _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
+        spec = SERVERS[name]
+        if spec.udp_command is None:
+            _fail(f"--servers: {name} has no UDP (with --transport udp choose from "
+                  f"{', '.join(n for n, s in SERVERS.items() if s.udp_command is not None)})")
+        reason = spec.udp_reason()
+        if reason:
+            _fail(f"--servers: {name} is not available with UDP: {reason}")
+    return names
+
+
 def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
     """The servers to run. By default every one that can run here: over TCP
     uvloop is an optional extra; over TLS each server that cannot serve TLS
     here is skipped with a note (appended to `notes`). A server named
     explicitly that cannot run is a usage error."""
+    if transport == "udp":
+        return _udp_servers(text, notes)
     tls = transport == "tls"
     if text is None:
         if tls:
@@ -130,6 +176,8 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
         if name not in SERVERS:
             _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
         spec = SERVERS[name]
+        if spec.command is None:
+            _fail(f"--servers: {name} serves only UDP (add --transport udp)")
         if tls and spec.tls_command is None:
             _fail(f"--servers: {name} has no TLS (with --transport tls choose from "
                   f"{', '.join(n for n, s in SERVERS.items() if s.tls_command is not None)})")
@@ -226,11 +274,20 @@ def _in_range(option: str, value: float, low: float, high: float, low_inclusive:
 def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, duration: float, warmup: float,
                rounds: int, threads: int | None, baseline_threads: int, server_cpus: str | None,
                client_cpus: str | None, transport: str = "tcp", tls_version: str | None = None,
-               handshakes: bool = False, notes: list[str] | None = None) -> Plan:
+               handshakes: bool = False, notes: list[str] | None = None,
+               udp_timeout: float | None = None) -> Plan:
     """Check every input and return the plan; raises click.UsageError.
-    Servers skipped by default (no TLS here) are explained in `notes`."""
+    Servers skipped by default (no TLS or no UDP here) are explained in
+    `notes`."""
     if transport not in TRANSPORTS:
         _fail(f"--transport: {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    udp = transport == "udp"
+    if udp and handshakes:
+        _fail("--handshakes applies only to TCP and TLS (UDP has no connections to set up)")
+    if udp_timeout is not None:
+        if not udp:
+            _fail("--udp-timeout applies only with --transport udp")
+        _in_range("--udp-timeout", udp_timeout, 0, 60, low_inclusive=False)
     if transport == "tls":
         _check_tls_support()
         tls_version = tls_version or "1.3"
@@ -245,9 +302,16 @@ def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, durat
     _check_conns(conn_counts)
     message_sizes = _int_list("--sizes", sizes)
     for size in message_sizes:
-        if not 1 <= size <= MAX_SIZE:
+        if udp and not 0 <= size <= MAX_UDP_SIZE:
+            _fail(f"--sizes: {size} is not a valid datagram size (0 to {MAX_UDP_SIZE} bytes)")
+        if not udp and not 1 <= size <= MAX_SIZE:
             _fail(f"--sizes: {size} is not a valid message size (1 to {MAX_SIZE} bytes)")
     _in_range("--depth", depth, 1, MAX_DEPTH)
+    if udp and max(conn_counts) > MAX_UDP_SOCKETS:
+        _fail(f"--conns: {max(conn_counts)} UDP sockets are more than the load generator opens ({MAX_UDP_SOCKETS})")
+    if udp and max(conn_counts) * depth > MAX_UDP_IN_FLIGHT:
+        _fail(f"--conns {max(conn_counts)} × --depth {depth} is more than the {MAX_UDP_IN_FLIGHT} datagrams the "
+              f"load generator keeps in flight")
     _in_range("--duration", duration, 0, 3600, low_inclusive=False)
     _in_range("--warmup", warmup, 0, 3600)
     _in_range("--rounds", rounds, 1, 1000)
@@ -261,10 +325,10 @@ def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, durat
     _in_range("--threads", threads, 1, 1024)
     return Plan(
         servers=server_names,
-        workloads=[Workload(c, s, depth, handshakes) for s in message_sizes for c in conn_counts],
+        workloads=[Workload(c, s, depth, handshakes, udp) for s in message_sizes for c in conn_counts],
         rounds=rounds, duration=duration, warmup=warmup, threads=threads, baseline_threads=baseline_threads,
         server_cpus=server_set, client_cpus=client_set, transport=transport, tls_version=tls_version,
-        handshakes=handshakes,
+        handshakes=handshakes, udp_timeout=udp_timeout,
     )
 
 
@@ -328,22 +392,28 @@ def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: 
                epilog="Defaults: 1 KiB ping-pong at 64 and 1000 connections, 3 rounds of 3 s, every server "
                       "(about 2 minutes). Full matrix: --conns 1,64,1000 --sizes 64,1024,65536. "
                       "--transport tls: " + ", ".join(DEFAULT_TLS_SERVERS) + " on one throwaway ECDSA P-256 "
-                      "certificate (needs trustme). --handshakes: 64 connections × 64 B.")
+                      "certificate (needs trustme). --handshakes: 64 connections × 64 B. --transport udp: "
+                      + ", ".join(DEFAULT_UDP_SERVERS) + ", 64 sockets × depth 8 at 64 B and 1 KiB.")
 @click.option("--servers", metavar="LIST", help="Servers to compare, comma-separated: "
-              + ", ".join(SERVERS) + " (default: all that are installed; with --transport tls, all that "
-              "serve TLS here).")
+              + ", ".join(SERVERS) + " (default: all that are installed; with --transport tls or udp, all "
+              "that serve TLS or UDP here).")
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="tcp", show_default=True,
-              help="Plain TCP, or TLS (every byte encrypted, every handshake before the window).")
+              help="Plain TCP, TLS (every byte encrypted, every handshake before the window), or UDP (every "
+                   "datagram checked; loss, duplicates and reordering counted).")
 @click.option("--tls-version", type=click.Choice(TLS_VERSIONS),
               help="With --transport tls: the one TLS version the load generator offers (default 1.3).")
 @click.option("--handshakes", is_flag=True,
               help="Handshake mode: each connection connects, handshakes (full, never resumed), echoes one "
                    "message and closes, over and over; figures are per handshake.")
-@click.option("--conns", metavar="LIST", help=f"Connection counts (default {DEFAULTS.conns}; with --handshakes "
-              f"{HANDSHAKE_DEFAULTS.conns}).")
+@click.option("--conns", metavar="LIST", help=f"Connection counts (UDP: sockets; default {DEFAULTS.conns}; with "
+              f"--handshakes {HANDSHAKE_DEFAULTS.conns}; with --transport udp {UDP_DEFAULTS.conns}).")
 @click.option("--sizes", metavar="LIST", help=f"Message sizes in bytes (default {DEFAULTS.sizes}; with --handshakes "
-              f"{HANDSHAKE_DEFAULTS.sizes}).")
-@click.option("--depth", type=int, default=1, show_default=True, help="Messages in flight per connection.")
+              f"{HANDSHAKE_DEFAULTS.sizes}; with --transport udp {UDP_DEFAULTS.sizes}, 0 to {MAX_UDP_SIZE}).")
+@click.option("--depth", type=int, help=f"Messages in flight per connection (default {DEFAULT_DEPTH}; with "
+              f"--transport udp {DEFAULT_UDP_DEPTH} datagrams per socket).")
+@click.option("--udp-timeout", type=float, metavar="SECONDS",
+              help="With --transport udp: a datagram not echoed within this is counted lost and its slot reused "
+                   "(default 0.2).")
 @click.option("--duration", type=float, help=f"Seconds measured per run (default {DEFAULTS.duration:g}).")
 @click.option("--warmup", type=float, help=f"Seconds of traffic before each window (default {DEFAULTS.warmup:g}).")
 @click.option("--rounds", type=int, help=f"Interleaved rounds; medians are reported (default {DEFAULTS.rounds}).")
@@ -357,17 +427,24 @@ def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: 
               help="Write a PNG of msgs/s and CPU/msg against connections (needs matplotlib).")
 @click.option("--quick", is_flag=True, help="Smoke run, about 20 s: one short round of the default workloads.")
 def command(servers: str | None, transport: str, tls_version: str | None, handshakes: bool, conns: str | None,
-            sizes: str | None, depth: int, duration: float | None, warmup: float | None, rounds: int | None,
-            threads: int | None, baseline_threads: int, server_cpus: str | None, client_cpus: str | None,
-            json_path: Path | None, plot_path: Path | None, quick: bool) -> int:
+            sizes: str | None, depth: int | None, udp_timeout: float | None, duration: float | None,
+            warmup: float | None, rounds: int | None, threads: int | None, baseline_threads: int,
+            server_cpus: str | None, client_cpus: str | None, json_path: Path | None, plot_path: Path | None,
+            quick: bool) -> int:
     """Compare fastecho with a Python baseline, asyncio, uvloop and a bare C
     epoll loop on loopback (with --transport tls: fastecho's TLS, HAProxy
-    terminating TLS in front of fastecho, asyncio and uvloop), servers and
-    load generator pinned to separate CPUs."""
-    if handshakes:
+    terminating TLS in front of fastecho, asyncio and uvloop; with
+    --transport udp: fastecho's UDP listener, bare C recvfrom/sendto and
+    recvmmsg/sendmmsg loops, and asyncio's and uvloop's DatagramProtocol),
+    servers and load generator pinned to separate CPUs."""
+    if transport == "udp" and not handshakes:
+        base = UDP_QUICK if quick else UDP_DEFAULTS
+    elif handshakes:
         base = HANDSHAKE_QUICK if quick else HANDSHAKE_DEFAULTS
     else:
         base = QUICK if quick else DEFAULTS
+    if depth is None:
+        depth = DEFAULT_UDP_DEPTH if transport == "udp" else DEFAULT_DEPTH
     notes: list[str] = []
     plan = build_plan(
         servers=servers,
@@ -378,7 +455,7 @@ def command(servers: str | None, transport: str, tls_version: str | None, handsh
         warmup=warmup if warmup is not None else base.warmup,
         rounds=rounds if rounds is not None else base.rounds,
         threads=threads, baseline_threads=baseline_threads, server_cpus=server_cpus, client_cpus=client_cpus,
-        transport=transport, tls_version=tls_version, handshakes=handshakes, notes=notes,
+        transport=transport, tls_version=tls_version, handshakes=handshakes, notes=notes, udp_timeout=udp_timeout,
     )
     _check_output_path("--json", json_path)
     _check_output_path("--plot", plot_path)

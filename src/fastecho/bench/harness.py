@@ -9,7 +9,9 @@ the median over rounds and the median of the per-round ratios to fastecho.
 With TLS every server serves one certificate made for the run, and the load
 generator verifies it. In handshake mode a "message" is one cycle of
 connect, full handshake, one echo and close, so every per-message figure
-reads per handshake.
+reads per handshake. Over UDP a "message" is a datagram echoed in time, a
+"connection" a socket, and each sample also says what became of the
+datagrams sent in the window: lost, late, duplicated, reordered.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from fastecho.bench.servers import HOST, SERVERS, ServerSpec, running_server
 
 BASELINE_SERVER = "fastecho"  # ratios are relative to this server
 SETUP_ALLOWANCE_S = 0.6  # start + connect + stop of one run, for estimates
+UDP_DRAIN_ESTIMATE_S = 0.2  # a UDP run waits up to its loss timeout for the window's last datagrams
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,14 @@ class Workload:
     size: int
     depth: int = 1
     handshakes: bool = False  # each conn: connect, handshake, one echo, close, again
+    udp: bool = False  # conns are UDP sockets, messages datagrams
 
     @property
     def label(self) -> str:
         if self.handshakes:
             return f"{self.conns} conns × handshake + {format_size(self.size)} echo + close"
+        if self.udp:
+            return f"{self.conns} sockets × {format_size(self.size)} datagrams, depth {self.depth}"
         depth = "ping-pong" if self.depth == 1 else f"depth {self.depth}"
         return f"{self.conns} conns × {format_size(self.size)}, {depth}"
 
@@ -54,12 +60,19 @@ class Plan:
     server_cpus: frozenset[int] | None = None
     client_cpus: frozenset[int] | None = None
     connect_timeout: float = 10.0
-    transport: str = "tcp"  # or "tls"
+    transport: str = "tcp"  # or "tls" or "udp"
     tls_version: str | None = None  # with tls: "1.2" or "1.3" only; None: either
     handshakes: bool = False  # handshake mode: figures are per handshake
+    udp_timeout: float | None = None  # with udp: seconds before a datagram is lost; None: the generator's default
+
+    @property
+    def udp(self) -> bool:
+        return self.transport == "udp"
 
     @property
     def transport_label(self) -> str:
+        if self.transport == "udp":
+            return "UDP"
         if self.transport != "tls":
             return "TCP"
         return f"TLS {self.tls_version}" if self.tls_version else "TLS"
@@ -69,7 +82,8 @@ class Plan:
         return self.rounds * len(self.workloads) * len(self.servers)
 
     def estimated_seconds(self) -> float:
-        return self.run_count * (self.warmup + self.duration + SETUP_ALLOWANCE_S)
+        drain = (self.udp_timeout or UDP_DRAIN_ESTIMATE_S) if self.udp else 0.0
+        return self.run_count * (self.warmup + self.duration + SETUP_ALLOWANCE_S + drain)
 
 
 @dataclass(frozen=True)
@@ -90,13 +104,25 @@ class Sample:
     rss_kib: int
     client_cpu_busy: float  # share of one CPU the load generator used; near 1 = it was the limit
     tls: str | None = None  # what the TLS handshake negotiated; None over plain TCP
+    # UDP only (else None): the datagrams sent in the window and what became of them.
+    sent: int | None = None
+    lost: int | None = None  # not echoed within the loss timeout (late ones included)
+    loss_percent: float | None = None  # lost / sent; 0 when nothing was sent
+    late: int | None = None
+    duplicates: int | None = None
+    reordered: int | None = None
 
     @classmethod
     def from_load(cls, result: Mapping, size: int) -> Sample:
         """In handshake mode each handshake echoes one message, so the
-        message counts are handshake counts."""
+        message counts are handshake counts; over UDP they count datagrams."""
         messages, elapsed = result["messages"], result["elapsed_s"]
         user, system = result["server_user_us"], result["server_sys_us"]
+        sent, lost = result.get("sent"), result.get("lost")
+        udp = {}
+        if sent is not None:
+            udp = {"sent": sent, "lost": lost, "loss_percent": 100 * lost / sent if sent else 0.0,
+                   "late": result["late"], "duplicates": result["duplicates"], "reordered": result["reordered"]}
         return cls(
             msgs_per_s=messages / elapsed,
             mib_per_s=messages * size / elapsed / 2**20,
@@ -112,6 +138,7 @@ class Sample:
             rss_kib=result["server_rss_kib"],
             client_cpu_busy=result["client_cpu_us"] / 1e6 / elapsed,
             tls=result.get("tls"),
+            **udp,
         )
 
 
@@ -171,20 +198,22 @@ def pinned_to(cpus: frozenset[int] | None) -> Iterator[None]:
 
 
 def measure(spec: ServerSpec, workload: Workload, plan: Plan, seed: int, tls: TlsFiles | None = None) -> Sample:
-    """Start `spec` (serving TLS with `tls`, when given), load it with
-    `workload`, stop it. Server CPU counts every process of the server side.
-    Raises BenchError."""
+    """Start `spec` (serving TLS with `tls`, when given, or UDP in a UDP
+    plan), load it with `workload`, stop it. Server CPU counts every process
+    of the server side. Raises BenchError."""
     from fastecho.bench._loadgen import run_load
 
     client_tls = tls is not None and spec.client_tls
     with running_server(spec, threads=plan.threads, baseline_threads=plan.baseline_threads,
-                        cpus=set(plan.server_cpus) if plan.server_cpus else None, tls=tls) as server:
+                        cpus=set(plan.server_cpus) if plan.server_cpus else None, tls=tls,
+                        udp=plan.udp) as server:
         try:
             result = run_load(HOST, server.port, workload.conns, workload.size, workload.depth,
                               warmup=plan.warmup, duration=plan.duration, server_pids=server.pids,
                               seed=seed, connect_timeout=plan.connect_timeout, handshakes=workload.handshakes,
                               tls=client_tls, tls_version=plan.tls_version if client_tls else None,
-                              tls_ca_file=tls.ca if client_tls else None)
+                              tls_ca_file=tls.ca if client_tls else None, udp=plan.udp,
+                              udp_timeout=plan.udp_timeout or 0.0)
         except LoadError as e:
             exited = server.exit_description()
             raise LoadError(f"{e} (server {exited})" if exited else str(e)) from None

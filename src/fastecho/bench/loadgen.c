@@ -31,7 +31,9 @@
 #define _GNU_SOURCE
 #endif
 #include "loadgen.h"
+#include "loadgen_internal.h"
 #include "loadgen_tls.h"
+#include "loadgen_udp.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,9 +54,6 @@
 #include <unistd.h>
 
 enum {
-    /* Distinct start offsets into the pattern: how many different messages
-     * exist. Large enough that two messages rarely share bytes. */
-    LG_PATTERN_ROTATIONS = 65536,
     LG_RECV_BUFFER_SIZE = 256 * 1024,
     LG_MAX_EVENTS = 256,
     /* Messages coalesced into one sendmsg() when depth > 1, so that the
@@ -126,36 +125,7 @@ typedef struct lg_state {
     char tls_error[LG_ERROR_SIZE / 2];
 } lg_state;
 
-static uint64_t lg_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t lg_seconds_to_ns(double seconds)
-{
-    return (uint64_t)(seconds * 1e9);
-}
-
-/* splitmix64's output function: a cheap bijective mixer. */
-static uint64_t lg_mix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15u;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
-    return x ^ (x >> 31);
-}
-
-static size_t lg_message_rotation(uint64_t seed, int conn_index, uint64_t message)
-{
-    uint64_t h = lg_mix(seed);
-    h = lg_mix(h ^ (uint64_t)(unsigned)conn_index);
-    h = lg_mix(h ^ message);
-    return (size_t)(h % LG_PATTERN_ROTATIONS);
-}
-
-static void lg_fill_pattern(uint8_t *pattern, size_t length, uint64_t seed)
+void lg_fill_pattern(uint8_t *pattern, size_t length, uint64_t seed)
 {
     uint64_t state = seed;
     for (size_t i = 0; i < length; i += sizeof state) {
@@ -163,6 +133,15 @@ static void lg_fill_pattern(uint8_t *pattern, size_t length, uint64_t seed)
         size_t n = length - i < sizeof word ? length - i : sizeof word;
         memcpy(pattern + i, &word, n);
     }
+}
+
+int lg_errorf(lg_result *result, const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(result->error, sizeof result->error, format, args);
+    va_end(args);
+    return -1;
 }
 
 __attribute__((format(printf, 2, 3)))
@@ -261,12 +240,12 @@ static int lg_read_file(const char *path, char *buffer, size_t size)
 }
 
 /* One process's user and system CPU so far, all its threads together. */
-static int lg_read_process_cpu(lg_state *s, int pid, int64_t *user_us, int64_t *system_us)
+static int lg_read_process_cpu(lg_result *r, int pid, int64_t *user_us, int64_t *system_us)
 {
     char path[64], text[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     if (lg_read_file(path, text, sizeof text) < 0)
-        return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
+        return lg_errorf(r, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
     /* The command name (field 2) may hold spaces and ')', so parse from the
      * last ')'. utime and stime are fields 14 and 15. */
     const char *after_name = strrchr(text, ')');
@@ -274,22 +253,21 @@ static int lg_read_process_cpu(lg_state *s, int pid, int64_t *user_us, int64_t *
     if (!after_name ||
         sscanf(after_name + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
                &user_ticks, &system_ticks) != 2)
-        return lg_fail(s, "cannot parse %s", path);
+        return lg_errorf(r, "cannot parse %s", path);
     long ticks_per_second = sysconf(_SC_CLK_TCK);
     if (ticks_per_second <= 0)
-        return lg_fail(s, "sysconf(_SC_CLK_TCK) failed");
+        return lg_errorf(r, "sysconf(_SC_CLK_TCK) failed");
     *user_us = (int64_t)(user_ticks * 1000000u / (unsigned long long)ticks_per_second);
     *system_us = (int64_t)(system_ticks * 1000000u / (unsigned long long)ticks_per_second);
     return 0;
 }
 
-/* The server side's CPU so far: the sum over every server process. */
-static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
+int lg_read_server_cpu(const lg_config *config, lg_result *result, int64_t *user_us, int64_t *system_us)
 {
     *user_us = *system_us = 0;
-    for (int i = 0; i < s->config->server_pid_count; i++) {
+    for (int i = 0; i < config->server_pid_count; i++) {
         int64_t user, system;
-        if (lg_read_process_cpu(s, s->config->server_pids[i], &user, &system) < 0)
+        if (lg_read_process_cpu(result, config->server_pids[i], &user, &system) < 0)
             return -1;
         *user_us += user;
         *system_us += system;
@@ -297,25 +275,24 @@ static int lg_read_server_cpu(lg_state *s, int64_t *user_us, int64_t *system_us)
     return 0;
 }
 
-static int lg_read_server_rss(lg_state *s, int64_t *rss_kib)
+int lg_read_server_rss(const lg_config *config, lg_result *result, int64_t *rss_kib)
 {
     *rss_kib = 0;
-    for (int i = 0; i < s->config->server_pid_count; i++) {
+    for (int i = 0; i < config->server_pid_count; i++) {
         char path[64], text[4096];
-        snprintf(path, sizeof path, "/proc/%d/status", s->config->server_pids[i]);
+        snprintf(path, sizeof path, "/proc/%d/status", config->server_pids[i]);
         if (lg_read_file(path, text, sizeof text) < 0)
-            return lg_fail(s, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
+            return lg_errorf(result, "cannot read %s: %s (did the server exit?)", path, strerror(errno));
         const char *line = strstr(text, "\nVmRSS:");
         long long kib;
         if (!line || sscanf(line + strlen("\nVmRSS:"), " %lld", &kib) != 1)
-            return lg_fail(s, "no VmRSS in %s", path);
+            return lg_errorf(result, "no VmRSS in %s", path);
         *rss_kib += kib;
     }
     return 0;
 }
 
-/* CPU this thread (the generator) has used so far, in microseconds. */
-static int64_t lg_own_cpu_us(void)
+int64_t lg_own_cpu_us(void)
 {
     struct rusage usage;
     if (getrusage(RUSAGE_THREAD, &usage) < 0)
@@ -830,32 +807,43 @@ const char *lg_tls_version_text(void)
     return lg_tls_library();
 }
 
+int lg_validate_common(const lg_config *cfg, lg_result *r, int max_conns, struct sockaddr_in *address)
+{
+    if (!cfg->host || inet_pton(AF_INET, cfg->host, &address->sin_addr) != 1)
+        return lg_errorf(r, "host %s is not an IPv4 address", cfg->host ? cfg->host : "(null)");
+    if (cfg->port < 1 || cfg->port > 65535)
+        return lg_errorf(r, "port %d is outside 1..65535", cfg->port);
+    if (cfg->conns < 1 || cfg->conns > max_conns)
+        return lg_errorf(r, "conns %d is outside 1..%d", cfg->conns, max_conns);
+    if (cfg->depth < 1 || cfg->depth > 4096)
+        return lg_errorf(r, "depth %d is outside 1..4096", cfg->depth);
+    if (!(cfg->warmup_s >= 0.0 && cfg->warmup_s <= 3600.0))
+        return lg_errorf(r, "warmup %g s is outside 0..3600", cfg->warmup_s);
+    if (!(cfg->duration_s > 0.0 && cfg->duration_s <= 3600.0))
+        return lg_errorf(r, "duration %g s is outside (0, 3600]", cfg->duration_s);
+    if (!(cfg->connect_timeout_s > 0.0 && cfg->connect_timeout_s <= 600.0))
+        return lg_errorf(r, "connect timeout %g s is outside (0, 600]", cfg->connect_timeout_s);
+    if (cfg->server_pid_count < 0 || cfg->server_pid_count > LG_MAX_SERVER_PIDS)
+        return lg_errorf(r, "server pid count %d is outside 0..%d", cfg->server_pid_count, LG_MAX_SERVER_PIDS);
+    if (cfg->server_pid_count > 0 && !cfg->server_pids)
+        return lg_errorf(r, "server pid count %d without server pids", cfg->server_pid_count);
+    for (int i = 0; i < cfg->server_pid_count; i++)
+        if (cfg->server_pids[i] <= 0)
+            return lg_errorf(r, "server pid %d is not a process id", cfg->server_pids[i]);
+    address->sin_family = AF_INET;
+    address->sin_port = htons((uint16_t)cfg->port);
+    return 0;
+}
+
 static int lg_validate(lg_state *s)
 {
     const lg_config *cfg = s->config;
-    if (!cfg->host || inet_pton(AF_INET, cfg->host, &s->address.sin_addr) != 1)
-        return lg_fail(s, "host %s is not an IPv4 address", cfg->host ? cfg->host : "(null)");
-    if (cfg->port < 1 || cfg->port > 65535)
-        return lg_fail(s, "port %d is outside 1..65535", cfg->port);
-    if (cfg->conns < 1 || cfg->conns > (1 << 22))
-        return lg_fail(s, "conns %d is outside 1..%d", cfg->conns, 1 << 22);
+    if (lg_validate_common(cfg, s->result, 1 << 22, &s->address) < 0)
+        return -1;
     if (cfg->size < 1 || cfg->size > LG_MAX_MESSAGE_SIZE)
         return lg_fail(s, "size %zu is outside 1..%u", cfg->size, LG_MAX_MESSAGE_SIZE);
-    if (cfg->depth < 1 || cfg->depth > 4096)
-        return lg_fail(s, "depth %d is outside 1..4096", cfg->depth);
-    if (!(cfg->warmup_s >= 0.0 && cfg->warmup_s <= 3600.0))
-        return lg_fail(s, "warmup %g s is outside 0..3600", cfg->warmup_s);
-    if (!(cfg->duration_s > 0.0 && cfg->duration_s <= 3600.0))
-        return lg_fail(s, "duration %g s is outside (0, 3600]", cfg->duration_s);
-    if (!(cfg->connect_timeout_s > 0.0 && cfg->connect_timeout_s <= 600.0))
-        return lg_fail(s, "connect timeout %g s is outside (0, 600]", cfg->connect_timeout_s);
-    if (cfg->server_pid_count < 0 || cfg->server_pid_count > LG_MAX_SERVER_PIDS)
-        return lg_fail(s, "server pid count %d is outside 0..%d", cfg->server_pid_count, LG_MAX_SERVER_PIDS);
-    if (cfg->server_pid_count > 0 && !cfg->server_pids)
-        return lg_fail(s, "server pid count %d without server pids", cfg->server_pid_count);
-    for (int i = 0; i < cfg->server_pid_count; i++)
-        if (cfg->server_pids[i] <= 0)
-            return lg_fail(s, "server pid %d is not a process id", cfg->server_pids[i]);
+    if (cfg->udp_timeout_s != 0.0)
+        return lg_fail(s, "udp_timeout applies only with udp");
     if (cfg->handshakes && cfg->depth != 1)
         return lg_fail(s, "depth %d: handshake mode echoes one message per connection, so depth must be 1",
                        cfg->depth);
@@ -863,8 +851,6 @@ static int lg_validate(lg_state *s)
         return lg_fail(s, "tls_version %d is not 0 (1.2 or 1.3), 12 or 13", cfg->tls_version);
     if (!cfg->tls && (cfg->tls_version != 0 || cfg->tls_ca_file))
         return lg_fail(s, "tls_version and tls_ca_file apply only with tls");
-    s->address.sin_family = AF_INET;
-    s->address.sin_port = htons((uint16_t)cfg->port);
     if (cfg->tls) {
         /* Here rather than in lg_allocate: a CA file that cannot be loaded,
          * or a build without TLS, is a config error, not a failed run. */
@@ -931,7 +917,7 @@ static int lg_open_window(lg_state *s)
         s->conns[i].window_messages = 0;
     s->window_messages = 0;
     s->phase = LG_MEASURING;
-    if (lg_read_server_cpu(s, &s->window_server_user_us, &s->window_server_system_us) < 0)
+    if (lg_read_server_cpu(s->config, s->result, &s->window_server_user_us, &s->window_server_system_us) < 0)
         return -1;
     s->window_own_cpu_us = lg_own_cpu_us();
     s->window_start_ns = lg_now_ns();
@@ -946,7 +932,7 @@ static int lg_close_window(lg_state *s)
     r->own_cpu_us = lg_own_cpu_us() - s->window_own_cpu_us;
     if (cfg->server_pid_count > 0) {
         int64_t user_us, system_us;
-        if (lg_read_server_cpu(s, &user_us, &system_us) < 0 || lg_read_server_rss(s, &r->server_rss_kib) < 0)
+        if (lg_read_server_cpu(cfg, r, &user_us, &system_us) < 0 || lg_read_server_rss(cfg, r, &r->server_rss_kib) < 0)
             return -1;
         r->server_utime_us = user_us - s->window_server_user_us;
         r->server_stime_us = system_us - s->window_server_system_us;
@@ -1061,6 +1047,8 @@ int lg_run(const lg_config *config, lg_result *result)
 {
     memset(result, 0, sizeof *result);
     result->server_utime_us = result->server_stime_us = result->server_rss_kib = -1;
+    if (config->udp)
+        return lg_udp_run(config, result);
     lg_state s = { .config = config, .result = result, .epoll_fd = -1, .phase = LG_CONNECTING };
     if (lg_validate(&s) < 0) {
         lg_release(&s);

@@ -1,6 +1,6 @@
 /*
- * loadgen.h: a single-threaded epoll load generator for TCP and TLS echo
- * servers.
+ * loadgen.h: a single-threaded epoll load generator for TCP, TLS and UDP
+ * echo servers.
  *
  * Echo mode (the default): it opens N connections to one IPv4 host:port
  * (with TLS, handshakes on each), keeps `depth` messages of `size` bytes in
@@ -15,9 +15,21 @@
  * latency is from connect() to the verified echo. Without TLS a "handshake"
  * is a TCP connection's setup and teardown.
  *
+ * UDP mode (lg_config.udp; loadgen_udp.c): N UDP sockets, each connect()ed
+ * to the server so that the kernel passes it only the server's datagrams,
+ * keep `depth` datagrams of `size` bytes in flight each. Every datagram
+ * carries a header (sequence number, socket index, length, check) and then a
+ * deterministic pattern; every echo is checked, content and exact length. A
+ * datagram not echoed within udp_timeout_s is given up: it is counted lost
+ * and frees its slot, so loss never stalls a socket. Duplicates, late echoes
+ * and reordering are counted; none of them fails the run. After the window
+ * the generator stops sending and waits (at most udp_timeout_s) until every
+ * datagram sent in the window is echoed or lost.
+ *
  * It has no Python in it; src/fastecho/bench/_loadgen.pyx calls lg_run()
  * with the GIL released. The run is bounded in time: connect_timeout_s +
- * warmup_s + duration_s (plus one epoll tick), whatever the server does.
+ * warmup_s + duration_s (plus one epoll tick), whatever the server does; in
+ * UDP mode warmup_s + duration_s + udp_timeout_s plus a few ticks.
  */
 #ifndef FASTECHO_LOADGEN_H
 #define FASTECHO_LOADGEN_H
@@ -28,6 +40,13 @@
 /* Largest message the generator accepts. The whole pattern buffer it sends
  * from is allocated up front, so this bounds its memory. */
 #define LG_MAX_MESSAGE_SIZE (16u * 1024u * 1024u)
+
+/* UDP: the largest datagram IPv4 carries (65,535 minus the IP and UDP
+ * headers), the most sockets one run opens, and the loss timeout used when
+ * the config leaves it 0. */
+#define LG_UDP_MAX_DATAGRAM_SIZE 65507u
+#define LG_UDP_MAX_SOCKETS 65536
+#define LG_UDP_DEFAULT_TIMEOUT_MS 200
 
 /* Histogram layout: values below 2 * LG_HIST_SUB_BUCKETS are exact; above,
  * each power-of-two range is split into LG_HIST_SUB_BUCKETS equal buckets, so
@@ -51,9 +70,10 @@ typedef struct lg_histogram {
 typedef struct lg_config {
     const char *host;         /* IPv4 address in dotted form, e.g. "127.0.0.1" */
     int port;                 /* 1..65535 */
-    int conns;                /* connections to open, >= 1 */
-    size_t size;              /* bytes per message, 1..LG_MAX_MESSAGE_SIZE */
-    int depth;                /* messages in flight per connection, >= 1 */
+    int conns;                /* connections (UDP: sockets) to open, >= 1 */
+    size_t size;              /* bytes per message, 1..LG_MAX_MESSAGE_SIZE
+                                 (UDP: 0..LG_UDP_MAX_DATAGRAM_SIZE) */
+    int depth;                /* messages in flight per connection, 1..4096 */
     double warmup_s;          /* traffic before the measured window, >= 0 */
     double duration_s;        /* length of the measured window, > 0 */
     double connect_timeout_s; /* all connections must be up within this, > 0 */
@@ -68,6 +88,9 @@ typedef struct lg_config {
     const char *tls_ca_file;  /* with tls: verify the server's certificate, which must name `host`,
                                  against this PEM CA; NULL = accept any certificate */
     int handshakes;           /* nonzero: handshake mode (see above); needs depth 1 */
+    int udp;                  /* nonzero: UDP mode (see above); not with tls or handshakes */
+    double udp_timeout_s;     /* with udp: a datagram not echoed within this is lost; 0 means
+                                 LG_UDP_DEFAULT_TIMEOUT_MS, else in (0, 60] */
 } lg_config;
 
 typedef struct lg_result {
@@ -89,6 +112,14 @@ typedef struct lg_result {
     int64_t server_utime_us;    /* user CPU the server used in the window */
     int64_t server_stime_us;    /* system CPU the server used in the window */
     int64_t server_rss_kib;     /* server VmRSS at the end of the window */
+    /* UDP mode only (else 0). `messages` counts echoes that arrived in time
+     * within the window; these count what happened to the datagrams sent in
+     * the window, followed past its end until each was echoed or lost. */
+    uint64_t sent;              /* datagrams sent in the window */
+    uint64_t lost;              /* of those, not echoed within udp_timeout_s (late ones included) */
+    uint64_t late;              /* of those, echoed only after they were counted lost */
+    uint64_t duplicates;        /* extra echoes of a datagram already echoed */
+    uint64_t reordered;         /* echoed after a datagram sent later on the same socket was */
     /* With tls: what the first handshake negotiated, e.g.
      * "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519"; else empty. */
     char tls_description[LG_TLS_DESCRIPTION_SIZE];
@@ -98,8 +129,9 @@ typedef struct lg_result {
 enum lg_status {
     LG_OK = 0,
     LG_FAILED = -1,     /* the run failed; see lg_result.error */
-    LG_BAD_CONFIG = -2, /* a config field is out of range, the CA file cannot be loaded, or
-                           TLS was asked of a build without it; see lg_result.error */
+    LG_BAD_CONFIG = -2, /* a config field is out of range or contradicts another, the CA file
+                           cannot be loaded, or TLS was asked of a build without it; see
+                           lg_result.error */
 };
 
 /*
@@ -113,7 +145,11 @@ enum lg_status {
  * connection's connect and handshake, or its close once echoed, takes
  * longer than connect_timeout_s.
  * A connection the server never answers is NOT a failure; it is counted in
- * starved_conns. Thread-safe: keeps no global state, and blocks SIGPIPE in
+ * starved_conns.
+ * In UDP mode the run fails when an echo differs from the datagram sent
+ * (a byte, its length, or the socket it came back to), when the server's
+ * port refuses datagrams (ECONNREFUSED), or when a server pid's /proc entry
+ * cannot be read. Loss, duplicates and reordering are counted instead. Thread-safe: keeps no global state, and blocks SIGPIPE in
  * the calling thread only while it runs (OpenSSL writes with write(2)).
  */
 int lg_run(const lg_config *config, lg_result *result);

@@ -39,6 +39,12 @@ def _load_generator_tls() -> str | None:
     return TLS_LIBRARY
 
 
+def _udp_default_timeout() -> float:
+    from fastecho.bench._loadgen import UDP_DEFAULT_TIMEOUT
+
+    return UDP_DEFAULT_TIMEOUT
+
+
 def machine_info(plan: Plan, argv: Sequence[str], tls: TlsFiles | None = None) -> dict:
     """What a reader needs to judge and rerun the figures."""
     from importlib.metadata import PackageNotFoundError, version
@@ -77,6 +83,7 @@ def machine_info(plan: Plan, argv: Sequence[str], tls: TlsFiles | None = None) -
         "transport": plan.transport,
         "tls_version": plan.tls_version,
         "handshakes": plan.handshakes,
+        "udp_timeout_s": (plan.udp_timeout or _udp_default_timeout()) if plan.udp else None,
         "certificate": tls.description if tls else None,
         # Not always the same library: wheels bundle the load generator's.
         "load_generator_tls": _load_generator_tls(),
@@ -99,7 +106,10 @@ def row_record(row: Row, rows: Sequence[Row]) -> dict:
     """One JSON row: medians over rounds; metrics are null when it failed.
     In handshake mode the per-message keys are named per handshake (one
     handshake echoes one message), and MiB/s is left out; TLS rows add
-    "tls", what was negotiated."""
+    "tls", what was negotiated. UDP rows name them per datagram and add what
+    became of the datagrams sent in the window (medians over rounds):
+    "sent", "lost", "loss_pct", "late", "duplicates", "reordered"; their
+    "conns" are sockets."""
     baseline = find_row(rows, BASELINE_SERVER, row.workload)
     w = row.workload
     record = {
@@ -129,6 +139,12 @@ def row_record(row: Row, rows: Sequence[Row]) -> dict:
         del record["mib_per_s"]
         record = {key.replace("msgs", "handshakes").replace("_msg", "_handshake"): value
                   for key, value in record.items()}
+    if w.udp:
+        record |= {"sent": row.median("sent"), "lost": row.median("lost"),
+                   "loss_pct": _rounded(row.median("loss_percent"), 4), "late": row.median("late"),
+                   "duplicates": row.median("duplicates"), "reordered": row.median("reordered")}
+        record = {key.replace("msgs", "datagrams").replace("_msg", "_datagram"): value
+                  for key, value in record.items()}
     if (negotiated := _negotiated(row)) is not None:
         record["tls"] = negotiated
     return record
@@ -150,8 +166,21 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+def _loss(percent: float | None) -> str:
+    if percent is None:
+        return "–"
+    return "0" if percent == 0 else f"[red]{percent:.3g}[/red]"
+
+
+def _count_cell(count: int | None) -> str:
+    return "–" if count is None else f"[red]{count:,}[/red]" if count else "0"
+
+
 def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFiles | None = None) -> None:
     """One table per workload, one row per server, medians over rounds."""
+    if plan.udp:
+        _render_udp_tables(console, plan, rows)
+        return
     unit = "handshake" if plan.handshakes else "msg"
     for workload in plan.workloads:
         baseline = find_row(rows, BASELINE_SERVER, workload)
@@ -212,6 +241,58 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFil
                       + (f"; {', '.join(plain)}: plain TCP, for comparison" if plain else "") + ".[/dim]")
 
 
+def _render_udp_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> None:
+    """The UDP tables: per datagram, with loss, duplicates, reordering, late
+    echoes and how busy the load generator was (on UDP the client's kernel
+    work per datagram is about the server's, so it can be the limit)."""
+    headings = ["dgrams/s", "p50 µs", "p99 µs", "CPU µs/dgram\n(user + sys)", "loss\n%", "dups",
+                "reord.", "late", "starved\nsockets", "RSS\nMiB", "load gen\nbusy", "dgrams/s\nvs fastecho",
+                "CPU/dgram\nvs fastecho"]
+    for workload in plan.workloads:
+        baseline = find_row(rows, BASELINE_SERVER, workload)
+        title = f"{workload.label} · UDP · median of {plan.rounds} round{'s' * (plan.rounds > 1)}"
+        table = Table(title=title, title_justify="left", title_style="bold")
+        # Fourteen columns in 160 (MiB/s is in the JSON): the names and the CPU figure stay whole.
+        table.add_column("server", style="bold", no_wrap=True)
+        for heading in headings:
+            table.add_column(heading, justify="right", no_wrap=heading.startswith("CPU µs"))
+        for server in plan.servers:
+            row = find_row(rows, server, workload)
+            if row is None:
+                continue
+            if not row.ok:
+                table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * (len(headings) - 1))
+                continue
+            cpu, user, system = (row.median(m) for m in ("cpu_us_per_msg", "user_us_per_msg", "sys_us_per_msg"))
+            starved = row.median("starved_conns")
+            busy = row.median("client_cpu_busy")
+            table.add_row(
+                server,
+                _number(row.median("msgs_per_s"), 0, thousands=True),
+                _number(row.median("p50_us"), 1),
+                _number(row.median("p99_us"), 1),
+                "–" if cpu is None else f"{cpu:.2f} ({user:.2f} + {system:.2f})",
+                _loss(row.median("loss_percent")),
+                _count_cell(row.median("duplicates")),
+                _count_cell(row.median("reordered")),
+                _count_cell(row.median("late")),
+                f"[red]{starved}[/red]" if starved else "0",
+                _number(rss / 1024 if (rss := row.median("rss_kib")) is not None else None, 1),
+                "–" if busy is None else f"{100 * busy:.0f}%",
+                _ratio(row.ratio_to(baseline, "msgs_per_s")),
+                _ratio(row.ratio_to(baseline, "cpu_us_per_msg")),
+            )
+        console.print(table)
+    timeout = plan.udp_timeout or _udp_default_timeout()
+    console.print(f"[dim]server on CPU {_cpus(plan.server_cpus)}, load generator on CPU {_cpus(plan.client_cpus)}; "
+                  f"CPU µs/dgram is the server's user+sys time in the window divided by the datagrams echoed in "
+                  f"time; loss = datagrams sent in the window not echoed within {timeout:g} s (late ones "
+                  f"included); dups = extra echoes of a datagram; reord. = echoes that came back after those of "
+                  f"datagrams sent later on their socket; late = echoes after their datagram was counted lost; "
+                  f"starved = sockets with no echo in the window; load gen busy near 100% means the client, not "
+                  f"the server, was the limit.[/dim]")
+
+
 def _cpus(cpus: frozenset[int] | None) -> str:
     return ",".join(map(str, sorted(cpus))) if cpus else "any"
 
@@ -229,7 +310,8 @@ def write_plot(path: Path, plan: Plan, rows: Sequence[Row]) -> None:
     """msgs/s and server CPU µs/msg (per handshake in handshake mode)
     against connection count, one line per server, one pair of panels per
     (size, depth)."""
-    unit = "handshake" if plan.handshakes else "message"
+    unit = "handshake" if plan.handshakes else "datagram" if plan.udp else "message"
+    conns_label = "sockets" if plan.udp else "connections"
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -247,9 +329,9 @@ def write_plot(path: Path, plan: Plan, rows: Sequence[Row]) -> None:
             conns = [p[0] for p in points]
             throughput_axis.plot(conns, [p[1] for p in points], marker="o", label=server)
             cpu_axis.plot(conns, [p[2] for p in points], marker="o", label=server)
-        shape = f"{format_size(size)} messages, depth {depth}, {plan.transport_label}"
-        throughput_axis.set(title=f"throughput · {shape}", xlabel="connections", ylabel=f"{unit}s/s", xscale="log")
-        cpu_axis.set(title=f"server CPU per {unit} · {shape}", xlabel="connections",
+        shape = f"{format_size(size)} {'datagrams' if plan.udp else 'messages'}, depth {depth}, {plan.transport_label}"
+        throughput_axis.set(title=f"throughput · {shape}", xlabel=conns_label, ylabel=f"{unit}s/s", xscale="log")
+        cpu_axis.set(title=f"server CPU per {unit} · {shape}", xlabel=conns_label,
                      ylabel=f"µs per {unit} (user + sys)", xscale="log")
         for axis in (throughput_axis, cpu_axis):
             axis.set_ylim(bottom=0)  # ratios read true only from a zero baseline

@@ -1,7 +1,9 @@
 """The servers the benchmark compares, and how to run one as a subprocess.
 
 Every server prints one line, ``... listening on HOST:PORT ...``, once it
-accepts connections, and exits on SIGTERM. That is all the harness relies on.
+accepts connections (UDP: datagrams), and exits on SIGTERM. That is all the
+harness relies on. A server serves TCP, TLS, UDP, or several of them; a
+transport it lacks has no command.
 
 A server may also have a *front*: a proxy started after it, in front of it
 (HAProxy). A front cannot report a port, so it is given a free one, and it is
@@ -37,9 +39,10 @@ STOP_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.01
 
 
-def reference_binary() -> Path:
-    """The bare C epoll loop, installed next to this file by CMake."""
-    return Path(__file__).with_name("fastecho-reference-echo")
+def reference_binary(name: str = "fastecho-reference-echo") -> Path:
+    """A bare C reference loop, installed next to this file by CMake: the
+    TCP epoll loop by default, or fastecho-reference-udp[-mmsg]."""
+    return Path(__file__).with_name(name)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class ServerSpec:
     description: str
     # (threads, baseline_threads) -> argv. `threads` sizes the C servers,
     # `baseline_threads` the Python thread pool; the event loops ignore both.
-    command: Callable[[int, int], list[str]]
+    # None when it has no TCP (a UDP-only server).
+    command: Callable[[int, int], list[str]] | None
     # None when the server can run here, else why not.
     unavailable_reason: Callable[[], str | None]
     # How it serves TLS: (threads, baseline_threads, tls) -> argv; None when
@@ -73,12 +77,23 @@ class ServerSpec:
     # False: in a TLS run the load generator still speaks plain TCP to it
     # (fastecho-plain: the baseline that TLS adds its cost to).
     client_tls: bool = True
+    # How it echoes UDP: (threads, baseline_threads) -> argv; None when it
+    # has no UDP.
+    udp_command: Callable[[int, int], list[str]] | None = None
+    # None when it can echo UDP here, else why not (asked only for UDP runs).
+    udp_unavailable_reason: Callable[[], str | None] = lambda: None
 
     def tls_reason(self) -> str | None:
         """None when it can be run with --transport tls, else why not."""
         if self.tls_command is None:
             return "it has no TLS"
         return self.unavailable_reason() or self.tls_unavailable_reason()
+
+    def udp_reason(self) -> str | None:
+        """None when it can be run with --transport udp, else why not."""
+        if self.udp_command is None:
+            return "it has no UDP"
+        return self.unavailable_reason() or self.udp_unavailable_reason()
 
 
 def _module_missing(module: str, hint: str) -> Callable[[], str | None]:
@@ -92,14 +107,28 @@ def _module_missing(module: str, hint: str) -> Callable[[], str | None]:
     return reason
 
 
-def _reference_missing() -> str | None:
-    path = reference_binary()
-    if os.access(path, os.X_OK):
-        return None
-    return f"{path} is missing; reinstall fastecho (pip install .) to build it"
+def _binary_missing(name: str) -> Callable[[], str | None]:
+    def reason() -> str | None:
+        path = reference_binary(name)
+        if os.access(path, os.X_OK):
+            return None
+        return f"{path} is missing; reinstall fastecho (pip install .) to build it"
+
+    return reason
 
 
+_reference_missing = _binary_missing("fastecho-reference-echo")
 _FASTECHO_MISSING = _module_missing("fastecho._core", "the engine is not built; pip install .")
+
+
+def _fastecho_udp_missing() -> str | None:
+    """Why this fastecho cannot serve a udp:// listener, or None when it can.
+    The listener's schemes say so without starting anything."""
+    from fastecho.listeners import SCHEMES
+
+    if "udp" not in SCHEMES:
+        return "this fastecho has no UDP listener yet ('udp' is not among fastecho.listeners.SCHEMES)"
+    return None
 
 
 def _fastecho_tls_missing() -> str | None:
@@ -121,6 +150,14 @@ def _fastecho_plain(threads: int) -> list[str]:
 def _fastecho_tls(threads: int, tls: TlsFiles) -> list[str]:
     return [sys.executable, "-m", "fastecho", "serve", "--listen", f"tls://{HOST}:0", "--tls-cert", str(tls.cert),
             "--tls-key", str(tls.key), "--threads", str(threads)]
+
+
+def _fastecho_udp(threads: int) -> list[str]:
+    return [sys.executable, "-m", "fastecho", "serve", "--listen", f"udp://{HOST}:0", "--threads", str(threads)]
+
+
+def _reference_udp(name: str, threads: int) -> list[str]:
+    return [str(reference_binary(name)), "--host", HOST, "--port", "0", "--threads", str(threads)]
 
 
 def _aioserver(*options: str) -> list[str]:
@@ -192,6 +229,8 @@ SERVERS: dict[str, ServerSpec] = {
             _FASTECHO_MISSING,
             tls_command=lambda threads, _, tls: _fastecho_tls(threads, tls),
             tls_unavailable_reason=_fastecho_tls_missing,
+            udp_command=lambda threads, _: _fastecho_udp(threads),
+            udp_unavailable_reason=_fastecho_udp_missing,
         ),
         ServerSpec(
             "fastecho-plain",
@@ -220,23 +259,40 @@ SERVERS: dict[str, ServerSpec] = {
         ),
         ServerSpec(
             "asyncio",
-            "stdlib asyncio Protocol, one thread (TLS: the stdlib ssl module)",
+            "stdlib asyncio Protocol, one thread (TLS: the stdlib ssl module; UDP: a DatagramProtocol)",
             lambda _, __: _aioserver(),
             lambda: None,
             tls_command=lambda _, __, tls: _aioserver_tls(tls),
+            udp_command=lambda _, __: _aioserver("--udp"),
         ),
         ServerSpec(
             "uvloop",
-            "asyncio Protocol on uvloop, one thread (TLS: uvloop's, over the stdlib ssl module)",
+            "asyncio Protocol on uvloop, one thread (TLS: uvloop's, over the stdlib ssl module; "
+            "UDP: a DatagramProtocol)",
             lambda _, __: _aioserver("--uvloop"),
             _module_missing("uvloop", "pip install 'fastecho[uvloop]'"),
             tls_command=lambda _, __, tls: _aioserver_tls(tls, "--uvloop"),
+            udp_command=lambda _, __: _aioserver("--udp", "--uvloop"),
         ),
         ServerSpec(
             "reference",
             "bare C epoll loop: read then write, nothing else",
             lambda threads, _: [str(reference_binary()), "--host", HOST, "--port", "0", "--threads", str(threads)],
             _reference_missing,
+        ),
+        ServerSpec(
+            "reference-udp",
+            "bare C UDP loop: recvfrom then sendto, one datagram at a time, nothing else",
+            None,
+            _binary_missing("fastecho-reference-udp"),
+            udp_command=lambda threads, _: _reference_udp("fastecho-reference-udp", threads),
+        ),
+        ServerSpec(
+            "reference-udp-mmsg",
+            "bare C UDP loop: recvmmsg then sendmmsg, up to 64 datagrams a call, nothing else",
+            None,
+            _binary_missing("fastecho-reference-udp-mmsg"),
+            udp_command=lambda threads, _: _reference_udp("fastecho-reference-udp-mmsg", threads),
         ),
     )
 }
@@ -388,20 +444,30 @@ def _wait_until_accepting(name: str, process: subprocess.Popen[bytes], port: int
 
 @contextmanager
 def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpus: set[int] | None = None,
-                   start_timeout: float = START_TIMEOUT_S, tls: TlsFiles | None = None) -> Iterator[RunningServer]:
-    """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given),
-    wait for its port, then start its front, if any, pinned the same and wait
-    until it accepts; yield it, and always stop and reap every process on the
-    way out (also on error and Ctrl-C), the front first.
+                   start_timeout: float = START_TIMEOUT_S, tls: TlsFiles | None = None,
+                   udp: bool = False) -> Iterator[RunningServer]:
+    """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given, or
+    echoing UDP with `udp`), wait for its port, then start its front, if any,
+    pinned the same and wait until it accepts; yield it, and always stop and
+    reap every process on the way out (also on error and Ctrl-C), the front
+    first.
 
     Raises ServerStartError if a process exits or stays silent before
-    listening, or if `spec` has no TLS and `tls` is given.
+    listening, or if `spec` lacks the transport asked for.
     """
+    if tls is not None and udp:
+        raise ServerStartError("TLS and UDP exclude each other")
     if tls is not None:
         if spec.tls_command is None:
             raise ServerStartError(f"{spec.name} has no TLS")
         argv = spec.tls_command(threads, baseline_threads, tls)
+    elif udp:
+        if spec.udp_command is None:
+            raise ServerStartError(f"{spec.name} has no UDP")
+        argv = spec.udp_command(threads, baseline_threads)
     else:
+        if spec.command is None:
+            raise ServerStartError(f"{spec.name} serves only UDP")
         argv = spec.command(threads, baseline_threads)
     # The directory outlives the processes: the stack stops them first.
     with tempfile.TemporaryDirectory(prefix=f"fastecho-bench-{spec.name}-") as log_dir, ExitStack() as stack:
