@@ -490,7 +490,7 @@ def test_sigterm_under_tls_load_loses_no_byte_and_ends_with_close_notify(pki, se
     finally:
         for s in conns:
             s.close()
-    assert server.stop() == 0
+    assert server.proc.wait(30) == 0  # signalled once: a second SIGTERM could land during its exit
     for i, payload in enumerate(payloads):
         assert results.get(i) == payload, f"client {i}: {results.get(i)!r:.200}"
 

@@ -214,7 +214,9 @@ def test_sigterm_under_udp_load_stops_at_once_and_exits_0(serve):
         time.sleep(0.3)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        assert server.stop(timeout=20) == 0
+        # Waited for, not signalled again: a second SIGTERM could land after the
+        # server restored the default handlers on its way out.
+        assert server.proc.wait(20) == 0
         # No connection holds a UDP listener open: the grace does not apply.
         assert time.monotonic() - started < 5
     finally:
