@@ -107,10 +107,7 @@ typedef struct lg_state {
     enum lg_phase phase;
     int connected_count;
     uint64_t window_messages;
-    /* Snapshots taken when the measured window opens. */
-    uint64_t window_start_ns;
-    int64_t window_server_user_us, window_server_system_us;
-    int64_t window_own_cpu_us;
+    lg_window window;
     lg_conn *conns;
     uint64_t *started_ns;
     uint8_t *pattern;
@@ -262,7 +259,8 @@ static int lg_read_process_cpu(lg_result *r, int pid, int64_t *user_us, int64_t 
     return 0;
 }
 
-int lg_read_server_cpu(const lg_config *config, lg_result *result, int64_t *user_us, int64_t *system_us)
+/* User and system CPU so far, summed over config->server_pids. */
+static int lg_read_server_cpu(const lg_config *config, lg_result *result, int64_t *user_us, int64_t *system_us)
 {
     *user_us = *system_us = 0;
     for (int i = 0; i < config->server_pid_count; i++) {
@@ -275,7 +273,8 @@ int lg_read_server_cpu(const lg_config *config, lg_result *result, int64_t *user
     return 0;
 }
 
-int lg_read_server_rss(const lg_config *config, lg_result *result, int64_t *rss_kib)
+/* VmRSS, summed over config->server_pids. */
+static int lg_read_server_rss(const lg_config *config, lg_result *result, int64_t *rss_kib)
 {
     *rss_kib = 0;
     for (int i = 0; i < config->server_pid_count; i++) {
@@ -292,13 +291,57 @@ int lg_read_server_rss(const lg_config *config, lg_result *result, int64_t *rss_
     return 0;
 }
 
-int64_t lg_own_cpu_us(void)
+/* CPU the calling thread (the generator) has used so far, in microseconds. */
+static int64_t lg_own_cpu_us(void)
 {
     struct rusage usage;
     if (getrusage(RUSAGE_THREAD, &usage) < 0)
         return 0;
     return (int64_t)(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000000 + usage.ru_utime.tv_usec +
            usage.ru_stime.tv_usec;
+}
+
+/* ---- the measured window ----------------------------------------------- */
+
+int lg_window_open(lg_window *window, const lg_config *config, lg_result *result)
+{
+    if (lg_read_server_cpu(config, result, &window->server_user_us, &window->server_system_us) < 0)
+        return -1;
+    window->own_cpu_us = lg_own_cpu_us();
+    window->start_ns = lg_now_ns();
+    return 0;
+}
+
+int lg_window_close(const lg_window *window, const lg_config *config, lg_result *result,
+                    const lg_histogram *latency, uint64_t messages)
+{
+    result->elapsed_s = (double)(lg_now_ns() - window->start_ns) / 1e9;
+    result->own_cpu_us = lg_own_cpu_us() - window->own_cpu_us;
+    if (config->server_pid_count > 0) {
+        int64_t user_us, system_us;
+        if (lg_read_server_cpu(config, result, &user_us, &system_us) < 0 ||
+            lg_read_server_rss(config, result, &result->server_rss_kib) < 0)
+            return -1;
+        result->server_utime_us = user_us - window->server_user_us;
+        result->server_stime_us = system_us - window->server_system_us;
+    }
+    result->messages = messages;
+    result->p50_ns = lg_histogram_quantile(latency, 0.50);
+    result->p99_ns = lg_histogram_quantile(latency, 0.99);
+    result->p999_ns = lg_histogram_quantile(latency, 0.999);
+    result->max_ns = latency->max;
+    result->min_conn_messages = UINT64_MAX;
+    return 0;
+}
+
+void lg_count_conn_messages(lg_result *result, uint64_t conn_messages)
+{
+    if (conn_messages == 0)
+        result->starved_conns++;
+    if (conn_messages < result->min_conn_messages)
+        result->min_conn_messages = conn_messages;
+    if (conn_messages > result->max_conn_messages)
+        result->max_conn_messages = conn_messages;
 }
 
 /* ---- connections -------------------------------------------------------- */
@@ -917,42 +960,18 @@ static int lg_open_window(lg_state *s)
         s->conns[i].window_messages = 0;
     s->window_messages = 0;
     s->phase = LG_MEASURING;
-    if (lg_read_server_cpu(s->config, s->result, &s->window_server_user_us, &s->window_server_system_us) < 0)
-        return -1;
-    s->window_own_cpu_us = lg_own_cpu_us();
-    s->window_start_ns = lg_now_ns();
-    return 0;
+    return lg_window_open(&s->window, s->config, s->result);
 }
 
 static int lg_close_window(lg_state *s)
 {
     const lg_config *cfg = s->config;
     lg_result *r = s->result;
-    r->elapsed_s = (double)(lg_now_ns() - s->window_start_ns) / 1e9;
-    r->own_cpu_us = lg_own_cpu_us() - s->window_own_cpu_us;
-    if (cfg->server_pid_count > 0) {
-        int64_t user_us, system_us;
-        if (lg_read_server_cpu(cfg, r, &user_us, &system_us) < 0 || lg_read_server_rss(cfg, r, &r->server_rss_kib) < 0)
-            return -1;
-        r->server_utime_us = user_us - s->window_server_user_us;
-        r->server_stime_us = system_us - s->window_server_system_us;
-    }
-    r->messages = s->window_messages;
+    if (lg_window_close(&s->window, cfg, r, s->latency, s->window_messages) < 0)
+        return -1;
     r->handshakes = cfg->handshakes ? s->window_messages : 0;
-    r->p50_ns = lg_histogram_quantile(s->latency, 0.50);
-    r->p99_ns = lg_histogram_quantile(s->latency, 0.99);
-    r->p999_ns = lg_histogram_quantile(s->latency, 0.999);
-    r->max_ns = s->latency->max;
-    r->min_conn_messages = UINT64_MAX;
-    for (int i = 0; i < cfg->conns; i++) {
-        uint64_t n = s->conns[i].window_messages;
-        if (n == 0)
-            r->starved_conns++;
-        if (n < r->min_conn_messages)
-            r->min_conn_messages = n;
-        if (n > r->max_conn_messages)
-            r->max_conn_messages = n;
-    }
+    for (int i = 0; i < cfg->conns; i++)
+        lg_count_conn_messages(r, s->conns[i].window_messages);
     return 0;
 }
 
@@ -993,7 +1012,7 @@ static int lg_drive(lg_state *s)
         if (s->phase == LG_WARMING_UP && now >= deadline) {
             if (lg_open_window(s) < 0)
                 return -1;
-            deadline = s->window_start_ns + lg_seconds_to_ns(cfg->duration_s);
+            deadline = s->window.start_ns + lg_seconds_to_ns(cfg->duration_s);
         }
         if (s->phase == LG_MEASURING &&
             (now >= deadline || (cfg->max_messages > 0 && s->window_messages >= cfg->max_messages)))

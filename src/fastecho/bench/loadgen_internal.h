@@ -1,7 +1,8 @@
 /*
  * loadgen_internal.h: what loadgen.c (TCP and TLS) shares with
  * loadgen_udp.c: the clock, the payload pattern, the checks every mode's
- * config goes through, and the /proc readers behind server CPU per message.
+ * config goes through, and the measured window (server CPU, own CPU, latency
+ * quantiles and the spread over connections).
  * Internal to the load generator; the API is loadgen.h.
  *
  * Errors: a function that can fail writes a one-line reason into
@@ -66,14 +67,37 @@ int lg_errorf(lg_result *result, const char *format, ...) __attribute__((format(
  */
 int lg_validate_common(const lg_config *config, lg_result *result, int max_conns, struct sockaddr_in *address);
 
-/* User and system CPU so far, summed over config->server_pids. -1 with the
- * reason (naming the /proc file) when one cannot be read. */
-int lg_read_server_cpu(const lg_config *config, lg_result *result, int64_t *user_us, int64_t *system_us);
+/*
+ * The measured window, as every mode measures it: snapshots of the server's
+ * CPU (summed over config->server_pids), the generator thread's CPU and the
+ * clock, taken as the window opens, so that the result holds only what the
+ * window itself used.
+ */
+typedef struct lg_window {
+    uint64_t start_ns;
+    int64_t server_user_us, server_system_us;
+    int64_t own_cpu_us;
+} lg_window;
 
-/* VmRSS, summed over config->server_pids; -1 with the reason. */
-int lg_read_server_rss(const lg_config *config, lg_result *result, int64_t *rss_kib);
+/* Take the opening snapshots: the server's CPU first and the clock last, so
+ * that the window's time leaves out the /proc reads. -1 with the reason
+ * (naming the /proc file) when the server's CPU cannot be read. The caller
+ * empties its histogram and per-connection counts itself. */
+int lg_window_open(lg_window *window, const lg_config *config, lg_result *result);
 
-/* CPU the calling thread (the generator) has used so far, in microseconds. */
-int64_t lg_own_cpu_us(void);
+/*
+ * Fill result from the window: elapsed_s and own_cpu_us; with server pids,
+ * the server's CPU over the window and its RSS now (-1 with the reason when
+ * /proc cannot be read, the rest left unfilled); then messages, the latency
+ * quantiles and max from `latency`, and min_conn_messages set to UINT64_MAX
+ * for lg_count_conn_messages() to bring down.
+ */
+int lg_window_close(const lg_window *window, const lg_config *config, lg_result *result,
+                    const lg_histogram *latency, uint64_t messages);
+
+/* Count one connection's (or socket's) messages in the window into the
+ * spread: starved_conns, min_conn_messages and max_conn_messages. Called
+ * once per connection after lg_window_close(). */
+void lg_count_conn_messages(lg_result *result, uint64_t conn_messages);
 
 #endif /* FASTECHO_LOADGEN_INTERNAL_H */

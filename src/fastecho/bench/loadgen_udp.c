@@ -119,9 +119,7 @@ typedef struct lg_udp_state {
     uint64_t *all_echoed;
     uint64_t in_flight;       /* datagrams in flight over all sockets */
     uint64_t window_messages;
-    uint64_t window_start_ns;
-    int64_t window_server_user_us, window_server_system_us;
-    int64_t window_own_cpu_us;
+    lg_window window;
     uint8_t *pattern;
     lg_histogram *latency;
     /* Batch buffers, reused by every call. */
@@ -646,11 +644,7 @@ static int lg_udp_open_window(lg_udp_state *s)
     }
     s->window_messages = 0;
     s->phase = LG_UDP_MEASURING;
-    if (lg_read_server_cpu(s->config, s->result, &s->window_server_user_us, &s->window_server_system_us) < 0)
-        return -1;
-    s->window_own_cpu_us = lg_own_cpu_us();
-    s->window_start_ns = lg_now_ns();
-    return 0;
+    return lg_window_open(&s->window, s->config, s->result);
 }
 
 /* The window's figures; what happens to its last datagrams is counted after. */
@@ -658,33 +652,14 @@ static int lg_udp_close_window(lg_udp_state *s)
 {
     const lg_config *cfg = s->config;
     lg_result *r = s->result;
-    r->elapsed_s = (double)(lg_now_ns() - s->window_start_ns) / 1e9;
-    r->own_cpu_us = lg_own_cpu_us() - s->window_own_cpu_us;
-    if (cfg->server_pid_count > 0) {
-        int64_t user_us, system_us;
-        if (lg_read_server_cpu(cfg, r, &user_us, &system_us) < 0 || lg_read_server_rss(cfg, r, &r->server_rss_kib) < 0)
-            return -1;
-        r->server_utime_us = user_us - s->window_server_user_us;
-        r->server_stime_us = system_us - s->window_server_system_us;
-    }
+    if (lg_window_close(&s->window, cfg, r, s->latency, s->window_messages) < 0)
+        return -1;
     s->phase = LG_UDP_DRAINING;
-    r->messages = s->window_messages;
-    r->p50_ns = lg_histogram_quantile(s->latency, 0.50);
-    r->p99_ns = lg_histogram_quantile(s->latency, 0.99);
-    r->p999_ns = lg_histogram_quantile(s->latency, 0.999);
-    r->max_ns = s->latency->max;
-    r->min_conn_messages = UINT64_MAX;
     for (int i = 0; i < cfg->conns; i++) {
         lg_udp_socket *u = &s->sockets[i];
         u->window_end = u->next_seq;
         r->sent += u->window_end - u->window_first;
-        uint64_t n = u->window_messages;
-        if (n == 0)
-            r->starved_conns++;
-        if (n < r->min_conn_messages)
-            r->min_conn_messages = n;
-        if (n > r->max_conn_messages)
-            r->max_conn_messages = n;
+        lg_count_conn_messages(r, u->window_messages);
     }
     return 0;
 }
@@ -718,7 +693,7 @@ static int lg_udp_drive(lg_udp_state *s)
         if (s->phase == LG_UDP_WARMING_UP && now >= deadline) {
             if (lg_udp_open_window(s) < 0)
                 return -1;
-            deadline = s->window_start_ns + lg_seconds_to_ns(cfg->duration_s);
+            deadline = s->window.start_ns + lg_seconds_to_ns(cfg->duration_s);
         }
         if (s->phase == LG_UDP_MEASURING &&
             (now >= deadline || (cfg->max_messages > 0 && s->window_messages >= cfg->max_messages))) {
