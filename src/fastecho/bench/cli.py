@@ -11,7 +11,7 @@ import os
 import re
 import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import click
 
 from fastecho.bench import certs
 from fastecho.bench.harness import Plan, Workload, run_plan
-from fastecho.bench.servers import HOST, SERVERS
+from fastecho.bench.servers import HOST, SERVERS, ServerSpec
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_SIZE = 16 * 2**20  # the load generator's LG_MAX_MESSAGE_SIZE
@@ -115,36 +115,56 @@ def _cpu_set(option: str, text: str) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _udp_servers(text: str | None, notes: list[str]) -> list[str]:
-    """_servers() for --transport udp: by default every server that echoes
-    UDP here, the others skipped with a note; one named that cannot is a
-    usage error."""
-    if text is None:
-        names = []
-        for name in DEFAULT_UDP_SERVERS:
-            reason = SERVERS[name].udp_reason()
-            if reason:
-                notes.append(f"skipping {name}: {reason}")
-            else:
-                names.append(name)
-        without = [n for n in dict.fromkeys(DEFAULT_SERVERS + DEFAULT_TLS_SERVERS) if SERVERS[n].udp_command is None]
-        if without:
-            notes.append(f"skipping {', '.join(without)}: {'they have' if len(without) > 1 else 'it has'} no UDP")
-        return names
+def _runnable(names: Sequence[str], why_not: Callable[[ServerSpec], str | None], notes: list[str]) -> list[str]:
+    """Those of the default `names` that can run here, in order: a server for
+    which `why_not` gives a reason is skipped with a note in `notes`
+    rather than failing the run."""
+    runnable = []
+    for name in names:
+        reason = why_not(SERVERS[name])
+        if reason:
+            notes.append(f"skipping {name}: {reason}")
+        else:
+            runnable.append(name)
+    return runnable
+
+
+def _named_servers(text: str, check_usable: Callable[[str, ServerSpec], None]) -> list[str]:
+    """The servers --servers names, in order, each once; none, or a name
+    that is no server, is a usage error. `check_usable` fails the run for a
+    server that cannot run over the transport; it is called on each name in
+    turn, right after that name is known to be a server, so that of several
+    bad names the first is the one reported."""
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         _fail("--servers: give at least one server")
     for name in names:
         if name not in SERVERS:
             _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
-        spec = SERVERS[name]
+        check_usable(name, SERVERS[name])
+    return names
+
+
+def _udp_servers(text: str | None, notes: list[str]) -> list[str]:
+    """_servers() for --transport udp: by default every server that echoes
+    UDP here, the others skipped with a note; one named that cannot is a
+    usage error."""
+    if text is None:
+        names = _runnable(DEFAULT_UDP_SERVERS, ServerSpec.udp_reason, notes)
+        without = [n for n in dict.fromkeys(DEFAULT_SERVERS + DEFAULT_TLS_SERVERS) if SERVERS[n].udp_command is None]
+        if without:
+            notes.append(f"skipping {', '.join(without)}: {'they have' if len(without) > 1 else 'it has'} no UDP")
+        return names
+
+    def check_usable(name: str, spec: ServerSpec) -> None:
         if spec.udp_command is None:
             _fail(f"--servers: {name} has no UDP (with --transport udp choose from "
                   f"{', '.join(n for n, s in SERVERS.items() if s.udp_command is not None)})")
         reason = spec.udp_reason()
         if reason:
             _fail(f"--servers: {name} is not available with UDP: {reason}")
-    return names
+
+    return _named_servers(text, check_usable)
 
 
 def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
@@ -157,25 +177,14 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
     tls = transport == "tls"
     if text is None:
         if tls:
-            names = []
-            for name in DEFAULT_TLS_SERVERS:
-                reason = SERVERS[name].tls_reason()
-                if reason:
-                    notes.append(f"skipping {name}: {reason}")
-                else:
-                    names.append(name)
+            names = _runnable(DEFAULT_TLS_SERVERS, ServerSpec.tls_reason, notes)
             for name in DEFAULT_SERVERS:
                 if name not in DEFAULT_TLS_SERVERS and SERVERS[name].tls_command is None:
                     notes.append(f"skipping {name}: it has no TLS")
             return names
         return [n for n in DEFAULT_SERVERS if n != "uvloop" or SERVERS[n].unavailable_reason() is None]
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        _fail("--servers: give at least one server")
-    for name in names:
-        if name not in SERVERS:
-            _fail(f"--servers: unknown server {name!r} (choose from {', '.join(SERVERS)})")
-        spec = SERVERS[name]
+
+    def check_usable(name: str, spec: ServerSpec) -> None:
         if spec.command is None:
             _fail(f"--servers: {name} serves only UDP (add --transport udp)")
         if tls and spec.tls_command is None:
@@ -184,7 +193,8 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
         reason = spec.tls_reason() if tls else spec.unavailable_reason()
         if reason:
             _fail(f"--servers: {name} is not available{' with TLS' if tls else ''}: {reason}")
-    return names
+
+    return _named_servers(text, check_usable)
 
 
 def _check_tls_support() -> None:
