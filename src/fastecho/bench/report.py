@@ -8,14 +8,14 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from fastecho.bench.certs import TlsFiles
-from fastecho.bench.harness import BASELINE_SERVER, Plan, Row, find_row, format_size
+from fastecho.bench.harness import BASELINE_SERVER, Plan, Row, Workload, find_row, format_size
 from fastecho.bench.servers import SERVERS, haproxy_binary
 
 
@@ -184,8 +184,7 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFil
     unit = "handshake" if plan.handshakes else "msg"
     for workload in plan.workloads:
         baseline = find_row(rows, BASELINE_SERVER, workload)
-        title = f"{workload.label} · {plan.transport_label} · median of {plan.rounds} round{'s' * (plan.rounds > 1)}"
-        table = Table(title=title, title_justify="left", title_style="bold")
+        table = _workload_table(plan, workload)
         table.add_column("server", style="bold")
         headings = [f"{unit}s/s", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs", f"CPU µs/{unit}\n(user + sys)",
                     "starved\nconns", "RSS\nMiB", f"{unit}s/s\nvs fastecho", f"CPU/{unit}\nvs fastecho"]
@@ -193,25 +192,16 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFil
             headings.remove("MiB/s")  # one small message per handshake: not a throughput
         for heading in headings:
             table.add_column(heading, justify="right")
-        for server in plan.servers:
-            row = find_row(rows, server, workload)
-            if row is None:
-                continue
-            if not row.ok:
-                table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * (len(headings) - 1))
-                continue
-            cpu, user, system = (row.median(m) for m in ("cpu_us_per_msg", "user_us_per_msg", "sys_us_per_msg"))
-            cpu_cell = "–" if cpu is None else f"{cpu:.2f} ({user:.2f} + {system:.2f})"
-            starved = row.median("starved_conns")
+        for server, row in _rows_that_ran(table, plan, rows, workload, len(headings)):
             cells = [
                 _number(row.median("msgs_per_s"), 0, thousands=True),
                 _number(row.median("mib_per_s"), 1),
                 _number(row.median("p50_us"), 1),
                 _number(row.median("p99_us"), 1),
                 _number(row.median("p999_us"), 1),
-                cpu_cell,
-                f"[red]{starved}[/red]" if starved else "0",
-                _number(rss / 1024 if (rss := row.median("rss_kib")) is not None else None, 1),
+                _cpu_cell(row),
+                _starved_cell(row),
+                _rss_cell(row),
                 _ratio(row.ratio_to(baseline, "msgs_per_s")),
                 _ratio(row.ratio_to(baseline, "cpu_us_per_msg")),
             ]
@@ -250,34 +240,25 @@ def _render_udp_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> Non
                 "CPU/dgram\nvs fastecho"]
     for workload in plan.workloads:
         baseline = find_row(rows, BASELINE_SERVER, workload)
-        title = f"{workload.label} · UDP · median of {plan.rounds} round{'s' * (plan.rounds > 1)}"
-        table = Table(title=title, title_justify="left", title_style="bold")
+        table = _workload_table(plan, workload)
         # Fourteen columns in 160 (MiB/s is in the JSON): the names and the CPU figure stay whole.
         table.add_column("server", style="bold", no_wrap=True)
         for heading in headings:
             table.add_column(heading, justify="right", no_wrap=heading.startswith("CPU µs"))
-        for server in plan.servers:
-            row = find_row(rows, server, workload)
-            if row is None:
-                continue
-            if not row.ok:
-                table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * (len(headings) - 1))
-                continue
-            cpu, user, system = (row.median(m) for m in ("cpu_us_per_msg", "user_us_per_msg", "sys_us_per_msg"))
-            starved = row.median("starved_conns")
+        for server, row in _rows_that_ran(table, plan, rows, workload, len(headings)):
             busy = row.median("client_cpu_busy")
             table.add_row(
                 server,
                 _number(row.median("msgs_per_s"), 0, thousands=True),
                 _number(row.median("p50_us"), 1),
                 _number(row.median("p99_us"), 1),
-                "–" if cpu is None else f"{cpu:.2f} ({user:.2f} + {system:.2f})",
+                _cpu_cell(row),
                 _loss(row.median("loss_percent")),
                 _count_cell(row.median("duplicates")),
                 _count_cell(row.median("reordered")),
                 _count_cell(row.median("late")),
-                f"[red]{starved}[/red]" if starved else "0",
-                _number(rss / 1024 if (rss := row.median("rss_kib")) is not None else None, 1),
+                _starved_cell(row),
+                _rss_cell(row),
                 "–" if busy is None else f"{100 * busy:.0f}%",
                 _ratio(row.ratio_to(baseline, "msgs_per_s")),
                 _ratio(row.ratio_to(baseline, "cpu_us_per_msg")),
@@ -291,6 +272,46 @@ def _render_udp_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> Non
                   f"datagrams sent later on their socket; late = echoes after their datagram was counted lost; "
                   f"starved = sockets with no echo in the window; load gen busy near 100% means the client, not "
                   f"the server, was the limit.[/dim]")
+
+
+def _workload_table(plan: Plan, workload: Workload) -> Table:
+    """An empty table titled with the workload, the transport and the number
+    of rounds its medians are over; the caller adds the columns."""
+    title = f"{workload.label} · {plan.transport_label} · median of {plan.rounds} round{'s' * (plan.rounds > 1)}"
+    return Table(title=title, title_justify="left", title_style="bold")
+
+
+def _rows_that_ran(table: Table, plan: Plan, rows: Sequence[Row], workload: Workload,
+                   columns: int) -> Iterator[tuple[str, Row]]:
+    """(server, row) for each server of the plan, in its order, whose row for
+    `workload` ran. A failed row is added to `table` here as its error in the
+    first of the `columns` figure columns, so that it keeps its place among
+    the others; a server with no row is left out."""
+    for server in plan.servers:
+        row = find_row(rows, server, workload)
+        if row is None:
+            continue
+        if not row.ok:
+            table.add_row(server, f"[red]failed: {row.error}[/red]", *[""] * (columns - 1))
+            continue
+        yield server, row
+
+
+def _cpu_cell(row: Row) -> str:
+    """Server CPU per message, with its user and system parts; – without it."""
+    cpu, user, system = (row.median(m) for m in ("cpu_us_per_msg", "user_us_per_msg", "sys_us_per_msg"))
+    return "–" if cpu is None else f"{cpu:.2f} ({user:.2f} + {system:.2f})"
+
+
+def _starved_cell(row: Row) -> str:
+    """Connections (sockets) that completed nothing: red when any did."""
+    starved = row.median("starved_conns")
+    return f"[red]{starved}[/red]" if starved else "0"
+
+
+def _rss_cell(row: Row) -> str:
+    rss = row.median("rss_kib")
+    return _number(rss / 1024 if rss is not None else None, 1)
 
 
 def _cpus(cpus: frozenset[int] | None) -> str:
