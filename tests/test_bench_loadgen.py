@@ -27,6 +27,17 @@ SHORT = {"warmup": 0.05, "duration": 0.3}  # keep each run short; nothing is tim
 JOIN_TIMEOUT = 5.0
 
 
+@contextlib.contextmanager
+def failing_on_an_exited_pid() -> Iterator[int]:
+    """Yields the pid of a process that has exited and been reaped, so that
+    /proc has no entry for it; the body, a run given that pid as a server
+    pid, must fail with the LoadError that names /proc/<pid>/stat."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(LoadError, match=rf"cannot read /proc/{gone.pid}/stat"):
+        yield gone.pid
+
+
 def recv_exactly_or_eof(conn: socket.socket, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
@@ -246,10 +257,8 @@ def test_connections_never_established_fail_the_run_after_the_connect_timeout():
 
 
 def test_an_unreadable_server_pid_fails_the_run(reference_server):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    with pytest.raises(LoadError, match=rf"cannot read /proc/{gone.pid}/stat"):
-        run_load(HOST, reference_server.port, 1, 64, server_pid=gone.pid, **SHORT)
+    with failing_on_an_exited_pid() as gone_pid:
+        run_load(HOST, reference_server.port, 1, 64, server_pid=gone_pid, **SHORT)
 
 
 # --- starvation is measured, not an error ------------------------------------

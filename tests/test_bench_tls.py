@@ -28,7 +28,8 @@ from fastecho.bench.certs import temporary_certificate
 from fastecho.bench.errors import ServerStartError
 from fastecho.bench.servers import HOST, SERVERS, _fastecho_tls_missing, haproxy_binary, running_server
 from test_bench_cli import FAST, assert_one_line_usage_error, bench
-from test_bench_loadgen import JOIN_TIMEOUT, SHORT, close_now, echo, echo_then, flip_first_byte, thread_server
+from test_bench_loadgen import (JOIN_TIMEOUT, SHORT, close_now, echo, echo_then, failing_on_an_exited_pid,
+                                flip_first_byte, thread_server)
 
 pytestmark = pytest.mark.skipif(not TLS_SUPPORTED, reason="the load generator was built without TLS (no OpenSSL)")
 needs_haproxy = pytest.mark.skipif(haproxy_binary() is None, reason="haproxy is not installed")
@@ -264,10 +265,8 @@ def test_bad_tls_and_handshake_arguments_raise_value_error(overrides, fragment):
 
 
 def test_every_server_pid_is_read(asyncio_tls, tls_files):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    with pytest.raises(LoadError, match=rf"cannot read /proc/{gone.pid}/stat"):
-        run_load(HOST, asyncio_tls.port, 1, 64, server_pids=[asyncio_tls.pid, gone.pid], **verified(tls_files))
+    with failing_on_an_exited_pid() as gone_pid:
+        run_load(HOST, asyncio_tls.port, 1, 64, server_pids=[asyncio_tls.pid, gone_pid], **verified(tls_files))
 
 
 def rss_kib(pid: int) -> int:

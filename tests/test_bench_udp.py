@@ -29,7 +29,7 @@ from fastecho.bench._loadgen import UDP_DEFAULT_TIMEOUT, UDP_MAX_DATAGRAM_SIZE, 
 from fastecho.bench.errors import ServerStartError
 from fastecho.bench.servers import HOST, SERVERS, reference_binary, running_server
 from test_bench_cli import FAST, assert_one_line_usage_error, bench, our_children
-from test_bench_loadgen import JOIN_TIMEOUT, SHORT
+from test_bench_loadgen import JOIN_TIMEOUT, SHORT, failing_on_an_exited_pid
 
 HEADER = struct.Struct("<QIIII")  # seq, socket, slot, length, check: the generator's datagram header
 # A generous loss timeout, so that only what a server drops is lost, even on
@@ -265,10 +265,8 @@ def test_a_port_nobody_listens_on_fails_the_run_with_econnrefused():
 
 
 def test_an_unreadable_server_pid_fails_a_udp_run(udp_server):
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    with pytest.raises(LoadError, match=rf"cannot read /proc/{gone.pid}/stat"):
-        run_load(HOST, udp_server.port, 1, 64, server_pid=gone.pid, **UDP)
+    with failing_on_an_exited_pid() as gone_pid:
+        run_load(HOST, udp_server.port, 1, 64, server_pid=gone_pid, **UDP)
 
 
 # --- faulty servers: loss, duplicates and reordering are counted, not errors ---------
