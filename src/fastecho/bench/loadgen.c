@@ -1014,18 +1014,11 @@ static int lg_drive(lg_state *s)
                 return -1;
             deadline = s->window.start_ns + lg_seconds_to_ns(cfg->duration_s);
         }
-        if (s->phase == LG_MEASURING &&
-            (now >= deadline || (cfg->max_messages > 0 && s->window_messages >= cfg->max_messages)))
+        if (s->phase == LG_MEASURING && lg_window_over(cfg, now, deadline, s->window_messages))
             return lg_close_window(s);
 
-        now = lg_now_ns();
-        uint64_t wait_ns = deadline > now ? deadline - now : 0;
-        uint64_t wait_ms = (wait_ns + 999999u) / 1000000u;
-        if (wait_ms > LG_MAX_WAIT_MS)
-            wait_ms = LG_MAX_WAIT_MS;
-        if (s->pending_count > 0)
-            wait_ms = 0;
-        int ready = epoll_wait(s->epoll_fd, events, LG_MAX_EVENTS, (int)wait_ms);
+        int wait_ms = s->pending_count > 0 ? 0 : lg_wait_ms(deadline, lg_now_ns(), LG_MAX_WAIT_MS);
+        int ready = epoll_wait(s->epoll_fd, events, LG_MAX_EVENTS, wait_ms);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;

@@ -29,6 +29,23 @@ static inline uint64_t lg_seconds_to_ns(double seconds)
     return (uint64_t)(seconds * 1e9);
 }
 
+/* How long epoll_wait() may sleep from `now` for the loop to see `until`:
+ * rounded up, so that it wakes at or after it rather than spinning just
+ * before, and at most `most_ms`, so that a long wait still checks its
+ * other deadlines. */
+static inline int lg_wait_ms(uint64_t until, uint64_t now, int most_ms)
+{
+    uint64_t wait_ms = until > now ? (until - now + 999999u) / 1000000u : 0;
+    return wait_ms > (uint64_t)most_ms ? most_ms : (int)wait_ms;
+}
+
+/* Whether the measured window is over: its duration, which ends at
+ * `deadline`, has passed, or it has the max_messages it may stop at. */
+static inline int lg_window_over(const lg_config *config, uint64_t now, uint64_t deadline, uint64_t window_messages)
+{
+    return now >= deadline || (config->max_messages > 0 && window_messages >= config->max_messages);
+}
+
 /* splitmix64's output function: a cheap bijective mixer. */
 static inline uint64_t lg_mix(uint64_t x)
 {

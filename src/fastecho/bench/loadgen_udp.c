@@ -695,8 +695,7 @@ static int lg_udp_drive(lg_udp_state *s)
                 return -1;
             deadline = s->window.start_ns + lg_seconds_to_ns(cfg->duration_s);
         }
-        if (s->phase == LG_UDP_MEASURING &&
-            (now >= deadline || (cfg->max_messages > 0 && s->window_messages >= cfg->max_messages))) {
+        if (s->phase == LG_UDP_MEASURING && lg_window_over(cfg, now, deadline, s->window_messages)) {
             if (lg_udp_close_window(s) < 0)
                 return -1;
             /* By then every datagram still in flight is past its deadline. */
@@ -718,11 +717,8 @@ static int lg_udp_drive(lg_udp_state *s)
         uint64_t until = deadline < next_sweep ? deadline : next_sweep;
         if (quiet_since != 0 && quiet_since + LG_UDP_GRACE_MS * 1000000u < until)
             until = quiet_since + LG_UDP_GRACE_MS * 1000000u;
-        now = lg_now_ns();
-        uint64_t wait_ms = until > now ? (until - now + 999999u) / 1000000u : 0;
-        if (wait_ms > LG_UDP_MAX_WAIT_MS)
-            wait_ms = LG_UDP_MAX_WAIT_MS;
-        int ready = epoll_wait(s->epoll_fd, events, LG_UDP_MAX_EVENTS, (int)wait_ms);
+        int wait_ms = lg_wait_ms(until, lg_now_ns(), LG_UDP_MAX_WAIT_MS);
+        int ready = epoll_wait(s->epoll_fd, events, LG_UDP_MAX_EVENTS, wait_ms);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
