@@ -15,9 +15,10 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "reference_common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -33,7 +34,6 @@
 #include <unistd.h>
 
 enum {
-    MAX_THREADS = 1024,
     MAX_EVENTS = 128,
     READ_BUFFER_SIZE = 64 * 1024,
     /* A client that accepts none of its echo for this long is dropped, so a
@@ -134,60 +134,16 @@ static void *echo_thread(void *unused)
     }
 }
 
-static void usage_error(const char *message)
-{
-    fprintf(stderr, "fastecho-reference-echo: %s\n"
-                    "usage: fastecho-reference-echo [--host ADDR] [--port N] [--threads N]\n", message);
-    exit(2);
-}
-
-static long parse_number(const char *text, long low, long high, const char *what)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno != 0 || *text == '\0' || *end != '\0' || value < low || value > high) {
-        char message[128];
-        snprintf(message, sizeof message, "%s must be a number in %ld..%ld, not '%s'", what, low, high, text);
-        usage_error(message);
-    }
-    return value;
-}
-
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1";
-    int port = 0, threads = 1;
-    static const struct option options[] = {
-        { "host", required_argument, NULL, 'h' },
-        { "port", required_argument, NULL, 'p' },
-        { "threads", required_argument, NULL, 't' },
-        { NULL, 0, NULL, 0 },
-    };
-    for (int opt; (opt = getopt_long(argc, argv, "", options, NULL)) != -1;) {
-        if (opt == 'h')
-            host = optarg;
-        else if (opt == 'p')
-            port = (int)parse_number(optarg, 0, 65535, "--port");
-        else if (opt == 't')
-            threads = (int)parse_number(optarg, 1, MAX_THREADS, "--threads");
-        else
-            usage_error("unknown option");
-    }
-    if (optind != argc)
-        usage_error("unexpected argument");
+    struct reference_options options;
+    reference_parse_options(argc, argv, "reference-echo", false, &options);
+    const char *host = options.host;
+    int port = options.port, threads = options.threads;
+    struct sockaddr_in address = options.address;
 
-    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    if (inet_pton(AF_INET, host, &address.sin_addr) != 1)
-        usage_error("--host must be an IPv4 address");
-
-    /* Block the stop signals before any thread starts, so that every thread
-     * inherits the mask and only sigwait() below ever receives them. */
     sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    reference_block_stop_signals(&stop_signals);
 
     int one = 1;
     socklen_t address_length = sizeof address;
@@ -204,7 +160,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    pthread_t workers[MAX_THREADS];
+    pthread_t workers[REFERENCE_MAX_THREADS];
     for (int i = 0; i < threads; i++) {
         int rc = pthread_create(&workers[i], NULL, echo_thread, NULL);
         if (rc != 0) {
@@ -216,9 +172,7 @@ int main(int argc, char **argv)
     printf("reference listening on %s:%d (%d threads)\n", host, ntohs(address.sin_port), threads);
     fflush(stdout);
 
-    int signal_number;
-    while (sigwait(&stop_signals, &signal_number) != 0)
-        ;
+    reference_wait_for_stop(&stop_signals);
     /* The eventfd stays readable and is not EPOLLEXCLUSIVE: it wakes all. */
     uint64_t wake = 1;
     if (write(stop_fd, &wake, sizeof wake) != (ssize_t)sizeof wake) {

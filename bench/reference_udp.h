@@ -1,7 +1,7 @@
 /*
  * reference_udp.h: what the two bare UDP reference loops share.
- * reference_udp_main.c parses the options, binds one socket per thread and
- * runs the stop signals; each program adds one loop, reference_udp.c
+ * reference_udp_main.c (with reference_common.c) parses the options, binds
+ * one socket per thread and runs the stop signals; each program adds one loop, reference_udp.c
  * (recvfrom/sendto per datagram) or reference_udp_mmsg.c
  * (recvmmsg/sendmmsg, batches of 64).
  */

@@ -1,7 +1,8 @@
 /*
  * reference_udp_main.c: the part the two bare UDP reference loops share
  * (fastecho-reference-udp and fastecho-reference-udp-mmsg): options,
- * sockets, threads and the stop signals. The loop itself is in
+ * sockets, threads and the stop signals, with the options and signals in
+ * reference_common.c as for fastecho-reference-echo. The loop itself is in
  * reference_udp.c or reference_udp_mmsg.c.
  *
  *   fastecho-reference-udp[-mmsg] [--host 127.0.0.1] [--port 0] [--threads 1]
@@ -22,11 +23,11 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "reference_common.h"
 #include "reference_udp.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -37,32 +38,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { MAX_THREADS = 1024 };
-
 static void *echo_thread(void *socket_fd)
 {
     reference_udp_loop((int)(intptr_t)socket_fd);
     return NULL;
-}
-
-static void usage_error(const char *message)
-{
-    fprintf(stderr, "fastecho-%s: %s\nusage: fastecho-%s [--host ADDR] [--port N] [--threads N] [--rcvbuf BYTES]\n",
-            reference_udp_name, message, reference_udp_name);
-    exit(2);
-}
-
-static long parse_number(const char *text, long low, long high, const char *what)
-{
-    char *end;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (errno != 0 || *text == '\0' || *end != '\0' || value < low || value > high) {
-        char message[128];
-        snprintf(message, sizeof message, "%s must be a number in %ld..%ld, not '%s'", what, low, high, text);
-        usage_error(message);
-    }
-    return value;
 }
 
 /* A blocking UDP socket bound to *address with SO_REUSEPORT (and a receive
@@ -89,44 +68,17 @@ static int bind_shared(struct sockaddr_in *address, int receive_buffer)
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1";
-    int port = 0, threads = 1, receive_buffer = 0;
-    static const struct option options[] = {
-        { "host", required_argument, NULL, 'h' },
-        { "port", required_argument, NULL, 'p' },
-        { "threads", required_argument, NULL, 't' },
-        { "rcvbuf", required_argument, NULL, 'r' },
-        { NULL, 0, NULL, 0 },
-    };
-    for (int opt; (opt = getopt_long(argc, argv, "", options, NULL)) != -1;) {
-        if (opt == 'h')
-            host = optarg;
-        else if (opt == 'p')
-            port = (int)parse_number(optarg, 0, 65535, "--port");
-        else if (opt == 't')
-            threads = (int)parse_number(optarg, 1, MAX_THREADS, "--threads");
-        else if (opt == 'r')
-            receive_buffer = (int)parse_number(optarg, 0, 1L << 30, "--rcvbuf");
-        else
-            usage_error("unknown option");
-    }
-    if (optind != argc)
-        usage_error("unexpected argument");
+    struct reference_options options;
+    reference_parse_options(argc, argv, reference_udp_name, true, &options);
+    const char *host = options.host;
+    int port = options.port, threads = options.threads, receive_buffer = options.receive_buffer;
+    struct sockaddr_in address = options.address;
 
-    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    if (inet_pton(AF_INET, host, &address.sin_addr) != 1)
-        usage_error("--host must be an IPv4 address");
-
-    /* Block the stop signals before any thread starts, so that every thread
-     * inherits the mask and only sigwait() below ever receives them. */
     sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+    reference_block_stop_signals(&stop_signals);
 
     /* The first bind picks the port (--port 0); the others join it. */
-    static int sockets[MAX_THREADS];
+    static int sockets[REFERENCE_MAX_THREADS];
     for (int i = 0; i < threads; i++) {
         sockets[i] = bind_shared(&address, receive_buffer);
         if (sockets[i] < 0) {
@@ -148,9 +100,7 @@ int main(int argc, char **argv)
     printf("%s listening on %s:%d (udp) (%d threads)\n", reference_udp_name, host, ntohs(address.sin_port), threads);
     fflush(stdout);
 
-    int signal_number;
-    while (sigwait(&stop_signals, &signal_number) != 0)
-        ;
+    reference_wait_for_stop(&stop_signals);
     /* The loops block in the kernel with nothing to flush or finish:
      * exiting the process ends them. */
     return 0;

@@ -1850,6 +1850,19 @@ static void *udp_stats_reader_main(void *arg)
     return NULL;
 }
 
+/* udp_stats_reader_main on a thread of its own, until udp_stats_reader_stop. */
+static void udp_stats_reader_start(pthread_t *reader, fe_server *srv)
+{
+    atomic_store(&stop_stats_reader, false);
+    pthread_create(reader, NULL, udp_stats_reader_main, srv);
+}
+
+static void udp_stats_reader_stop(pthread_t reader)
+{
+    atomic_store(&stop_stats_reader, true);
+    pthread_join(reader, NULL);
+}
+
 /* A UDP listener: a bound socket with SO_REUSEPORT set before bind (as
  * fe_listener.udp requires) and a big receive buffer, which the core's
  * sibling sockets copy. port 0: any. Fills udp_addr4 or udp_addr6. */
@@ -1957,6 +1970,26 @@ static int udp_setup_stop(udp_setup *u)
     return 0;
 }
 
+/* What the core dropped on listener `listener`, every reason together. */
+static uint64_t udp_core_drops(const fe_stats *st, size_t listener)
+{
+    uint64_t dropped = 0;
+    for (int r = 0; r < FE_UDP_DROP_COUNT; r++)
+        dropped += st->udp_dropped[listener][r];
+    return dropped;
+}
+
+/* The end of a UDP run: the server stopped and its sockets closed (see
+ * udp_setup_stop), then the client threads' sockets and buffers freed. */
+static int udp_run_teardown(udp_setup *u, udp_thread *threads, int count)
+{
+    if (udp_setup_stop(u) != 0)
+        return -1;
+    for (int i = 0; i < count; i++)
+        udp_thread_free(&threads[i]);
+    return 0;
+}
+
 /* Waits (at most 10 s) until the server has read every datagram that
  * reached its sockets and every reply reached a client socket or was
  * dropped there, then checks for each listener:
@@ -1981,9 +2014,7 @@ static int udp_settle(udp_setup *u, udp_thread *threads, int count, udp_client *
             if (u->udp_fd[f] < 0)
                 continue;
             size_t l = u->index[f];
-            uint64_t dropped = 0;
-            for (int r = 0; r < FE_UDP_DROP_COUNT; r++)
-                dropped += st->udp_dropped[l][r];
+            uint64_t dropped = udp_core_drops(st, l);
             udp_server_sockets(f, &server_drops[f]);
             settled &= st->udp_in[l] + server_drops[f] == tot->sent[f] && st->udp_out[l] + dropped == st->udp_in[l] &&
                        tot->got[f] + tot->drops[f] == st->udp_out[l];
@@ -1994,9 +2025,7 @@ static int udp_settle(udp_setup *u, udp_thread *threads, int count, udp_client *
         if (u->udp_fd[f] < 0)
             continue;
         size_t l = u->index[f];
-        uint64_t dropped = 0;
-        for (int r = 0; r < FE_UDP_DROP_COUNT; r++)
-            dropped += st->udp_dropped[l][r];
+        uint64_t dropped = udp_core_drops(st, l);
         CHECK(st->udp_out[l] + dropped == st->udp_in[l], "IPv%d: udp_in %llu != udp_out %llu + dropped %llu",
               f ? 6 : 4, (unsigned long long)st->udp_in[l], (unsigned long long)st->udp_out[l],
               (unsigned long long)dropped);
@@ -2026,6 +2055,15 @@ static void udp_join_threads(udp_thread *threads, int count)
 {
     for (int i = 0; i < count; i++)
         pthread_join(threads[i].thread, NULL);
+}
+
+/* The last check of every UDP run, after its report: each fd it opened is
+ * closed again. Flushes the report, so that it is out before the next run. */
+static int udp_run_check_fds(int fds_before, int fds_after)
+{
+    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
+    fflush(stdout);
+    return 0;
 }
 
 static void *tcp_neighbor_main(void *arg)
@@ -2062,10 +2100,9 @@ static int udp_echo_run(void)
             return -1;
         threads[i].rounds = 30;
     }
-    atomic_store(&stop_stats_reader, false);
     atomic_store(&udp_snapshots, 0);
     pthread_t reader, tcp[2];
-    pthread_create(&reader, NULL, udp_stats_reader_main, u.srv);
+    udp_stats_reader_start(&reader, u.srv);
     for (int i = 0; i < 2; i++)
         pthread_create(&tcp[i], NULL, tcp_neighbor_main, (void *)(uintptr_t)(31u + (unsigned)i));
     udp_start_threads(threads, THREADS);
@@ -2077,8 +2114,7 @@ static int udp_echo_run(void)
     udp_totals tot;
     uint64_t server_drops[2] = {0, 0};
     udp_settle(&u, threads, THREADS, NULL, 0, softnet_before, &st, &tot, server_drops);
-    atomic_store(&stop_stats_reader, true);
-    pthread_join(reader, NULL);
+    udp_stats_reader_stop(reader);
     for (int f = 0; f < 2; f++) {
         if (u.udp_fd[f] < 0)
             continue;
@@ -2112,17 +2148,13 @@ static int udp_echo_run(void)
     EXPECT(st.bytes_received >= atomic_load(&verified_in) && st.connections_accepted > 0,
           "TCP next to UDP: received %llu, verified %llu", (unsigned long long)st.bytes_received,
           (unsigned long long)atomic_load(&verified_in));
-    if (udp_setup_stop(&u) != 0)
+    if (udp_run_teardown(&u, threads, THREADS) != 0)
         return -1;
-    for (int i = 0; i < THREADS; i++)
-        udp_thread_free(&threads[i]);
     int fds_after = count_fds();
     printf("udp echo: TCP on the %s port, stats read %lu times, fds %d before and %d after (%.1f s)\n",
            u.same_port ? "same" : "another", atomic_load(&udp_snapshots), fds_before, fds_after,
            (double)(now_ms() - started) / 1000);
-    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
-    fflush(stdout);
-    return 0;
+    return udp_run_check_fds(fds_before, fds_after);
 }
 
 /* The rate table alone, with the clock in the test's hands:
@@ -2264,9 +2296,8 @@ static int udp_rate_run(void)
             return -1;
         threads[i].deadline_ms = t0 + 1000;
     }
-    atomic_store(&stop_stats_reader, false);
     pthread_t reader;
-    pthread_create(&reader, NULL, udp_stats_reader_main, u.srv);
+    udp_stats_reader_start(&reader, u.srv);
     udp_start_threads(threads, THREADS);
     udp_join_threads(threads, THREADS);
     fe_stats st;
@@ -2274,8 +2305,7 @@ static int udp_rate_run(void)
     uint64_t server_drops[2] = {0, 0};
     udp_settle(&u, threads, THREADS, NULL, 0, softnet_before, &st, &tot, server_drops);
     int64_t t1 = now_ms(); /* after every take */
-    atomic_store(&stop_stats_reader, true);
-    pthread_join(reader, NULL);
+    udp_stats_reader_stop(reader);
     for (int f = 0; f < 2; f++) {
         if (u.udp_fd[f] < 0)
             continue;
@@ -2297,16 +2327,12 @@ static int udp_rate_run(void)
               (unsigned long long)tokens, (unsigned long long)least, (unsigned long long)most);
         EXPECT(d[FE_UDP_DROP_RATE] > 0, "IPv%d: the rate limit never dropped anything", f ? 6 : 4);
     }
-    if (udp_setup_stop(&u) != 0)
+    if (udp_run_teardown(&u, threads, THREADS) != 0)
         return -1;
-    for (int i = 0; i < THREADS; i++)
-        udp_thread_free(&threads[i]);
     int fds_after = count_fds();
     printf("udp rate: %d threads x %d sockets, stats read %lu times (%.1f s)\n", THREADS, UDP_MAX_SOCKETS,
            atomic_load(&udp_snapshots), (double)(now_ms() - started) / 1000);
-    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
-    fflush(stdout);
-    return 0;
+    return udp_run_check_fds(fds_before, fds_after);
 }
 
 /* The filters, each datagram's fate known in advance, in the core's order
@@ -2431,18 +2457,15 @@ static int udp_filter_case(bool allow_low)
     }
     EXPECT(refused && (allow_low || st.rejected_not_allowed == 1), "TCP from outside the allow list: refused %d, "
           "counted %llu", refused, (unsigned long long)st.rejected_not_allowed);
-    if (udp_setup_stop(&u) != 0)
+    if (udp_run_teardown(&u, &scratch, 1) != 0)
         return -1;
-    udp_thread_free(&scratch);
     for (int i = 0; i < CLIENTS; i++)
         if (clients[i].fd >= 0)
             udp_client_close(&clients[i]);
     int fds_after = count_fds();
     printf("udp filters%s: %d client sockets (%.1f s)\n", allow_low ? " (low ports allowed)" : "", present,
            (double)(now_ms() - started) / 1000);
-    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
-    fflush(stdout);
-    return 0;
+    return udp_run_check_fds(fds_before, fds_after);
 }
 
 /* A stop while UDP clients are still sending and a TCP client is still
@@ -2468,9 +2491,8 @@ static int udp_shutdown_run(void)
             return -1;
         threads[i].deadline_ms = now_ms() + 20000;
     }
-    atomic_store(&stop_stats_reader, false);
     pthread_t reader;
-    pthread_create(&reader, NULL, udp_stats_reader_main, u.srv);
+    udp_stats_reader_start(&reader, u.srv);
     client tcp;
     EXPECT(client_open(&tcp, NULL) == 0, "TCP client");
     unsigned int seed = 77;
@@ -2522,8 +2544,7 @@ static int udp_shutdown_run(void)
     udp_join_threads(threads, THREADS);
     int stopped = fe_server_wait(u.srv, 10000);
     int64_t waited = now_ms() - stop_at;
-    atomic_store(&stop_stats_reader, true);
-    pthread_join(reader, NULL);
+    udp_stats_reader_stop(reader);
     /* The workers are gone: what they echoed is final. */
     fe_server_stats(u.srv, &st);
     int fds_stopped = count_fds();
@@ -2541,9 +2562,7 @@ static int udp_shutdown_run(void)
         if (u.udp_fd[f] < 0)
             continue;
         size_t l = u.index[f];
-        uint64_t dropped = 0;
-        for (int r = 0; r < FE_UDP_DROP_COUNT; r++)
-            dropped += st.udp_dropped[l][r];
+        uint64_t dropped = udp_core_drops(&st, l);
         /* What reached the caller's socket after its worker let go (the
          * datagrams queued on the workers' own sockets when they closed
          * were freed uncounted: that is the one inexact part). */
@@ -2580,16 +2599,12 @@ static int udp_shutdown_run(void)
     for (int i = 0; i < THREADS; i++)
         expect_stopped += threads[i].socket_count; /* the clients' sockets, still open */
     EXPECT(fds_stopped == expect_stopped, "%d fds open once stopped, expected %d", fds_stopped, expect_stopped);
-    if (udp_setup_stop(&u) != 0)
+    if (udp_run_teardown(&u, threads, THREADS) != 0)
         return -1;
-    for (int i = 0; i < THREADS; i++)
-        udp_thread_free(&threads[i]);
     int fds_after = count_fds();
     printf("udp shutdown: fds %d before, %d stopped, %d after (%.1f s)\n", fds_before, fds_stopped, fds_after,
            (double)(now_ms() - started) / 1000);
-    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
-    fflush(stdout);
-    return 0;
+    return udp_run_check_fds(fds_before, fds_after);
 }
 
 /* Listeners fe_server_start must refuse (EINVAL), after it may already
@@ -2642,9 +2657,7 @@ static int udp_refused_run(void)
     int fds_after = count_fds();
     printf("udp refused listeners: %zu cases, fds %d before and %d after\n", sizeof cases / sizeof cases[0],
            fds_before, fds_after);
-    CHECK(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
-    fflush(stdout);
-    return 0;
+    return udp_run_check_fds(fds_before, fds_after);
 }
 
 /* Every UDP run. IPv6 runs too where ::1 can be bound. */
