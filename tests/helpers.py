@@ -4,6 +4,7 @@ Every wait here is bounded, and every process started is stopped and reaped.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -362,3 +364,21 @@ def listening(port: int) -> bool:
     with open("/proc/net/tcp") as f:
         return any(fields[1] == local and fields[3] == "0A"
                    for fields in (line.split() for line in list(f)[1:]))
+
+
+# ---------------------------------------------------------------- running out of fds
+
+@contextlib.contextmanager
+def fd_starved_server(serve, *args: str) -> Iterator[tuple[ServerProcess, list[socket.socket]]]:
+    """A server whose RLIMIT_NOFILE is 64, soft and hard (so it cannot raise it), and
+    120 clients connected to it: far more than it has fds for. The clients are
+    closed on the way out; the server is the serve fixture's to stop."""
+    server = serve("--threads", "2", *args, prefix=["prlimit", "--nofile=64:64"])
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(120):
+            clients.append(socket.create_connection((server.host, server.port), timeout=5))
+        yield server, clients
+    finally:
+        for s in clients:
+            s.close()

@@ -1,19 +1,13 @@
 """At the fd limit the server neither spins nor dies, and serves again once fds free up."""
 from __future__ import annotations
 
-import socket
 import time
 
-from helpers import echo_roundtrip, proc_cpu_seconds, proc_fd_count
+from helpers import echo_roundtrip, fd_starved_server, proc_cpu_seconds, proc_fd_count
 
 
 def test_emfile_on_accept_backs_off_and_recovers(serve):
-    # Both limits at 64 so the server cannot raise its own soft limit.
-    server = serve("--threads", "2", prefix=["prlimit", "--nofile=64:64"])
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(120):  # far more than the server has fds for
-            clients.append(socket.create_connection((server.host, server.port), timeout=5))
+    with fd_starved_server(serve) as (server, clients):
         time.sleep(0.5)  # let the acceptor reach its limit
         # It stops a quarter short of 64 (the reserve it keeps for metrics
         # scrapes and log files), and never passes the limit.
@@ -33,7 +27,4 @@ def test_emfile_on_accept_backs_off_and_recovers(serve):
             s.close()
         last = clients[-1]
         assert echo_roundtrip(last, b"late", timeout=10) == b"late"
-    finally:
-        for s in clients:
-            s.close()
     assert server.proc.poll() is None

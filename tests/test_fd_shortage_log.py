@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 from fastecho.server import FD_SHORTAGE_QUIET_SECONDS, FdShortage, FdShortageEvent
-from helpers import wait_until
+from helpers import fd_starved_server, wait_until
 
 TICK = 0.1  # the server samples the counter once per tick
 STARTED = re.compile(r"\] out of file descriptors: accepting paused \(limit (\d+); (\d+) connections open")
@@ -53,20 +52,12 @@ def test_increases_slower_than_the_quiet_period_are_separate_shortages():
 
 
 def test_exhausted_fds_log_one_warning_each_way(serve):
-    # Both limits at 64 so the server cannot raise its own soft limit (as in test_fd_exhaustion).
-    server = serve("--threads", "2", prefix=["prlimit", "--nofile=64:64"])
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(120):  # far more than the server has fds for
-            clients.append(socket.create_connection((server.host, server.port), timeout=5))
+    with fd_starved_server(serve) as (server, _):
         match = server.wait_for_stderr(STARTED.pattern, timeout=10)
         assert int(match[1]) == 64 and 0 < int(match[2]) < 64, match[0]
         time.sleep(2.5)  # the acceptor keeps retrying, and being refused, all this time
         assert len(STARTED.findall(server.stderr())) == 1, server.stderr()
         assert not ENDED.search(server.stderr())
-    finally:
-        for s in clients:
-            s.close()
     assert wait_until(lambda: ENDED.search(server.stderr()), 10), server.stderr()
     time.sleep(1.5)  # nothing more is logged once it has recovered
     text = server.stderr()

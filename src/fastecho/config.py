@@ -24,7 +24,7 @@ from typing import Any
 from fastecho._core import LOOPBACK, _defaults
 from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
-from fastecho.listeners import SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct
+from fastecho.listeners import SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct, speaks_tls
 from fastecho.listeners import parse_url as parse_listener_url
 from fastecho.userfiles import UserFileError, read_small_file
 
@@ -591,7 +591,7 @@ class ServeConfig:
 
     def serves_tls(self) -> bool:
         """Whether a listener (or an inherited socket, by --fd-scheme) speaks TLS."""
-        return any(l.tls for l in self.listeners()) or Listener(self.fd_scheme, "", 0).tls
+        return any(l.tls for l in self.listeners()) or speaks_tls(self.fd_scheme)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -25,6 +25,11 @@ SCHEMES = {
 STREAM_SCHEMES = tuple(scheme for scheme in SCHEMES if scheme != "udp")
 
 
+def speaks_tls(scheme: str) -> bool:
+    """Whether a scheme's connections speak TLS (tls, tls+proxy)."""
+    return scheme.split("+")[0] == "tls"
+
+
 class ListenerError(ValueError):
     """A listener URL's problem, in words for the user."""
 
@@ -48,7 +53,7 @@ class Listener:
     @property
     def tls(self) -> bool:
         """Whether its connections speak TLS."""
-        return self.scheme.split("+")[0] == "tls"
+        return speaks_tls(self.scheme)
 
     @property
     def url(self) -> str:

@@ -534,5 +534,5 @@ class Server:
                 handled = len(self._signals)
             if self._reload:
                 self._reload = False
-                logs.reopen()
+                self._on_reload()
         log.info("stopped")
