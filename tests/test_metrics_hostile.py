@@ -158,6 +158,9 @@ def test_endpoint_survives_running_out_of_fds_itself_and_recovers(serve):
     with ExitStack() as echo_side:
         for _ in range(limit):
             echo_side.enter_context(socket.create_connection((server.host, server.port), timeout=10))
+        # The engine takes connections up to the reserve, and no further.
+        assert wait_until(lambda: proc_fd_count(server.pid) == limit - limit // 4, 10), \
+            f"the engine stopped short of the reserve: {proc_fd_count(server.pid)} open"
         with ExitStack() as metrics_side:
             for _ in range(30):
                 sock = metrics_side.enter_context(socket.create_connection(address, timeout=10))

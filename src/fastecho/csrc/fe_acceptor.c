@@ -116,9 +116,7 @@ static uint64_t open_fd_count(void)
     return n > 0 ? n - 1 : 0; /* less the directory's own fd */
 }
 
-/* The most connections that leave `reserve` fds (at most a quarter of
- * RLIMIT_NOFILE) free, counting the fds open now; UINT64_MAX for none. */
-static uint64_t fd_connection_limit(size_t reserve)
+uint64_t fe_fd_connection_limit(size_t reserve)
 {
     struct rlimit nofile;
     if (reserve == 0 || getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY)
@@ -192,9 +190,6 @@ static int accept_batch(fe_server *s, size_t index)
 void *fe_acceptor_main(void *arg)
 {
     fe_server *s = arg;
-    /* Counted now, when every fd the caller and the core opened up front
-     * is open: what is left under RLIMIT_NOFILE is for connections. */
-    s->fd_connection_limit = fd_connection_limit(s->cfg.fd_reserve);
     int backoff_ms = 0;
     struct pollfd fds[1 + FE_MAX_LISTENERS];
     fds[0] = (struct pollfd){.fd = s->acceptor_wake_fd, .events = POLLIN};

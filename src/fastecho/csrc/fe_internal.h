@@ -199,6 +199,9 @@ int64_t fe_now_ns(void);
 void *fe_worker_main(void *arg);
 
 /* Acceptor thread entry point (fe_acceptor.c). arg is the fe_server. */
+/* The most connections that leave `reserve` fds (at most a quarter of
+ * RLIMIT_NOFILE) free, counting the fds open now; UINT64_MAX for none. */
+uint64_t fe_fd_connection_limit(size_t reserve);
 void *fe_acceptor_main(void *arg);
 
 /* Wakes a worker or the acceptor: adds 1 to its eventfd. Never blocks

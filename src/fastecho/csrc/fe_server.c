@@ -387,6 +387,12 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
         return -1; /* what it opened is closed at destroy */
     }
 
+    /* Counted here, in the caller's thread, when every fd the caller and the
+     * core opened up front is open and before anything else can be: counted
+     * later by the acceptor, the fds of whatever the caller's other threads
+     * accept meanwhile (metrics scrapes) would be taken from connections. */
+    s->fd_connection_limit = fe_fd_connection_limit(s->cfg.fd_reserve);
+
     /* Threads inherit the creator's signal mask: block everything while
      * spawning so that signals are only ever delivered to the caller. */
     sigset_t all, old;
