@@ -17,11 +17,14 @@ from fastecho.bench import cli, servers
 
 
 def add_build(name: str, python: str) -> None:
+    """Another build, served as fastecho is on each transport (the build must
+    know the transport's scheme)."""
     servers.SERVERS[name] = servers.ServerSpec(
         name, f"fastecho built in {python}",
-        lambda threads, _: [python, "-m", "fastecho", "serve", "--host", servers.HOST,
-                            "--port", "0", "--threads", str(threads)],
-        lambda: None)
+        lambda threads, _: servers._fastecho_plain(threads, python),
+        lambda: None,
+        tls_command=lambda threads, _, tls: servers._fastecho_tls(threads, tls, python),
+        udp_command=lambda threads, _: servers._fastecho_udp(threads, python))
 
 
 def main(argv: list[str]) -> int:

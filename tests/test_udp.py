@@ -102,6 +102,26 @@ def test_a_thousand_datagrams_in_flight_all_come_back(udp_server):
             s.close()
 
 
+def test_a_burst_to_one_peer_comes_back_datagram_by_datagram(serve):
+    # Replies to one peer go out as UDP_SEGMENT sends where they can: runs of
+    # one size, a shorter one ending a run, empty ones alone, runs longer
+    # than a send's 64 segments or 65,507 bytes. Each must still come back as
+    # its own datagram, in order, unchanged.
+    server = serve("--listen", UDP, "--metrics-port", "0", port=None)
+    sizes = [1000] * 30 + [400] + [1000] * 5 + [0] + [2000] * 3 + [3000] + [500] * 70 + [9000] * 10 + [1]
+    payloads = [i.to_bytes(2, "big") * (size // 2) + b"!" * (size % 2) for i, size in enumerate(sizes)]
+    with client(address(server)) as s:
+        for payload in payloads:
+            s.send(payload)
+        got = [s.recv(70_000) for _ in payloads]
+    assert [len(g) for g in got] == sizes
+    assert got == payloads
+    wait_for(server, 'fastecho_udp_datagrams_total{direction="out"}', len(sizes))
+    m = udp_metrics(server)
+    assert m['fastecho_udp_datagrams_total{direction="in"}'] == len(sizes)
+    assert m['fastecho_udp_bytes_total{direction="out"}'] == sum(sizes)
+
+
 def test_ipv6_and_tcp_on_the_same_port(serve):
     if not ipv6_loopback():
         pytest.skip("no IPv6 loopback here")

@@ -143,17 +143,17 @@ def _fastecho_tls_missing() -> str | None:
     return None
 
 
-def _fastecho_plain(threads: int) -> list[str]:
-    return [sys.executable, "-m", "fastecho", "serve", "--host", HOST, "--port", "0", "--threads", str(threads)]
+def _fastecho_plain(threads: int, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "fastecho", "serve", "--host", HOST, "--port", "0", "--threads", str(threads)]
 
 
-def _fastecho_tls(threads: int, tls: TlsFiles) -> list[str]:
-    return [sys.executable, "-m", "fastecho", "serve", "--listen", f"tls://{HOST}:0", "--tls-cert", str(tls.cert),
+def _fastecho_tls(threads: int, tls: TlsFiles, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "fastecho", "serve", "--listen", f"tls://{HOST}:0", "--tls-cert", str(tls.cert),
             "--tls-key", str(tls.key), "--threads", str(threads)]
 
 
-def _fastecho_udp(threads: int) -> list[str]:
-    return [sys.executable, "-m", "fastecho", "serve", "--listen", f"udp://{HOST}:0", "--threads", str(threads)]
+def _fastecho_udp(threads: int, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "fastecho", "serve", "--listen", f"udp://{HOST}:0", "--threads", str(threads)]
 
 
 def _reference_udp(name: str, threads: int) -> list[str]:

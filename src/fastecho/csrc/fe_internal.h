@@ -48,6 +48,7 @@ typedef struct fe_conn fe_conn;
 typedef struct fe_udp_socket {
     int fd;          /* -1: none (closed at stop) */
     uint8_t listener; /* index in fe_server.listeners */
+    bool gso;         /* replies to one peer may go as one UDP_SEGMENT send */
 } fe_udp_socket;
 
 struct fe_udp_batch; /* fe_udp.c's buffers for recvmmsg/sendmmsg */

@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,17 +23,42 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-enum { FE_UDP_BATCH = 32 };
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h, for libcs that predate it (Linux 4.18) */
+#endif
+
+enum {
+    FE_UDP_BATCH = 32,
+    /* One UDP_SEGMENT send carries at most this many datagrams and bytes
+     * (the kernel's UDP_MAX_SEGMENTS is 64, and the whole must fit one IPv4
+     * datagram's 65,507 bytes). */
+    FE_UDP_GSO_SEGMENTS = 64,
+    FE_UDP_GSO_BYTES = 65507,
+};
+
+/* A reply send: one datagram, or with UDP_SEGMENT several of one size (the
+ * last may be shorter) to the same peer, which the kernel cuts apart. */
+typedef union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+} fe_udp_segment_cmsg;
 
 struct fe_udp_batch {
     struct mmsghdr msgs[FE_UDP_BATCH];
     struct iovec iov[FE_UDP_BATCH];
     struct sockaddr_storage from[FE_UDP_BATCH];
-    /* For the access log: each received datagram's length and fate, and
-     * which received datagram each reply slot holds. */
+    /* For the access log: each received datagram's length and fate. */
     uint32_t len[FE_UDP_BATCH];
     bool echoed[FE_UDP_BATCH];
-    uint8_t origin[FE_UDP_BATCH];
+    /* The replies, in arrival order: which received datagram each is. */
+    uint8_t reply[FE_UDP_BATCH];
+    /* The sends that carry them: send k carries replies first[k] ..
+     * first[k] + count[k] - 1, its iovecs in out_iov from first[k] on. */
+    struct mmsghdr out[FE_UDP_BATCH];
+    struct iovec out_iov[FE_UDP_BATCH];
+    uint8_t first[FE_UDP_BATCH];
+    uint8_t count[FE_UDP_BATCH];
+    fe_udp_segment_cmsg segment[FE_UDP_BATCH];
     char *data; /* FE_UDP_BATCH buffers of cfg.udp_max_datagram bytes */
 };
 
@@ -59,6 +85,16 @@ static int fail(char *err, size_t errlen, int errnum, const char *what, int fd)
     return -1;
 }
 
+/* Whether the kernel knows UDP_SEGMENT (Linux 4.18). A route that cannot
+ * take it (no checksum offload, a smaller MTU) still fails the send: then
+ * send_replies turns it off for the socket. */
+static bool has_gso(int fd)
+{
+    int size = 0;
+    socklen_t len = sizeof size;
+    return getsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &size, &len) == 0;
+}
+
 int fe_udp_open(fe_server *s, char *err, size_t errlen)
 {
     size_t count = atomic_load(&s->listener_count);
@@ -73,7 +109,7 @@ int fe_udp_open(fe_server *s, char *err, size_t errlen)
             int own = i == 0 ? fe_sock_udp_dup(fd) : fe_sock_udp_sibling(fd);
             if (own < 0)
                 return fail(err, errlen, errno, i == 0 ? "cannot use the socket" : "cannot open a sibling socket", fd);
-            w->udp[w->udp_count++] = (fe_udp_socket){.fd = own, .listener = (uint8_t)l};
+            w->udp[w->udp_count++] = (fe_udp_socket){.fd = own, .listener = (uint8_t)l, .gso = has_gso(own)};
         }
     }
     if (s->workers[0].udp_count == 0)
@@ -132,6 +168,112 @@ static int verdict(fe_worker *w, const struct mmsghdr *m, const struct sockaddr_
 
 static void tally(fe_worker *w, const struct fe_udp_batch *b, int n);
 
+/* Whether received datagrams i and j came from the same address. */
+static bool same_sender(const struct fe_udp_batch *b, int i, int j)
+{
+    socklen_t len = b->msgs[i].msg_hdr.msg_namelen;
+    return len == b->msgs[j].msg_hdr.msg_namelen && memcmp(&b->from[i], &b->from[j], len) == 0;
+}
+
+/* Plans the sends for replies from..replies-1 into b->out from index
+ * `sends` on; returns the new number of sends. With gso, a run of replies
+ * to one sender, all of one size but the last (which may be shorter), goes
+ * as one send. */
+static int plan_sends(struct fe_udp_batch *b, int from, int replies, bool gso, int sends)
+{
+    for (int r = from; r < replies;) {
+        int i = b->reply[r];
+        uint32_t size = b->len[i];
+        int count = 1;
+        uint32_t bytes = size;
+        if (gso && size > 0) {
+            while (r + count < replies && count < FE_UDP_GSO_SEGMENTS) {
+                int j = b->reply[r + count];
+                if (b->len[j] == 0 || b->len[j] > size || bytes + b->len[j] > FE_UDP_GSO_BYTES ||
+                    !same_sender(b, i, j))
+                    break;
+                bytes += b->len[j];
+                count++;
+                if (b->len[j] < size)
+                    break; /* a shorter one ends the run */
+            }
+        }
+        for (int k = 0; k < count; k++) {
+            int j = b->reply[r + k];
+            b->out_iov[r + k] = (struct iovec){.iov_base = b->iov[j].iov_base, .iov_len = b->len[j]};
+        }
+        struct msghdr *h = &b->out[sends].msg_hdr;
+        *h = (struct msghdr){.msg_name = &b->from[i], .msg_namelen = b->msgs[i].msg_hdr.msg_namelen,
+                             .msg_iov = &b->out_iov[r], .msg_iovlen = (size_t)count};
+        if (count > 1) {
+            h->msg_control = b->segment[sends].buf;
+            h->msg_controllen = sizeof b->segment[sends].buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = IPPROTO_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t segment = (uint16_t)size;
+            memcpy(CMSG_DATA(c), &segment, sizeof segment);
+        }
+        b->first[sends] = (uint8_t)r;
+        b->count[sends] = (uint8_t)count;
+        sends++;
+        r += count;
+    }
+    return sends;
+}
+
+/* Whether a UDP_SEGMENT send failed for want of offload or MTU, not for
+ * its peer: then the socket sends one datagram at a time from then on. */
+static bool gso_refused(int e)
+{
+    return e == EIO || e == EINVAL || e == EMSGSIZE || e == ENOPROTOOPT || e == EOPNOTSUPP;
+}
+
+/* Sends the batch's replies, as few sends as the peers allow, in one
+ * sendmmsg where the kernel takes them all. What it has no room for is
+ * dropped and counted, never queued. */
+static void send_replies(fe_worker *w, fe_udp_socket *u, struct fe_udp_batch *b, int replies)
+{
+    uint8_t l = u->listener;
+    int sends = plan_sends(b, 0, replies, u->gso, 0);
+    int done = 0;
+    uint64_t sent = 0, bytes_out = 0;
+    while (done < sends) {
+        int r = sendmmsg(u->fd, b->out + done, (unsigned)(sends - done), MSG_DONTWAIT);
+        if (r > 0) {
+            for (int k = done; k < done + r; k++) {
+                for (int q = b->first[k]; q < b->first[k] + b->count[k]; q++) {
+                    bytes_out += b->out_iov[q].iov_len;
+                    b->echoed[b->reply[q]] = true;
+                }
+                sent += b->count[k];
+            }
+            done += r;
+            continue;
+        }
+        int e = errno;
+        if (r < 0 && e == EINTR)
+            continue;
+        int left = replies - b->first[done];
+        if (r < 0 && (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS)) {
+            /* No room: the rest are dropped, never queued. */
+            fe_counter_add(&w->udp_dropped[l][FE_UDP_DROP_SEND_FULL], (uint64_t)left);
+            break;
+        }
+        if (b->count[done] > 1 && gso_refused(e)) {
+            u->gso = false; /* the route cannot take it: one at a time from here */
+            sends = plan_sends(b, b->first[done], replies, false, done);
+            continue;
+        }
+        /* That send failed for its peer: drop what it carried, go on. */
+        fe_counter_add(&w->udp_dropped[l][FE_UDP_DROP_SEND_ERROR], b->count[done]);
+        done++;
+    }
+    fe_counter_add(&w->udp_out[l], sent);
+    fe_counter_add(&w->udp_bytes_out[l], bytes_out);
+}
+
 void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
 {
     struct fe_udp_batch *b = w->udp_batch;
@@ -145,12 +287,11 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
     if (n <= 0)
         return; /* EAGAIN (another worker's wake-up), EINTR: the next event */
 
-    /* Keep the replies at the front of msgs, each pointing at its own
-     * buffer and sender, sized to what arrived. */
+    /* The replies are the datagrams that pass, in arrival order. */
     uint8_t l = u->listener;
     uint64_t bytes_in = 0;
     int64_t now_ns = 0;
-    int keep = 0;
+    int replies = 0;
     for (int i = 0; i < n; i++) {
         size_t len = b->msgs[i].msg_len;
         bytes_in += len;
@@ -161,40 +302,11 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
             fe_counter_add(&w->udp_dropped[l][drop], 1);
             continue;
         }
-        b->iov[i].iov_len = len;
-        if (keep != i)
-            b->msgs[keep].msg_hdr = b->msgs[i].msg_hdr;
-        b->origin[keep] = (uint8_t)i;
-        keep++;
+        b->reply[replies++] = (uint8_t)i;
     }
     fe_counter_add(&w->udp_in[l], (uint64_t)n);
     fe_counter_add(&w->udp_bytes_in[l], bytes_in);
-
-    int sent = 0;
-    uint64_t bytes_out = 0;
-    while (sent < keep) {
-        int r = sendmmsg(u->fd, b->msgs + sent, (unsigned)(keep - sent), MSG_DONTWAIT);
-        if (r > 0) {
-            for (int i = sent; i < sent + r; i++) {
-                bytes_out += b->msgs[i].msg_hdr.msg_iov->iov_len;
-                b->echoed[b->origin[i]] = true;
-            }
-            sent += r;
-        } else if (r < 0 && errno == EINTR) {
-            continue;
-        } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
-            /* No room: the rest are dropped, never queued. */
-            fe_counter_add(&w->udp_dropped[l][FE_UDP_DROP_SEND_FULL], (uint64_t)(keep - sent));
-            keep = sent;
-        } else {
-            fe_counter_add(&w->udp_dropped[l][FE_UDP_DROP_SEND_ERROR], 1); /* that one; go on */
-            memmove(&b->msgs[sent], &b->msgs[sent + 1], (size_t)(keep - sent - 1) * sizeof b->msgs[0]);
-            memmove(&b->origin[sent], &b->origin[sent + 1], (size_t)(keep - sent - 1));
-            keep--;
-        }
-    }
-    fe_counter_add(&w->udp_out[l], (uint64_t)sent);
-    fe_counter_add(&w->udp_bytes_out[l], bytes_out);
+    send_replies(w, u, b, replies);
     if (w->udp_log_ready)
         tally(w, b, n);
 }
