@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from helpers import HAPROXY, ServerProcess, free_port, listening, start_server, wait_until
+from pki import Pki, make_pki
 
 
 @pytest.fixture
@@ -77,3 +78,9 @@ backend fastecho
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    """Certificates from a throwaway trustme CA (see tests/pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

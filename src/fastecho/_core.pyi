@@ -3,10 +3,13 @@ from typing import Any, Iterable
 
 CLOSE_REASONS: tuple[str, ...]
 UDP_DROP_REASONS: tuple[str, ...]
+WS_HTTP_STATUSES: tuple[int, ...]
+WS_CLOSE_CODES: tuple[str, ...]
 LOOPBACK: tuple[str, ...]
 
 TLS_AVAILABLE: bool
 TLS_LIBRARY: str
+WS_AVAILABLE: bool
 
 def _defaults() -> dict[str, int | float]: ...
 
@@ -39,10 +42,20 @@ class Engine:
         udp_allow_low_ports: bool = False,
         udp_rate: int = 0,
         udp_max_datagram: int = 0,
+        ws_path: bytes | None = None,
+        ws_allow_origins: Iterable[bytes] = (),
+        ws_max_message: int = 0,
+        ws_max_header: int = 0,
+        ws_handshake_timeout: float = 0.0,
     ) -> None: ...
     def set_tls(self, context: TlsContext) -> None: ...
     def start(
-        self, *listen_fds: int, proxy: Iterable[bool] = (), tls: Iterable[bool] = (), udp: Iterable[bool] = ()
+        self,
+        *listen_fds: int,
+        proxy: Iterable[bool] = (),
+        tls: Iterable[bool] = (),
+        udp: Iterable[bool] = (),
+        ws: Iterable[bool] = (),
     ) -> None: ...
     def shutdown(self, drain_seconds: float, linger_seconds: float = 1.0) -> None: ...
     def wait(self, timeout: float) -> bool: ...

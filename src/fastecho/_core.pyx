@@ -20,6 +20,8 @@ from fastecho.includes.fe cimport (
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
     fe_server_wait, fe_stats, fe_server_set_tls, fe_tls, fe_tls_available, fe_tls_create,
     fe_tls_describe, fe_tls_free, fe_tls_library, fe_tls_settings,
+    FE_WS_HTTP_COUNT, FE_WS_CLOSE_APPLICATION, FE_WS_CLOSE_SLOTS, fe_ws_available,
+    fe_ws_http_status,
 )
 
 from fastecho.errors import ConfigError
@@ -32,6 +34,11 @@ cdef enum:
 CLOSE_REASONS = tuple(fe_close_reason_name(i).decode() for i in range(FE_CLOSE_REASON_COUNT))
 # Why a datagram was not echoed: the core's table (fe_udp_drop_name).
 UDP_DROP_REASONS = tuple(fe_udp_drop_name(i).decode() for i in range(FE_UDP_DROP_COUNT))
+# The HTTP statuses a ws listener answers with, by the core's slot (fe_ws_http_status).
+WS_HTTP_STATUSES = tuple(fe_ws_http_status(i) for i in range(FE_WS_HTTP_COUNT))
+# The close frames' codes, by the core's slot: 1000-1015, then the
+# application range (3000-4999) and a close without a code.
+WS_CLOSE_CODES = tuple([str(1000 + i) for i in range(FE_WS_CLOSE_APPLICATION)] + ["3000-4999", "none"])
 
 
 cdef int _raise_error(int errnum, const char *message) except -1:
@@ -113,12 +120,17 @@ def _defaults():
         "proxy_timeout": cfg.proxy_timeout_ms / 1000,  # seconds
         "tls_handshake_timeout": cfg.tls_handshake_timeout_ms / 1000,
         "udp_max_datagram": cfg.udp_max_datagram,
+        "ws_max_message": cfg.ws_max_message,
+        "ws_max_header": cfg.ws_max_header,
+        "ws_handshake_timeout": cfg.ws_handshake_timeout_ms / 1000,
         "fds_per_server": FE_FDS_PER_SERVER,
         "fds_per_worker": FE_FDS_PER_WORKER,
     }
 
 
 TLS_AVAILABLE = bool(fe_tls_available())
+# Whether ws listeners are served (they need libcrypto's SHA-1).
+WS_AVAILABLE = bool(fe_ws_available())
 # The OpenSSL this module runs on ("" in a build without TLS).
 TLS_LIBRARY = fe_tls_library().decode()
 
@@ -173,7 +185,9 @@ cdef class Engine:
                   double idle_timeout=0.0, allow=None, size_t max_memory=0,
                   size_t fd_reserve=0, proxy_from=LOOPBACK, double proxy_timeout=0.0,
                   double tls_handshake_timeout=0.0, bint udp_allow_low_ports=False,
-                  unsigned int udp_rate=0, size_t udp_max_datagram=0):
+                  unsigned int udp_rate=0, size_t udp_max_datagram=0,
+                  bytes ws_path=None, ws_allow_origins=(), unsigned long long ws_max_message=0,
+                  size_t ws_max_header=0, double ws_handshake_timeout=0.0):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -211,8 +225,31 @@ cdef class Engine:
         cfg.udp_rate = udp_rate
         if udp_max_datagram:
             cfg.udp_max_datagram = udp_max_datagram
+        if ws_path is not None:
+            cfg.ws_path = ws_path
+            cfg.ws_path_len = len(ws_path)
+        origins = [bytes(o) for o in ws_allow_origins]
+        cdef const char **origin_ptrs = NULL
+        cdef size_t *origin_lens = NULL
+        if ws_max_message:
+            cfg.ws_max_message = ws_max_message
+        if ws_max_header:
+            cfg.ws_max_header = ws_max_header
+        if ws_handshake_timeout:
+            cfg.ws_handshake_timeout_ms = max(_milliseconds(ws_handshake_timeout), 1)
         err[0] = 0
         try:
+            if origins:
+                origin_ptrs = <const char **>malloc(len(origins) * sizeof(char *))
+                origin_lens = <size_t *>malloc(len(origins) * sizeof(size_t))
+                if origin_ptrs == NULL or origin_lens == NULL:
+                    raise MemoryError()
+                for i, origin in enumerate(origins):
+                    origin_ptrs[i] = origin
+                    origin_lens[i] = len(origin)
+                cfg.ws_origins = origin_ptrs
+                cfg.ws_origin_lens = origin_lens
+                cfg.ws_origin_count = len(origins)
             allowed = _ranges(allow, &cfg.allow_count)
             cfg.allow = allowed
             trusted = _ranges(proxy_from, &cfg.proxy_from_count)
@@ -222,6 +259,8 @@ cdef class Engine:
         finally:
             free(allowed)  # the core keeps its own copies
             free(trusted)
+            free(origin_ptrs)
+            free(origin_lens)
         if rc != 0:
             self._server = NULL
             _raise_error(errno, err)
@@ -241,13 +280,14 @@ cdef class Engine:
         """Use context for every TLS handshake from now on (before start, or to rotate)."""
         fe_server_set_tls(self._live(), context._tls)
 
-    def start(self, *listen_fds, proxy=(), tls=(), udp=()):
+    def start(self, *listen_fds, proxy=(), tls=(), udp=(), ws=()):
         """Serve the listening sockets listen_fds (which the caller keeps open).
 
-        proxy, tls, udp: for each fd in turn, whether its connections start
-        with a PROXY protocol header, whether they speak TLS (then set_tls
-        must have been called), and whether it is a UDP socket (bound, with
-        SO_REUSEPORT set); missing entries: no.
+        proxy, tls, udp, ws: for each fd in turn, whether its connections
+        start with a PROXY protocol header, whether they speak TLS (then
+        set_tls must have been called), whether it is a UDP socket (bound,
+        with SO_REUSEPORT set), and whether they speak WebSocket (after TLS
+        and the header); missing entries: no.
         """
         cdef fe_server *server = self._live()
         cdef char err[ERRLEN]
@@ -256,12 +296,13 @@ cdef class Engine:
         cdef size_t count = len(listen_fds)
         if not 1 <= count <= FE_MAX_LISTENERS:
             raise ConfigError(f"between 1 and {FE_MAX_LISTENERS} listeners are served, not {count}")
-        proxy_flags, tls_flags, udp_flags = list(proxy), list(tls), list(udp)
+        proxy_flags, tls_flags, udp_flags, ws_flags = list(proxy), list(tls), list(udp), list(ws)
         for i, fd in enumerate(listen_fds):
             listeners[i].fd = fd
             listeners[i].proxy = i < len(proxy_flags) and bool(proxy_flags[i])
             listeners[i].tls = i < len(tls_flags) and bool(tls_flags[i])
             listeners[i].udp = i < len(udp_flags) and bool(udp_flags[i])
+            listeners[i].ws = i < len(ws_flags) and bool(ws_flags[i])
         err[0] = 0
         with nogil:
             rc = fe_server_start(server, listeners, count, err, ERRLEN)
@@ -319,6 +360,11 @@ cdef class Engine:
                      "bytes_out": s.udp_bytes_out[i],
                      "dropped": {UDP_DROP_REASONS[r]: s.udp_dropped[i][r] for r in range(FE_UDP_DROP_COUNT)}}
                     for i in range(s.listener_count)],
+            # WebSocket: HTTP answers by status, messages echoed, pings
+            # answered, close frames sent by code.
+            "ws": {"http": {WS_HTTP_STATUSES[k]: s.ws_http[k] for k in range(FE_WS_HTTP_COUNT)},
+                   "messages": s.ws_messages, "pings": s.ws_pings,
+                   "closes": {WS_CLOSE_CODES[k]: s.ws_closes[k] for k in range(FE_WS_CLOSE_SLOTS)}},
         }
 
     def drain_events(self, int max_events=4096):

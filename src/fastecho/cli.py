@@ -145,23 +145,34 @@ def _start_and_serve(config: ServeConfig) -> None:
 
 
 @cli.command()
-@click.argument("host")
-@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("host", required=False)
+@click.argument("port", type=click.IntRange(1, 65535), required=False)
 @click.option("--timeout", type=click.FloatRange(0.1, 3600.0), default=10.0, show_default=True,
               help="Seconds to wait to connect, and for each reply.")
 @click.option("--udp", is_flag=True, help="Send each line as a UDP datagram (to a udp:// listener).")
 @click.option("--retries", type=click.IntRange(0, 100), default=2, show_default=True,
               help="--udp: ask again this many times when a reply does not come.")
 @click.option("--tls", is_flag=True, help="Speak TLS (to a tls:// listener).")
+@click.option("--ws", "ws_url", metavar="URL",
+              help="Send each line as a WebSocket text message to URL (ws://HOST:PORT/ or wss://...), "
+                   "instead of HOST PORT.")
 @click.option("--ca", metavar="PEM", help="--tls: trust this CA file instead of the system's.")
 @click.option("--insecure", is_flag=True, help="--tls: check neither the certificate nor the name.")
 @click.option("--cert", metavar="PEM", help="--tls: present this client certificate (mutual TLS).")
 @click.option("--key", metavar="PEM", help="--tls: the client certificate's key (default: in --cert).")
-def client(host: str, port: int, timeout: float, udp: bool, retries: int, tls: bool, ca: str | None,
-           insecure: bool, cert: str | None, key: str | None) -> int:
-    """Send each line of stdin to HOST PORT and print each reply (exit 0 at EOF)."""
+def client(host: str | None, port: int | None, timeout: float, udp: bool, retries: int, tls: bool,
+           ws_url: str | None, ca: str | None, insecure: bool, cert: str | None, key: str | None) -> int:
+    """Send each line of stdin to HOST PORT (or --ws URL) and print each reply (exit 0 at EOF)."""
     from fastecho.client import TlsOptions, run, run_udp
 
+    if ws_url is not None:
+        if host is not None:
+            raise click.UsageError("--ws URL takes the place of HOST PORT")
+        if udp or tls:
+            raise click.UsageError(f"--ws and {'--udp' if udp else '--tls'} contradict each other "
+                                   f"(a wss:// URL speaks TLS)")
+    elif host is None or port is None:
+        raise click.UsageError("give HOST and PORT (or --ws URL)")
     if udp and tls:
         raise click.UsageError("--udp and --tls contradict each other")
     if udp:
@@ -169,12 +180,16 @@ def client(host: str, port: int, timeout: float, udp: bool, retries: int, tls: b
 
     given = [flag for flag, value in (("--ca", ca), ("--insecure", insecure), ("--cert", cert),
                                       ("--key", key)) if value]
-    if given and not tls:
+    if given and not tls and ws_url is None:
         raise click.UsageError(f"{given[0]} needs --tls")
     if ca and insecure:
         raise click.UsageError("--ca and --insecure contradict each other")
     if key and not cert:
         raise click.UsageError("--key needs --cert")
+    if ws_url is not None:
+        from fastecho.client_ws import run_ws
+
+        return run_ws(ws_url, timeout, TlsOptions(ca, insecure, cert, key) if given else None)
     return run(host, port, timeout, tls=TlsOptions(ca, insecure, cert, key) if tls else None)
 
 

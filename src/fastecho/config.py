@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from fastecho._core import LOOPBACK, _defaults
+from fastecho._core import LOOPBACK, WS_AVAILABLE, _defaults
 from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
-from fastecho.listeners import SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct, speaks_tls
+from fastecho.listeners import (SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct, speaks_tls,
+                                speaks_ws)
 from fastecho.listeners import parse_url as parse_listener_url
 from fastecho.userfiles import UserFileError, read_small_file
 
@@ -198,6 +199,35 @@ def _parse_listener(text: str) -> Listener:
     return listener
 
 
+# What a WebSocket path may hold: the page carries it inside a JavaScript
+# string as it is, and it is matched byte for byte (no query, no fragment).
+WS_PATH_FORBIDDEN = set('?#"\'\\<>')
+
+
+def _check_ws_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise Invalid("must start with '/'")
+    if len(value) > 1024:
+        raise Invalid("must be at most 1024 characters")
+    bad = next((ch for ch in value if not ("!" <= ch <= "~") or ch in WS_PATH_FORBIDDEN), None)
+    if bad is not None:
+        raise Invalid(f"must be printable ASCII without spaces or any of ? # \" ' \\ < > (not {bad!r})")
+    return value
+
+
+def _parse_origin(text: str) -> str:
+    """An Origin header value as browsers send it: SCHEME://HOST[:PORT], or "null"."""
+    origin = text.strip()
+    if origin == "null":
+        return origin
+    if len(origin) > 1024 or not origin.isascii() or not origin.isprintable() or " " in origin:
+        raise Invalid(_clip(f"{origin!r} is not an origin (printable ASCII, at most 1024 characters)"))
+    scheme, sep, rest = origin.partition("://")
+    if not sep or not scheme or not rest or any(ch in rest for ch in "/?#@"):
+        raise Invalid(_clip(f"{origin!r} is not an origin (SCHEME://HOST[:PORT], e.g. https://example.com)"))
+    return origin
+
+
 def _check_listeners(value: tuple[Listener, ...]) -> tuple[Listener, ...]:
     try:
         check_distinct(value)
@@ -222,6 +252,7 @@ LIST_KINDS: dict[str, ListKind] = {
     "networks": ListKind(_parse_network, (ipaddress.IPv4Network, ipaddress.IPv6Network),
                          "CIDR strings", '["10.0.0.0/8"]'),
     "listeners": ListKind(_parse_listener, Listener, "listener URLs", '["tcp://127.0.0.1:7000"]'),
+    "origins": ListKind(_parse_origin, str, "origins", '["https://example.com"]'),
 }
 
 
@@ -329,6 +360,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("udp_max_datagram", "int", ENGINE["udp_max_datagram"], low=1, high=65535, metavar="BYTES",
            help="On udp listeners, the largest datagram echoed; a larger one is dropped and "
                 "counted, never echoed short (each worker holds 32 buffers of this size)."),
+    # WebSocket
+    Option("ws_path", "str", None, optional=True, check=_check_ws_path, metavar="PATH",
+           help="On ws/wss listeners, accept the WebSocket upgrade only at this path (default: "
+                "any path); the test page stays at /."),
+    Option("ws_allow_origin", "origins", (), metavar="ORIGIN",
+           help="On ws/wss listeners, accept only browsers from this origin (e.g. "
+                "https://example.com); repeat for more (default: any)."),
+    Option("max_message", "int", ENGINE["ws_max_message"], low=1, high=1 << 40, metavar="BYTES",
+           help="On ws/wss listeners, the largest message (fragments together); a larger one "
+                "gets close 1009."),
+    Option("max_header", "int", ENGINE["ws_max_header"], low=256, high=1 * MIB, metavar="BYTES",
+           help="On ws/wss listeners, the largest HTTP request head; a larger one gets 400."),
+    Option("ws_handshake_timeout", "float", ENGINE["ws_handshake_timeout"], low=0.001, high=3600.0,
+           resolution="0.001", metavar="SECONDS",
+           help="On ws/wss listeners, close a connection whose HTTP request has not all arrived "
+                "in this long (after the TLS handshake, for wss)."),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -553,6 +600,11 @@ class ServeConfig:
     udp_allow_low_ports: bool = False
     udp_rate: int = 0
     udp_max_datagram: int = ENGINE["udp_max_datagram"]
+    ws_path: str | None = None
+    ws_allow_origin: tuple[str, ...] = ()
+    max_message: int = ENGINE["ws_max_message"]
+    max_header: int = ENGINE["ws_max_header"]
+    ws_handshake_timeout: float = ENGINE["ws_handshake_timeout"]
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -580,6 +632,16 @@ class ServeConfig:
             tls = [l.url for l in self.listeners() if l.tls]
             what = tls[0] if tls else f"--fd-scheme {self.fd_scheme}"
             raise ConfigError(f"{what} needs a certificate: give --tls-cert (and --tls-key)")
+        if self.serves_ws():
+            ws = [l.url for l in self.listeners() if l.ws]
+            what = ws[0] if ws else f"--fd-scheme {self.fd_scheme}"
+            if not WS_AVAILABLE:
+                raise ConfigError(f"{what}: this fastecho was built without WebSocket (it needs "
+                                  f"OpenSSL's libcrypto at build time); reinstall it with OpenSSL's "
+                                  f"headers present")
+            if self.suffix is not None:
+                raise ConfigError(f"--suffix (line mode) does not apply to {what}: WebSocket "
+                                  f"messages come back whole")
         if self.tls_cert is None:
             for name in ("tls_key", "tls_client_ca"):
                 if getattr(self, name) is not None:
@@ -592,6 +654,10 @@ class ServeConfig:
     def serves_tls(self) -> bool:
         """Whether a listener (or an inherited socket, by --fd-scheme) speaks TLS."""
         return any(l.tls for l in self.listeners()) or speaks_tls(self.fd_scheme)
+
+    def serves_ws(self) -> bool:
+        """Whether a listener (or an inherited socket, by --fd-scheme) speaks WebSocket."""
+        return any(l.ws for l in self.listeners()) or speaks_ws(self.fd_scheme)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,4 +1,4 @@
-"""Listener URLs: what --listen takes, e.g. tcp://127.0.0.1:7000 or tls+proxy://[::1]:7443.
+"""Listener URLs: what --listen takes, e.g. tcp://127.0.0.1:7000, tls+proxy://[::1]:7443 or ws://0.0.0.0:8080.
 
 A listener is a scheme (how its connections speak) and an address. The
 schemes served so far are in SCHEMES; a URL with any other scheme is refused
@@ -18,6 +18,10 @@ SCHEMES = {
     "tls": "TLS 1.2/1.3 (needs --tls-cert)",
     "tls+proxy": "TLS, after a PROXY protocol header from a trusted proxy",
     "udp": "UDP: each datagram echoed to its sender",
+    "ws": "WebSocket (RFC 6455): each message echoed whole; GET / gives a test page",
+    "ws+proxy": "WebSocket, after a PROXY protocol header from a trusted proxy",
+    "wss": "WebSocket over TLS (needs --tls-cert)",
+    "wss+proxy": "WebSocket over TLS, after a PROXY protocol header from a trusted proxy",
 }
 
 
@@ -26,8 +30,13 @@ STREAM_SCHEMES = tuple(scheme for scheme in SCHEMES if scheme != "udp")
 
 
 def speaks_tls(scheme: str) -> bool:
-    """Whether a scheme's connections speak TLS (tls, tls+proxy)."""
-    return scheme.split("+")[0] == "tls"
+    """Whether a scheme's connections speak TLS (tls, wss, and their +proxy)."""
+    return scheme.split("+")[0] in ("tls", "wss")
+
+
+def speaks_ws(scheme: str) -> bool:
+    """Whether a scheme's connections speak WebSocket (ws, wss, and their +proxy)."""
+    return scheme.split("+")[0] in ("ws", "wss")
 
 
 class ListenerError(ValueError):
@@ -54,6 +63,11 @@ class Listener:
     def tls(self) -> bool:
         """Whether its connections speak TLS."""
         return speaks_tls(self.scheme)
+
+    @property
+    def ws(self) -> bool:
+        """Whether its connections speak WebSocket."""
+        return speaks_ws(self.scheme)
 
     @property
     def url(self) -> str:

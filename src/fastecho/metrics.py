@@ -71,6 +71,15 @@ LISTENER_ACTIVE = ("fastecho_listener_connections_active", "Connections open now
 UDP_DATAGRAMS = ("fastecho_udp_datagrams_total", "UDP datagrams received (in) and echoed (out), by listener.")
 UDP_BYTES = ("fastecho_udp_bytes_total", "UDP payload bytes received (in) and echoed (out), by listener.")
 UDP_DROPPED = ("fastecho_udp_dropped_total", "UDP datagrams not echoed, by listener and reason.")
+# WebSocket (every ws/wss listener together): the HTTP answers by status, the
+# messages echoed, the pings answered, the close frames sent by code.
+WS_HTTP = ("fastecho_ws_http_responses_total",
+           "HTTP answers on ws listeners, by status: 101 upgrades, 200 the page, 4xx refusals.")
+WS_MESSAGES = ("fastecho_ws_messages_total", "WebSocket messages echoed (text and binary, fragments reassembled).")
+WS_PINGS = ("fastecho_ws_pings_total", "WebSocket pings answered with a pong.")
+WS_CLOSES = ("fastecho_ws_closes_total",
+             "WebSocket close frames sent, by code: the client's code echoed, 1001 at a stop, "
+             "1002/1007/1009 when the client broke the protocol.")
 
 
 class EngineCollector:
@@ -121,6 +130,8 @@ class EngineCollector:
         yield accepted
         yield active
         yield from self._udp(stats)
+        if "ws" in stats:
+            yield from self._ws(stats["ws"])
 
     def _udp(self, stats: dict[str, Any]) -> Iterator[Metric]:
         datagrams = CounterMetricFamily(*UDP_DATAGRAMS, labels=["listener", "direction"])
@@ -137,6 +148,19 @@ class EngineCollector:
         yield datagrams
         yield payload
         yield dropped
+
+    @staticmethod
+    def _ws(ws: dict[str, Any]) -> Iterator[Metric]:
+        http = CounterMetricFamily(*WS_HTTP, labels=["status"])
+        for status, count in ws["http"].items():
+            http.add_metric([str(status)], count)
+        yield http
+        yield CounterMetricFamily(*WS_MESSAGES, value=ws["messages"])
+        yield CounterMetricFamily(*WS_PINGS, value=ws["pings"])
+        closes = CounterMetricFamily(*WS_CLOSES, labels=["code"])
+        for code, count in ws["closes"].items():
+            closes.add_metric([code], count)
+        yield closes
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # nothing to check at registration: names are fixed above

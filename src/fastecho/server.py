@@ -288,6 +288,11 @@ def create_engine(cfg: ServeConfig) -> Engine:
         udp_allow_low_ports=cfg.udp_allow_low_ports,
         udp_rate=cfg.udp_rate,
         udp_max_datagram=cfg.udp_max_datagram,
+        ws_path=None if cfg.ws_path is None else cfg.ws_path.encode("ascii"),
+        ws_allow_origins=[origin.encode("ascii") for origin in cfg.ws_allow_origin],
+        ws_max_message=cfg.max_message,
+        ws_max_header=cfg.max_header,
+        ws_handshake_timeout=cfg.ws_handshake_timeout,
     )
 
 
@@ -424,7 +429,8 @@ class Server:
                 self.engine.start(*(sock.fileno() for sock in sockets),
                                   proxy=[listener.proxy for listener, _ in bound],
                                   tls=[listener.tls for listener, _ in bound],
-                                  udp=[listener.udp for listener, _ in bound])
+                                  udp=[listener.udp for listener, _ in bound],
+                                  ws=[listener.ws for listener, _ in bound])
             where = describe_listeners([listener for listener, _ in bound])
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
             print(line, file=self.out, flush=True)

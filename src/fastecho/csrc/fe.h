@@ -72,6 +72,12 @@ enum fe_close_reason {
                                certificate, no common version or cipher, ...) */
     FE_CLOSE_TLS_TIMEOUT,   /* tls: no finished handshake within tls_handshake_timeout_ms */
     FE_CLOSE_TLS_ERROR,     /* tls: a protocol error after the handshake (a bad record) */
+    FE_CLOSE_HTTP,          /* ws: answered a request that was no upgrade (the page, or an
+                               HTTP error: fe_stats.ws_http says which) */
+    FE_CLOSE_WS_TIMEOUT,    /* ws: no whole request head within ws_handshake_timeout_ms */
+    FE_CLOSE_WS_CLOSE,      /* ws: the client's close frame was echoed (the close handshake) */
+    FE_CLOSE_WS_PROTOCOL,   /* ws: the client broke RFC 6455 (close 1002), sent invalid
+                               UTF-8 (1007) or too large a message (1009) */
     FE_CLOSE_REASON_COUNT
 };
 
@@ -95,7 +101,35 @@ typedef struct fe_listener {
     bool udp;   /* datagrams, echoed to their sender: every worker reads its
                    own socket on fd's address (the core opens them, with
                    SO_REUSEPORT, and the kernel spreads senders across them) */
+    bool ws;    /* WebSocket (RFC 6455, after TLS and the PROXY header, if
+                   any): an HTTP/1.1 upgrade, then each message echoed whole;
+                   a plain GET of / gets the built-in page. Needs the core
+                   built with OpenSSL (fe_ws_available) and raw framing */
 } fe_listener;
+
+/* Answers to the HTTP request that opens a ws listener's connection: one
+ * table, counted in fe_stats.ws_http and named by fe_ws_http_status. */
+enum fe_ws_http_kind {
+    FE_WS_HTTP_UPGRADE,     /* 101: a WebSocket */
+    FE_WS_HTTP_PAGE,        /* 200: the built-in page (GET or HEAD) */
+    FE_WS_HTTP_BAD_REQUEST, /* 400: malformed, too large, or a botched upgrade */
+    FE_WS_HTTP_FORBIDDEN,   /* 403: its Origin is not allowed */
+    FE_WS_HTTP_NOT_FOUND,   /* 404: another path */
+    FE_WS_HTTP_METHOD,      /* 405: another method */
+    FE_WS_HTTP_VERSION,     /* 426: another WebSocket version */
+    FE_WS_HTTP_COUNT
+};
+
+/* The answer's HTTP status code (101, 200, 400, ...); 0 outside the table. */
+int fe_ws_http_status(int kind);
+
+/* The close frames a ws connection sent, by status code: codes 1000-1015
+ * at index code - 1000, the registered and private range 3000-4999 at
+ * FE_WS_CLOSE_APPLICATION, a close frame without a code at FE_WS_CLOSE_NONE. */
+enum { FE_WS_CLOSE_APPLICATION = 16, FE_WS_CLOSE_NONE = 17, FE_WS_CLOSE_SLOTS = 18 };
+
+/* Whether this build serves ws listeners (it needs libcrypto's SHA-1). */
+bool fe_ws_available(void);
 
 /* Why a datagram was not echoed: one table, named by fe_udp_drop_name. */
 enum fe_udp_drop {
@@ -234,6 +268,24 @@ typedef struct fe_config {
     bool udp_allow_low_ports;
     uint32_t udp_rate;
     size_t udp_max_datagram;
+
+    /* WebSocket, for listeners with ws set. The upgrade is accepted only
+     * at ws_path (ws_path_len bytes, starting with '/', printable ASCII
+     * without '"', '\\', '<' or '>'; copied) when it is set (NULL: any path).
+     * When ws_origin_count > 0, only those Origin values may connect (each
+     * ws_origin_lens[i] bytes; copied). A message larger than
+     * ws_max_message bytes gets close 1009; a request head larger than
+     * ws_max_header bytes gets 400; a request head not whole within
+     * ws_handshake_timeout_ms (>= 1) of the connection's start (after TLS,
+     * when it is wss) is closed and counted. */
+    const char *ws_path;
+    size_t ws_path_len;
+    const char *const *ws_origins;
+    const size_t *ws_origin_lens;
+    size_t ws_origin_count;
+    uint64_t ws_max_message;
+    size_t ws_max_header;
+    int64_t ws_handshake_timeout_ms;
 } fe_config;
 
 typedef struct fe_stats {
@@ -269,13 +321,20 @@ typedef struct fe_stats {
     uint64_t udp_bytes_in[FE_MAX_LISTENERS];
     uint64_t udp_bytes_out[FE_MAX_LISTENERS];
     uint64_t udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT];
+    /* WebSocket: the HTTP answers given, by kind; data messages echoed;
+     * pings answered; close frames sent, by code (FE_WS_CLOSE_SLOTS). */
+    uint64_t ws_http[FE_WS_HTTP_COUNT];
+    uint64_t ws_messages;
+    uint64_t ws_pings;
+    uint64_t ws_closes[FE_WS_CLOSE_SLOTS];
 } fe_stats;
 
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
  * buffer, 256 KiB stacks, queue capacity 4096, raw framing (max_line
  * 64 KiB if line mode is turned on), no access events, no limits, no memory
  * budget, no fd reserve; UDP: low source ports dropped, no rate limit,
- * datagrams up to 65535 bytes. */
+ * datagrams up to 65535 bytes; WebSocket: any path and origin, messages up
+ * to 16 MiB, request heads up to 8 KiB, a 10 s handshake timeout. */
 void fe_config_init(fe_config *cfg);
 
 /* Allocates a server from cfg (copied; the caller keeps ownership of cfg).

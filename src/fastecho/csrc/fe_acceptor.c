@@ -154,7 +154,7 @@ static int accept_batch(fe_server *s, size_t index)
         int fd = accept4(listener->fd, (struct sockaddr *)&addr, &addr_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             fe_handoff h = {.fd = fd, .accepted_ns = fe_now_ns(), .proxy = listener->proxy,
-                            .tls = listener->tls, .listener = (uint8_t)index};
+                            .tls = listener->tls, .ws = listener->ws, .listener = (uint8_t)index};
             fe_peer_from_sockaddr(&h.peer, (struct sockaddr *)&addr, addr_len);
             if (!admit(s, &h))
                 continue;

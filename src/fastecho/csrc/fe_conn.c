@@ -5,6 +5,7 @@
  */
 #include "fe_conn.h"
 #include "fe_proxy.h"
+#include "fe_ws.h"
 
 #include <linux/sockios.h>
 #include <stdio.h>
@@ -22,6 +23,10 @@ enum {
     FE_BUDGET_RETRY_MS = 10,
     /* Room for line mode's error line ("error: line longer than N bytes\n"). */
     FE_LINE_ERROR_MAX = 96,
+    /* Room for an HTTP answer's status line and headers (the page's body
+     * is counted apart) and for a ws frame's header and a control frame. */
+    FE_WS_ANSWER_HEAD_MAX = 512,
+    FE_WS_FRAME_OVERHEAD = 14 + 2 + 125,
 };
 
 static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {
@@ -39,6 +44,10 @@ static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {
     [FE_CLOSE_TLS_HANDSHAKE] = "tls-handshake",
     [FE_CLOSE_TLS_TIMEOUT] = "tls-handshake-timeout",
     [FE_CLOSE_TLS_ERROR] = "tls-error",
+    [FE_CLOSE_HTTP] = "http",
+    [FE_CLOSE_WS_TIMEOUT] = "ws-handshake-timeout",
+    [FE_CLOSE_WS_CLOSE] = "ws-close",
+    [FE_CLOSE_WS_PROTOCOL] = "ws-protocol",
 };
 
 const char *fe_close_reason_name(int reason)
@@ -92,14 +101,17 @@ static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
         return &w->proxy_waiting;
     if (c->handshaking)
         return &w->handshaking;
+    if (c->ws_upgrading)
+        return &w->ws_upgrading;
     return is_aborting(c) ? &w->aborting : &w->active;
 }
 
 /* Records activity for the idle timeout: the connection moves to the tail
- * of the activity list. A no-op (no memory touched) when timeouts are off. */
+ * of the activity list. A no-op (no memory touched) when timeouts are off,
+ * and for connections on the lists of other timers. */
 static void touch(fe_worker *w, fe_conn *c)
 {
-    if (w->server->cfg.idle_timeout_ms <= 0 || is_aborting(c))
+    if (w->server->cfg.idle_timeout_ms <= 0 || is_aborting(c) || c->ws_upgrading)
         return;
     c->active_ns = w->now_ns;
     if (c != w->active.tail) {
@@ -143,7 +155,15 @@ static void account_memory(fe_worker *w, size_t before, size_t after)
 
 static size_t held(const fe_conn *c)
 {
-    return c->out.capacity + c->partial_line.capacity;
+    size_t decoder = c->ws_state && c->ws_state->upgraded ? fe_ws_decoder_held(&c->ws_state->dec) : 0;
+    return c->out.capacity + c->partial_line.capacity + decoder;
+}
+
+/* Sends what is queued, then FIN, then closes for reason. */
+static void finish(fe_conn *c, enum fe_close_reason reason)
+{
+    c->finishing = true;
+    c->finish_reason = (uint8_t)reason;
 }
 
 /* Records how c now waits for the budget; counts each wait as it begins. */
@@ -172,12 +192,18 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     c->active_ns = w->now_ns;
     c->awaiting_proxy = h->proxy;
     c->tls = h->tls;
+    c->ws = h->ws;
+    c->ws_upgrading = h->ws;
+    if (h->ws && (c->ws_state = calloc(1, sizeof *c->ws_state)) == NULL) {
+        free(c);
+        return NULL;
+    }
     c->handshaking = h->tls && !h->proxy;
     c->tp_wants = c->handshaking ? FE_WANT_READ : 0; /* the client speaks first */
     /* Its handshake timeout runs from now: w->now_ns is stale while no timer
      * runs, and the accept time would put it out of order on w->handshaking
      * behind connections that waited less in the queue. */
-    if (c->handshaking)
+    if (c->handshaking || c->ws_upgrading)
         c->active_ns = fe_now_ns();
     c->listener = h->listener;
     list_append(list_of(w, c), c);
@@ -218,6 +244,11 @@ void fe_conn_free(fe_worker *w, fe_conn *c)
     account_memory(w, held(c), 0);
     fe_buf_free(&c->out);
     fe_buf_free(&c->partial_line);
+    if (c->ws_state) {
+        if (c->ws_state->upgraded)
+            fe_ws_decoder_free(&c->ws_state->dec);
+        free(c->ws_state);
+    }
     free(c);
 }
 
@@ -237,11 +268,27 @@ static size_t cap_room(const fe_worker *w, const fe_conn *c)
     return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
 }
 
+/* ws: the most output a read of n bytes can make: those bytes (a frame's
+ * payload comes back as long as it went in, its header no longer), a
+ * buffered message that they complete with its header, a pong or close,
+ * and while the request head is arriving, the answer with the page. */
+static size_t ws_worst_output(const fe_worker *w, const fe_conn *c, size_t n)
+{
+    const fe_ws_conn *ws = c->ws_state;
+    if (!ws->upgraded)
+        return FE_WS_ANSWER_HEAD_MAX + w->server->ws_page_len + n;
+    return n + fe_ws_decoder_held(&ws->dec) + FE_WS_FRAME_OVERHEAD;
+}
+
 /* The most buffer capacity a read of n bytes can add to c: all of it
  * buffered in raw mode; in line mode, every byte a line of its own (plus
- * the pending line and the error line) and the tail kept as partial. */
+ * the pending line and the error line) and the tail kept as partial; for
+ * ws, its output and its request head or message buffer growing by n. */
 static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n)
 {
+    if (c->ws)
+        return fe_buf_capacity_after(&c->out, ws_worst_output(w, c, n)) - c->out.capacity +
+               2 * n + 4096; /* a head or message buffer doubling past n */
     if (!line_mode(w))
         return fe_buf_capacity_after(&c->out, n) - c->out.capacity;
     size_t suffix_len = w->server->line_format.suffix_len;
@@ -302,7 +349,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_SOCKET;
         return 0;
     }
-    if (!line_mode(w)) {
+    if (!line_mode(w) && !c->ws) {
         *how = FE_BUDGET_PEEK;
         return want;
     }
@@ -324,10 +371,108 @@ size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_b
     if (c->lingering) /* input after our FIN is discarded: it needs no room */
         return w->server->cfg.read_buffer_size;
     size_t room = cap_room(w, c);
+    if (c->ws_upgrading) {
+        /* Never past the longest request head: the parser answers 400 on
+         * reaching it, and frames that follow the head wait in the kernel. */
+        size_t head_room = w->server->cfg.ws_max_header - c->partial_line.len; /* > 0 until answered */
+        room = room < head_room ? room : head_room;
+    }
     return room ? budget_room(w, c, room, how) : 0;
 }
 
 /* ---------------------------------------------------------------- events */
+
+/* ws, once the server has begun to stop: close 1001 "going away", then FIN. */
+static int ws_going_away(fe_worker *w, fe_conn *c)
+{
+    size_t before = held(c);
+    int rc = fe_ws_close(&c->ws_state->dec, 1001, "going away", &c->out);
+    account_memory(w, before, held(c));
+    if (rc != 0)
+        return -1;
+    fe_counter_add(&w->ws_closes[fe_ws_close_slot(1001)], 1);
+    finish(c, FE_CLOSE_SHUTDOWN);
+    return 0;
+}
+
+void fe_conn_ws_going_away(fe_worker *w, fe_conn *c)
+{
+    if (c->ws && c->ws_state->upgraded && !c->finishing && ws_going_away(w, c) != 0)
+        finish(c, FE_CLOSE_NO_MEMORY); /* no room for the frame: FIN alone */
+}
+
+/* ws, upgraded: frames in, echoes (and pongs, and at most one close frame)
+ * out. A close frame appended ends the connection after it is sent. */
+static int ws_frames_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, enum fe_close_reason *reason)
+{
+    fe_ws_feed_info info = {0};
+    size_t before = held(c);
+    int rc = fe_ws_feed(&c->ws_state->dec, (const uint8_t *)buf, n, &c->out, &info);
+    account_memory(w, before, held(c));
+    if (info.messages)
+        fe_counter_add(&w->ws_messages, info.messages);
+    if (info.pings)
+        fe_counter_add(&w->ws_pings, info.pings);
+    if (rc == FE_WS_NO_MEMORY) {
+        *reason = FE_CLOSE_NO_MEMORY;
+        return -1;
+    }
+    if (rc == FE_WS_CLOSE && !c->finishing) {
+        fe_counter_add(&w->ws_closes[fe_ws_close_slot(info.close_code)], 1);
+        finish(c, info.peer_closed ? FE_CLOSE_WS_CLOSE : FE_CLOSE_WS_PROTOCOL);
+    }
+    return 0;
+}
+
+/* ws, before the upgrade: the request head gathers in c->partial_line until
+ * the parser answers. Anything but an upgrade is answered and closed; an
+ * upgrade's answer goes out, and the bytes after the head are frames. */
+static int ws_request_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, enum fe_close_reason *reason)
+{
+    fe_server *s = w->server;
+    fe_ws_conn *ws = c->ws_state;
+    size_t before = held(c);
+    int rc = fe_buf_append(&c->partial_line, buf, n);
+    account_memory(w, before, held(c));
+    if (rc != 0) {
+        *reason = FE_CLOSE_NO_MEMORY;
+        return -1;
+    }
+    const char *head = c->partial_line.data + c->partial_line.start;
+    size_t len = c->partial_line.len;
+    enum fe_ws_answer answer = fe_ws_http_parse(&s->ws_policy, head, len, &ws->req);
+    if (answer == FE_WS_ANSWER_NONE)
+        return 0;
+    list_remove(&w->ws_upgrading, c);
+    c->ws_upgrading = false;
+    c->active_ns = w->now_ns;
+    list_append(list_of(w, c), c);
+    fe_counter_add(&w->ws_http[fe_ws_http_kind_of(answer)], 1);
+    before = held(c);
+    rc = fe_ws_http_answer(&ws->req, s->ws_page, s->ws_page_len, &c->out);
+    if (rc == 0 && answer == FE_WS_ANSWER_UPGRADE) {
+        fe_ws_decoder_init(&ws->dec, s->cfg.ws_max_message);
+        ws->upgraded = true;
+    }
+    account_memory(w, before, held(c));
+    if (rc != 0) {
+        *reason = FE_CLOSE_NO_MEMORY;
+        return -1;
+    }
+    if (!ws->upgraded) {
+        finish(c, FE_CLOSE_HTTP); /* a request body, if any, is never read */
+    } else if (len > ws->req.head_len) {
+        /* Frames that came with the head: fed from partial_line, which is
+         * freed only afterwards. */
+        rc = ws_frames_input(w, c, head + ws->req.head_len, len - ws->req.head_len, reason);
+    }
+    before = held(c);
+    fe_buf_free(&c->partial_line);
+    account_memory(w, before, held(c));
+    if (rc == 0 && ws->upgraded && atomic_load(&s->state) != FE_RUNNING)
+        fe_conn_ws_going_away(w, c); /* upgraded as the stop began */
+    return rc;
+}
 
 int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, size_t sent,
                           enum fe_close_reason *reason)
@@ -341,6 +486,8 @@ int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, s
         fe_counter_add(&w->bytes_sent, (uint64_t)sent);
         c->bytes_out += (uint64_t)sent;
     }
+    if (c->ws)
+        return c->ws_upgrading ? ws_request_input(w, c, buf, n, reason) : ws_frames_input(w, c, buf, n, reason);
     if (line_mode(w)) {
         size_t before = held(c);
         int rc = fe_line_feed(&w->server->line_format, &c->partial_line, buf, n, &c->out);
@@ -350,7 +497,7 @@ int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, s
             return -1;
         }
         if (rc == FE_LINE_TOO_LONG) {
-            c->finishing = true; /* reading stops; the error line goes out, then close */
+            finish(c, FE_CLOSE_LINE_TOO_LONG); /* reading stops; the error line goes out, then close */
             fe_counter_add(&w->lines_too_long, 1);
         }
         return 0;
@@ -434,8 +581,8 @@ void fe_conn_handshake_done(fe_worker *w, fe_conn *c, const char *subject, bool 
 {
     list_remove(&w->handshaking, c);
     c->handshaking = false;
-    c->active_ns = w->now_ns;
-    list_append(&w->active, c);
+    c->active_ns = w->now_ns; /* ws: its request head's timeout starts now */
+    list_append(list_of(w, c), c);
     fe_counter_add(&w->tls_handshakes, 1);
     if (resumed)
         fe_counter_add(&w->tls_resumed, 1);
@@ -493,7 +640,7 @@ void fe_conn_lingering(fe_worker *w, fe_conn *c)
 
 enum fe_close_reason fe_conn_stop_reason(const fe_conn *c)
 {
-    return c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_SHUTDOWN;
+    return c->finishing ? (enum fe_close_reason)c->finish_reason : FE_CLOSE_SHUTDOWN;
 }
 
 enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *interest,
@@ -518,7 +665,9 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
     bool unsent = c->out.len > 0 || c->tls_unsent;
     if (!unsent && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
-        *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : w->closing ? FE_CLOSE_SHUTDOWN : FE_CLOSE_EOF;
+        *reason = c->finishing ? (enum fe_close_reason)c->finish_reason
+                  : w->closing  ? FE_CLOSE_SHUTDOWN
+                                : FE_CLOSE_EOF;
         return FE_STEP_FINISH;
     }
     if (!unsent && (w->closing || c->finishing) && !c->lingering)
@@ -558,9 +707,14 @@ fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason)
         *reason = FE_CLOSE_TLS_TIMEOUT;
         return c;
     }
+    c = w->ws_upgrading.head; /* active_ns: when it began to wait for its head */
+    if (c && w->now_ns - c->active_ns >= w->server->cfg.ws_handshake_timeout_ms * 1000000) {
+        *reason = FE_CLOSE_WS_TIMEOUT;
+        return c;
+    }
     c = w->aborting.head;
     if (c && w->now_ns - c->active_ns >= FE_ABORT_LINGER_MS * 1000000LL) {
-        *reason = FE_CLOSE_LINE_TOO_LONG;
+        *reason = (enum fe_close_reason)c->finish_reason;
         return c;
     }
     int64_t idle_ms = w->server->cfg.idle_timeout_ms;
@@ -568,7 +722,7 @@ fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason)
     if (idle_ms > 0 && c && w->now_ns - c->active_ns >= idle_ms * 1000000) {
         /* The list is in activity order: only its head can be due, so the
          * cost is one comparison per batch, not a timer per connection. */
-        *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_IDLE;
+        *reason = c->finishing ? (enum fe_close_reason)c->finish_reason : FE_CLOSE_IDLE;
         return c;
     }
     return NULL;
@@ -600,6 +754,9 @@ int64_t fe_conn_next_timer_ms(const fe_worker *w)
                                  w->now_ns));
     if (w->handshaking.head)
         ms = sooner(ms, ms_until(w->handshaking.head->active_ns + cfg->tls_handshake_timeout_ms * 1000000,
+                                 w->now_ns));
+    if (w->ws_upgrading.head)
+        ms = sooner(ms, ms_until(w->ws_upgrading.head->active_ns + cfg->ws_handshake_timeout_ms * 1000000,
                                  w->now_ns));
     if (w->budget_blocked > 0)
         ms = sooner(ms, FE_BUDGET_RETRY_MS);

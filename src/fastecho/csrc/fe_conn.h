@@ -24,7 +24,8 @@ struct fe_conn {
     int fd;
     uint8_t events;       /* the interest the backend registered (EPOLLIN/EPOLLOUT) */
     bool tls;             /* TLS transport (ssl), handshake done or not */
-    bool finishing;       /* line too long: send what is queued, then close */
+    bool finishing;       /* send what is queued, FIN, then close (finish_reason): after an
+                             overlong line, a ws close frame or an HTTP answer */
     /* The states fe_conn_plain rules out, read as one word (any set: not plain). */
     union {
         struct {
@@ -37,7 +38,7 @@ struct fe_conn {
             bool tls_unsent;     /* TLS, budget spent: OpenSSL holds a peeked record half-sent
                                     (tls_unsent_len bytes, still unread): like queued output,
                                     it goes out, with the same bytes, before anything else */
-            bool unused;         /* (always false) */
+            bool ws;             /* a ws listener's: HTTP upgrade, then frames (ws_state) */
         };
         uint64_t not_plain;
     };
@@ -61,6 +62,9 @@ struct fe_conn {
     struct ssl_st *ssl;   /* TLS: the session (fe_transport.h) */
     fe_conn *pending_prev, *pending_next; /* links in w->tls_pending */
     bool tls_pending;     /* on w->tls_pending */
+    uint8_t finish_reason; /* enum fe_close_reason, once finishing */
+    bool ws_upgrading;    /* ws: its request head has not all arrived (w->ws_upgrading) */
+    struct fe_ws_conn *ws_state; /* ws: the request parse, then the frame decoder */
 };
 
 /* What the memory budget allows a connection's next read. */
@@ -157,8 +161,19 @@ static inline int fe_conn_input(fe_worker *w, fe_conn *c, const char *buf, size_
  * raw framing, nothing queued before them, and not discarding after our FIN. */
 static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
 {
-    return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 && !c->lingering;
+    return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 && !c->lingering && !c->ws;
 }
+
+/* Whether input just framed left output to send at once (line mode, ws). */
+static inline bool fe_conn_framed_output(const fe_worker *w, const fe_conn *c)
+{
+    return c->out.len > 0 && (w->server->cfg.framing != FE_FRAMING_RAW || c->ws);
+}
+
+/* ws, once the stop began: sends close 1001 "going away" to an upgraded
+ * connection (it then finishes: FIN after the frame) and to those that
+ * upgrade later. Call once per connection; the backend settles c after. */
+void fe_conn_ws_going_away(fe_worker *w, fe_conn *c);
 
 /* +proxy: buf holds n bytes peeked (not yet consumed) from a connection
  * still awaiting its PROXY header. Sets *consume to how many of them belong
@@ -219,7 +234,8 @@ fe_conn *fe_conn_expired(fe_worker *w, enum fe_close_reason *reason);
  * 1000; -1: none), folding in the retry interval of budget waits. */
 int64_t fe_conn_next_timer_ms(const fe_worker *w);
 
-/* The reason to give a connection closed because the server stopped. */
+/* The reason to give a connection closed because the server stopped (or
+ * to one closed on a socket error): its finish_reason when finishing. */
 enum fe_close_reason fe_conn_stop_reason(const fe_conn *c);
 
 /* Whether budget waits are due for another look at w->now_ns (it then

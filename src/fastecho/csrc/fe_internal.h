@@ -13,6 +13,7 @@
 #include "fe_rate.h"
 #include "fe_ring.h"
 #include "fe_udp_log.h"
+#include "fe_ws_http.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -75,6 +76,10 @@ typedef struct fe_worker {
     fe_counter udp_bytes_in[FE_MAX_LISTENERS];
     fe_counter udp_bytes_out[FE_MAX_LISTENERS];
     fe_counter udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT];
+    fe_counter ws_http[FE_WS_HTTP_COUNT];
+    fe_counter ws_messages;
+    fe_counter ws_pings;
+    fe_counter ws_closes[FE_WS_CLOSE_SLOTS];
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -93,6 +98,8 @@ typedef struct fe_worker {
     fe_conn_list proxy_waiting;
     /* TLS connections whose handshake has not finished, oldest first. */
     fe_conn_list handshaking;
+    /* ws connections whose HTTP request head has not all arrived, oldest first. */
+    fe_conn_list ws_upgrading;
     /* TLS connections with input OpenSSL already holds (epoll will not
      * report it), to be read after this batch of events; linked through
      * fe_conn.pending_prev/next. */
@@ -103,6 +110,7 @@ typedef struct fe_worker {
     int64_t budget_retry_ns; /* when they were last looked at again */
     int64_t now_ns;    /* when the current batch of events arrived */
     bool closing;      /* past the drain deadline: no more echoing */
+    bool going_away;   /* the stop began: ws connections were sent close 1001 */
     bool ring_ready;
     fe_ring events;    /* access events, when cfg.event_ring_size > 0 */
     /* UDP: this worker's socket on each UDP listener, and its buffers. */
@@ -170,6 +178,15 @@ struct fe_server {
      * until fe_server_set_tls), replaced on rotation under tls_lock. */
     struct ssl_ctx_st *tls_ctx;
     pthread_mutex_t tls_lock;
+
+    /* WebSocket (fe_ws.c): owned copies of cfg's path and origins, the
+     * policy the request parser reads, and the page with its path filled in. */
+    char *ws_path;
+    char **ws_origins;
+    size_t *ws_origin_lens;
+    fe_ws_policy ws_policy;
+    char *ws_page;
+    size_t ws_page_len;
     /* UDP sources' token buckets, when cfg.udp_rate > 0 (fe_udp_open). */
     fe_rate_table udp_rate;
     bool ip_table_ready;

@@ -277,10 +277,10 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, enum fe_close
     }
     if (fe_conn_input(w, c, w->read_buffer, (size_t)n, sent, reason) != 0)
         return -1;
-    if (w->server->cfg.framing == FE_FRAMING_RAW || c->out.len == 0)
+    if (!fe_conn_framed_output(w, c))
         return 0;
-    /* Line mode: send the lines just framed. */
-    *reason = c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET;
+    /* Line mode, ws: send what was just framed. */
+    *reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
     return flush(w, c, tls);
 }
 
@@ -372,7 +372,7 @@ FE_ECHO_PATH void handle_with(fe_worker *w, fe_conn *c, uint32_t events, bool tl
 {
     enum fe_close_reason reason = FE_CLOSE_RESET;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
-        close_conn(w, c, c->finishing ? FE_CLOSE_LINE_TOO_LONG : FE_CLOSE_RESET);
+        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
         return;
     }
     if (tls && c->handshaking) {
@@ -453,6 +453,22 @@ static void close_expired(fe_worker *w)
         close_conn(w, c, reason);
 }
 
+/* The stop began: ws connections are told "going away" (close 1001) at
+ * once, then finish as they would after any close frame. */
+static void send_going_away(fe_worker *w)
+{
+    w->going_away = true;
+    fe_conn *c = w->active.head;
+    while (c) {
+        fe_conn *next = c->next;
+        if (c->ws) {
+            fe_conn_ws_going_away(w, c);
+            settle(w, c);
+        }
+        c = next;
+    }
+}
+
 /* Past the drain deadline: stop echoing; each connection flushes what it
  * already received, sends FIN and lingers until the close deadline. */
 static void enter_closing(fe_worker *w)
@@ -462,6 +478,8 @@ static void enter_closing(fe_worker *w)
         close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
     while (w->handshaking.head)
         close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
+    while (w->ws_upgrading.head)
+        close_conn(w, w->ws_upgrading.head, FE_CLOSE_SHUTDOWN);
     fe_conn *c = w->active.head;
     while (c) {
         fe_conn *next = c->next;
@@ -476,10 +494,12 @@ static void close_all(fe_worker *w)
         close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
     while (w->handshaking.head)
         close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
+    while (w->ws_upgrading.head)
+        close_conn(w, w->ws_upgrading.head, FE_CLOSE_SHUTDOWN);
     while (w->active.head)
         close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
     while (w->aborting.head)
-        close_conn(w, w->aborting.head, FE_CLOSE_LINE_TOO_LONG);
+        close_conn(w, w->aborting.head, fe_conn_stop_reason(w->aborting.head));
 }
 
 /* Whether this worker needs the clock after each wake-up: only for timers
@@ -487,7 +507,8 @@ static void close_all(fe_worker *w)
 static bool needs_clock(const fe_worker *w)
 {
     return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->budget_blocked > 0 ||
+           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->ws_upgrading.head != NULL ||
+           w->budget_blocked > 0 ||
            w->udp_log.window_start_ns != 0 ||
            atomic_load(&w->server->state) != FE_RUNNING;
 }
@@ -576,7 +597,8 @@ void *fe_worker_main(void *arg)
             serve_tls_pending(w);
         if (w->udp_log.window_start_ns != 0)
             fe_udp_log_flush_due(w, false);
-        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head || w->handshaking.head)
+        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head || w->handshaking.head ||
+            w->ws_upgrading.head)
             close_expired(w);
         if (w->budget_blocked > 0 && fe_conn_budget_retry_due(w))
             retry_budget_waits(w);
@@ -591,6 +613,8 @@ void *fe_worker_main(void *arg)
         fe_udp_log_flush_due(w, true);
         fe_udp_close(w);
         adopt_queued(w);
+        if (!w->going_away)
+            send_going_away(w);
         if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))
             enter_closing(w);
         if (w->closing && w->now_ns >= atomic_load(&s->close_deadline_ns))

@@ -21,6 +21,7 @@ typedef struct fe_handoff {
     bool counted_per_ip; /* the per-address table counts it: release on close */
     bool proxy;          /* a PROXY header comes first; admission waits for it */
     bool tls;            /* the connection speaks TLS (after its PROXY header) */
+    bool ws;             /* WebSocket, after TLS and the PROXY header */
     uint8_t listener;    /* index of the listener it came from */
     fe_peer peer;
     int64_t accepted_ns; /* CLOCK_MONOTONIC */

@@ -7,6 +7,7 @@
 #include "fe_sock.h"
 #include "fe_tls.h"
 #include "fe_udp.h"
+#include "fe_ws.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -77,6 +78,14 @@ void fe_config_init(fe_config *cfg)
     cfg->udp_allow_low_ports = false;
     cfg->udp_rate = 0;
     cfg->udp_max_datagram = 65535;
+    cfg->ws_path = NULL;
+    cfg->ws_path_len = 0;
+    cfg->ws_origins = NULL;
+    cfg->ws_origin_lens = NULL;
+    cfg->ws_origin_count = 0;
+    cfg->ws_max_message = 16u << 20;
+    cfg->ws_max_header = 8u << 10;
+    cfg->ws_handshake_timeout_ms = 10000;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
 }
@@ -145,6 +154,10 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
                     (long long)FE_MAX_TIMEOUT_MS);
     if (cfg->udp_max_datagram < 1 || cfg->udp_max_datagram > 65535)
         return fail(err, errlen, 0, "the largest UDP datagram must be between 1 and 65535 bytes");
+    if (fe_ws_validate_config(cfg, err, errlen) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
     return 0;
 }
 
@@ -183,6 +196,7 @@ static void release_workers(fe_server *s)
     free(s->suffix);
     free(s->allow);
     free(s->proxy_from);
+    fe_ws_server_release(s);
 }
 
 static void free_server(fe_server *s)
@@ -262,6 +276,8 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
         what = "copying the address ranges";
     s->cfg.allow = s->allow;
     s->cfg.proxy_from = s->proxy_from;
+    if (what == NULL)
+        what = fe_ws_server_init(s, cfg);
     if (what == NULL && cfg->max_connections_per_ip > 0) {
         if (fe_ip_table_init(&s->ip_table, 4096) != 0)
             what = "allocating the per-address table";
@@ -376,6 +392,13 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
             return fail(err, errlen, fe_tls_available() ? EINVAL : ENOTSUP,
                         fe_tls_available() ? "a tls listener needs a certificate (fe_server_set_tls)"
                                            : "a tls listener needs TLS, and this build has none");
+        }
+        if (listeners[i].ws && (listeners[i].udp || !fe_ws_available() || s->cfg.framing != FE_FRAMING_RAW)) {
+            pthread_mutex_unlock(&s->control_lock);
+            return fail(err, errlen, fe_ws_available() ? EINVAL : ENOTSUP,
+                        !fe_ws_available() ? "a ws listener needs libcrypto, and this build has none"
+                        : listeners[i].udp ? "a UDP listener cannot speak WebSocket"
+                                           : "line mode does not apply to ws listeners (messages come back whole)");
         }
         s->listeners[i] = listeners[i];
     }
@@ -503,6 +526,9 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     uint64_t received = 0, sent = 0, closed = 0, too_long = 0, dropped = 0, waits = 0;
     uint64_t handshakes = 0, resumed = 0;
     uint64_t closes[FE_CLOSE_REASON_COUNT] = {0};
+    memset(out->ws_http, 0, sizeof out->ws_http);
+    memset(out->ws_closes, 0, sizeof out->ws_closes);
+    out->ws_messages = out->ws_pings = 0;
     for (int i = 0; i < s->worker_count; i++) {
         const fe_worker *w = &s->workers[i];
         received += fe_counter_read(&w->bytes_received);
@@ -514,6 +540,12 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
         waits += fe_counter_read(&w->budget_waits);
         handshakes += fe_counter_read(&w->tls_handshakes);
         resumed += fe_counter_read(&w->tls_resumed);
+        for (int k = 0; k < FE_WS_HTTP_COUNT; k++)
+            out->ws_http[k] += fe_counter_read(&w->ws_http[k]);
+        for (int k = 0; k < FE_WS_CLOSE_SLOTS; k++)
+            out->ws_closes[k] += fe_counter_read(&w->ws_closes[k]);
+        out->ws_messages += fe_counter_read(&w->ws_messages);
+        out->ws_pings += fe_counter_read(&w->ws_pings);
         if (w->ring_ready)
             dropped += atomic_load_explicit(&((fe_worker *)w)->events.dropped, memory_order_relaxed);
     }

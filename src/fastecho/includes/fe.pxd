@@ -21,6 +21,7 @@ cdef extern from "fe.h" nogil:
         bint proxy
         bint tls
         bint udp
+        bint ws
 
     ctypedef struct fe_peer:
         uint8_t family
@@ -52,6 +53,10 @@ cdef extern from "fe.h" nogil:
         FE_CLOSE_TLS_HANDSHAKE
         FE_CLOSE_TLS_TIMEOUT
         FE_CLOSE_TLS_ERROR
+        FE_CLOSE_HTTP
+        FE_CLOSE_WS_TIMEOUT
+        FE_CLOSE_WS_CLOSE
+        FE_CLOSE_WS_PROTOCOL
         FE_CLOSE_REASON_COUNT
 
     const char *fe_close_reason_name(int reason)
@@ -60,6 +65,15 @@ cdef extern from "fe.h" nogil:
         FE_UDP_DROP_COUNT
 
     const char *fe_udp_drop_name(int reason)
+
+    enum:
+        FE_WS_HTTP_COUNT
+        FE_WS_CLOSE_APPLICATION
+        FE_WS_CLOSE_NONE
+        FE_WS_CLOSE_SLOTS
+
+    int fe_ws_http_status(int kind)
+    bint fe_ws_available()
 
     ctypedef struct fe_event:
         uint8_t kind
@@ -99,6 +113,14 @@ cdef extern from "fe.h" nogil:
         bint udp_allow_low_ports
         uint32_t udp_rate
         size_t udp_max_datagram
+        const char *ws_path
+        size_t ws_path_len
+        const char *const *ws_origins
+        const size_t *ws_origin_lens
+        size_t ws_origin_count
+        uint64_t ws_max_message
+        size_t ws_max_header
+        int64_t ws_handshake_timeout_ms
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted
@@ -128,6 +150,10 @@ cdef extern from "fe.h" nogil:
         uint64_t udp_bytes_in[FE_MAX_LISTENERS]
         uint64_t udp_bytes_out[FE_MAX_LISTENERS]
         uint64_t udp_dropped[FE_MAX_LISTENERS][FE_UDP_DROP_COUNT]
+        uint64_t ws_http[FE_WS_HTTP_COUNT]
+        uint64_t ws_messages
+        uint64_t ws_pings
+        uint64_t ws_closes[FE_WS_CLOSE_SLOTS]
 
     void fe_config_init(fe_config *cfg)
     int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t errlen)
