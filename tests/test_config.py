@@ -293,6 +293,15 @@ def command_line_text(opt: cfg.Option) -> st.SearchStrategy:
         urls = st.builds(lambda scheme, host, port: Listener(scheme, str(host), port).url,
                          st.sampled_from(tuple(SCHEMES)), st.ip_addresses(), st.integers(1, 65535))
         return st.lists(urls, max_size=3, unique_by=lambda url: url.split("://")[1]).map(tuple)
+    if opt.kind == "origins":
+        origins = st.builds(lambda scheme, host, port: f"{scheme}://{host}" + (f":{port}" if port else ""),
+                            st.sampled_from(["https", "http", "chrome-extension"]),
+                            st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z]{2,6})?", fullmatch=True),
+                            st.integers(0, 65535))
+        return st.lists(st.one_of(origins, st.just("null")), max_size=3).map(tuple)
+    if opt.name == "ws_path":
+        allowed = "".join(ch for ch in map(chr, range(0x21, 0x7F)) if ch not in cfg.WS_PATH_FORBIDDEN)
+        return st.text(st.sampled_from(allowed), max_size=40).map(lambda tail: "/" + tail)
     if opt.kind == "path":
         return st.text(_NAME, min_size=1, max_size=40)
     if opt.name == "user":
@@ -309,6 +318,10 @@ def _combinable(given: dict) -> bool:
     stands apart from --host/--port and --fd, and line mode needs a budget of 4 lines."""
     if given.get("listen") and {"host", "port", "fd"} & set(given):
         return False
+    speaks_ws = (any(url.split("+")[0].split("://")[0] in ("ws", "wss") for url in given.get("listen", ()))
+                 or str(given.get("fd_scheme", "")).lower().split("+")[0] in ("ws", "wss"))
+    if "suffix" in given and speaks_ws:
+        return False  # line mode does not apply to WebSocket
     if "suffix" in given:
         budget = int(given.get("max_memory") or cfg.default_max_memory())
         line = int(given.get("max_line") or cfg.OPTION_BY_NAME["max_line"].default)
@@ -318,8 +331,8 @@ def _combinable(given: dict) -> bool:
 
 def _with_certificate(given: dict) -> dict:
     """A TLS listener, --fd-scheme tls, --tls-key or --tls-client-ca each need --tls-cert."""
-    wants_tls = (any(url.startswith("tls") for url in given.get("listen", ()))
-                 or str(given.get("fd_scheme", "")).lower().startswith("tls")
+    wants_tls = (any(url.startswith(("tls", "wss")) for url in given.get("listen", ()))
+                 or str(given.get("fd_scheme", "")).lower().startswith(("tls", "wss"))
                  or "tls_key" in given or "tls_client_ca" in given)
     if wants_tls and "tls_cert" not in given:
         return {**given, "tls_cert": "server.pem"}

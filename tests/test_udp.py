@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import assert_one_line_error, ipv6_loopback, listeners, run_cli, scrape, start_server, wait_until
+from helpers import assert_one_line_error, free_port, ipv6_loopback, listeners, run_cli, scrape, start_server, wait_until
 
 UDP = "udp://127.0.0.1:0"
 METRICS_URL = r"metrics at (http://\S+/metrics)"
@@ -125,16 +125,24 @@ def test_a_burst_to_one_peer_comes_back_datagram_by_datagram(serve):
 def test_ipv6_and_tcp_on_the_same_port(serve):
     if not ipv6_loopback():
         pytest.skip("no IPv6 loopback here")
-    server = serve("--listen", "udp://[::1]:0", port=None)
-    port = address(server)[1]
-    server2 = serve("--listen", f"udp://127.0.0.1:{port}", "--listen", f"tcp://127.0.0.1:{port}", port=None)
+    for _ in range(5):  # a free port can be taken by someone else before the server binds it
+        port = free_port()
+        try:
+            server = serve("--listen", f"udp://[::1]:{port}", "--listen", f"udp://127.0.0.1:{port}",
+                           "--listen", f"tcp://127.0.0.1:{port}", port=None)
+            break
+        except AssertionError as e:
+            if "already in use" not in str(e):
+                raise
+    else:
+        pytest.fail("no port was free for all three listeners in 5 tries")
     with client(("::1", port)) as s6:
         assert exchange(s6, b"over IPv6") == b"over IPv6"
     with client(("127.0.0.1", port)) as s4, socket.create_connection(("127.0.0.1", port), 5) as t:
         assert exchange(s4, b"udp") == b"udp"
         t.sendall(b"tcp")
         assert t.recv(10) == b"tcp"
-    assert server2.stop() == 0
+    assert server.stop() == 0
 
 
 def test_counters_match_what_was_sent_exactly(serve):

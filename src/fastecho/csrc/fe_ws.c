@@ -10,22 +10,13 @@
 #include <string.h>
 
 /* Where the page names the path it opens its WebSocket on. */
-static const char page_marker[] = "__FE_WS_PATH__";
+static const char page_marker[] = FE_WS_PAGE_PATH_MARKER;
 
 static const int http_status[FE_WS_HTTP_COUNT] = {
     [FE_WS_HTTP_UPGRADE] = 101, [FE_WS_HTTP_PAGE] = 200,      [FE_WS_HTTP_BAD_REQUEST] = 400,
     [FE_WS_HTTP_FORBIDDEN] = 403, [FE_WS_HTTP_NOT_FOUND] = 404, [FE_WS_HTTP_METHOD] = 405,
     [FE_WS_HTTP_VERSION] = 426,
 };
-
-bool fe_ws_available(void)
-{
-#ifdef FE_WITH_TLS
-    return true; /* Sec-WebSocket-Accept's SHA-1 comes from libcrypto */
-#else
-    return false;
-#endif
-}
 
 int fe_ws_http_status(int kind)
 {
