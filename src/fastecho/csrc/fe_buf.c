@@ -15,10 +15,10 @@ size_t fe_buf_capacity_after(const fe_buf *b, size_t n)
     return cap;
 }
 
-int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
+char *fe_buf_extend(fe_buf *b, size_t n)
 {
     if (n == 0)
-        return 0;
+        return NULL;
     if (b->start + b->len + n > b->capacity) {
         if (b->start > 0) { /* reclaim the consumed prefix before growing */
             memmove(b->data, b->data + b->start, b->len);
@@ -28,13 +28,24 @@ int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
             size_t cap = fe_buf_capacity_after(b, n);
             char *grown = realloc(b->data, cap);
             if (grown == NULL)
-                return -1;
+                return NULL;
             b->data = grown;
             b->capacity = cap;
         }
     }
-    memcpy(b->data + b->start + b->len, bytes, n);
+    char *tail = b->data + b->start + b->len;
     b->len += n;
+    return tail;
+}
+
+int fe_buf_append(fe_buf *b, const void *bytes, size_t n)
+{
+    if (n == 0)
+        return 0;
+    char *tail = fe_buf_extend(b, n);
+    if (tail == NULL)
+        return -1;
+    memcpy(tail, bytes, n);
     return 0;
 }
 

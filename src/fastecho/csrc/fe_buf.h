@@ -18,6 +18,14 @@ typedef struct fe_buf {
  * the buffer unchanged. */
 int fe_buf_append(fe_buf *b, const void *bytes, size_t n);
 
+/* Appends n (> 0) bytes left uninitialized, growing exactly as fe_buf_append
+ * does, and returns a pointer to them for the caller to fill (so a codec can
+ * write its output in place, e.g. unmask a WebSocket payload straight into
+ * it, instead of through a bounce buffer). The pointer is valid until the
+ * next call that changes b. Returns NULL (ENOMEM) leaving the buffer
+ * unchanged; also NULL, appending nothing, when n is 0. */
+char *fe_buf_extend(fe_buf *b, size_t n);
+
 /* The capacity b would have after appending n bytes (its capacity now when
  * they fit): what an append may allocate, for memory budgets. Pure. */
 size_t fe_buf_capacity_after(const fe_buf *b, size_t n);
