@@ -414,7 +414,7 @@ static __attribute__((noinline)) void handle_tls(fe_worker *w, fe_conn *c, uint3
 }
 
 /* Acts on epoll's events for c (or on input OpenSSL holds: EPOLLIN). */
-static inline void handle(fe_worker *w, fe_conn *c, uint32_t events)
+FE_ECHO_PATH void handle(fe_worker *w, fe_conn *c, uint32_t events)
 {
     if (c->tls)
         handle_tls(w, c, events);
@@ -441,7 +441,7 @@ static void serve_tls_pending(fe_worker *w)
     for (size_t n = w->tls_pending_count; n > 0 && w->tls_pending.head; n--) {
         fe_conn *c = w->tls_pending.head;
         pending_remove(w, c);
-        handle(w, c, EPOLLIN);
+        handle_tls(w, c, EPOLLIN); /* only TLS connections are pending */
     }
 }
 
