@@ -161,16 +161,23 @@ def _udp_servers(text: str | None, notes: list[str]) -> list[str]:
         if without:
             notes.append(f"skipping {', '.join(without)}: {'they have' if len(without) > 1 else 'it has'} no UDP")
         return names
+    return _named_servers(text, _usable_over("udp", "UDP", lambda s: s.udp_command, ServerSpec.udp_reason))
 
+
+def _usable_over(transport: str, label: str, command: Callable[[ServerSpec], object],
+                 why_not: Callable[[ServerSpec], str | None]) -> Callable[[str, ServerSpec], None]:
+    """The check_usable of _named_servers() for a transport that only some
+    servers have (`command` None for the others), and that may be
+    unavailable here (`why_not`)."""
     def check_usable(name: str, spec: ServerSpec) -> None:
-        if spec.udp_command is None:
-            _fail(f"--servers: {name} has no UDP (with --transport udp choose from "
-                  f"{', '.join(n for n, s in SERVERS.items() if s.udp_command is not None)})")
-        reason = spec.udp_reason()
+        if command(spec) is None:
+            _fail(f"--servers: {name} has no {label} (with --transport {transport} choose from "
+                  f"{', '.join(n for n, s in SERVERS.items() if command(s) is not None)})")
+        reason = why_not(spec)
         if reason:
-            _fail(f"--servers: {name} is not available with UDP: {reason}")
+            _fail(f"--servers: {name} is not available with {label}: {reason}")
 
-    return _named_servers(text, check_usable)
+    return check_usable
 
 
 def _ws_servers(text: str | None, notes: list[str]) -> list[str]:
@@ -179,16 +186,7 @@ def _ws_servers(text: str | None, notes: list[str]) -> list[str]:
     a usage error."""
     if text is None:
         return _runnable(DEFAULT_WS_SERVERS, ServerSpec.ws_reason, notes)
-
-    def check_usable(name: str, spec: ServerSpec) -> None:
-        if spec.ws_command is None:
-            _fail(f"--servers: {name} has no WebSocket (with --transport ws choose from "
-                  f"{', '.join(n for n, s in SERVERS.items() if s.ws_command is not None)})")
-        reason = spec.ws_reason()
-        if reason:
-            _fail(f"--servers: {name} is not available with WebSocket: {reason}")
-
-    return _named_servers(text, check_usable)
+    return _named_servers(text, _usable_over("ws", "WebSocket", lambda s: s.ws_command, ServerSpec.ws_reason))
 
 
 def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:

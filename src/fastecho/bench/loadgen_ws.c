@@ -281,6 +281,7 @@ static const char *lg_ws_opcode_name(unsigned opcode)
     case LG_WS_OP_TEXT: return "text";
     case LG_WS_OP_CLOSE: return "close";
     case LG_WS_OP_PING: return "ping";
+    case LG_WS_OP_PONG: return "pong";
     default: return "reserved";
     }
 }

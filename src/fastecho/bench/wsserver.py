@@ -23,7 +23,7 @@ import asyncio
 import socket
 import ssl
 
-from fastecho.bench.aioserver import _stop_on_signals, tls_context
+from fastecho.bench.aioserver import run_on, stop_on_signals, tls_from_arguments
 
 LIBRARIES = ("websockets", "picows")
 MAX_MESSAGE = 64 * 2**20  # beyond the load generator's 16 MiB
@@ -61,7 +61,7 @@ async def serve_picows(host: str, port: int, tls: ssl.SSLContext | None) -> asyn
 async def serve(library: str, host: str, port: int, loop_name: str, tls: ssl.SSLContext | None) -> None:
     start = serve_websockets if library == "websockets" else serve_picows
     server = await start(host, port, tls)
-    stop = _stop_on_signals(asyncio.get_running_loop())
+    stop = stop_on_signals(asyncio.get_running_loop())
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     print(f"{library} listening on {bound_host}:{bound_port} ({'wss' if tls else 'ws'}) ({loop_name}, 1 thread)",
           flush=True)
@@ -80,24 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
-    tls = None
-    if args.tls_cert:
-        try:
-            tls = tls_context(args.tls_cert, args.tls_key)
-        except (OSError, ssl.SSLError) as e:
-            parser.exit(1, f"{parser.prog}: error: cannot load --tls-cert/--tls-key: {e}\n")
+    tls = tls_from_arguments(parser, args)
     try:
         __import__(args.library)
     except ImportError as e:
         parser.exit(1, f"{parser.prog}: error: {args.library} is not importable ({e}); "
                        f"pip install 'fastecho[ws]'\n")
-    main_coroutine = serve(args.library, args.host, args.port, "uvloop" if args.uvloop else "asyncio", tls)
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(main_coroutine)
-    else:
-        asyncio.run(main_coroutine)
+    run_on(args.uvloop, serve(args.library, args.host, args.port, "uvloop" if args.uvloop else "asyncio", tls))
     return 0
 
 
