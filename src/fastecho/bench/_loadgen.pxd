@@ -42,6 +42,8 @@ cdef extern from "loadgen.h" nogil:
         int handshakes
         int udp
         double udp_timeout_s
+        int ws
+        const char *ws_path
 
     ctypedef struct lg_result:
         uint64_t messages
@@ -69,6 +71,7 @@ cdef extern from "loadgen.h" nogil:
 
     int lg_run(const lg_config *config, lg_result *result)
     int lg_tls_supported()
+    int lg_ws_supported()
     const char *lg_tls_version_text()
     void lg_histogram_reset(lg_histogram *hist)
     void lg_histogram_record(lg_histogram *hist, uint64_t value)

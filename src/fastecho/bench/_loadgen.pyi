@@ -9,6 +9,7 @@ UDP_MAX_SOCKETS: int  # most UDP sockets one run opens
 UDP_DEFAULT_TIMEOUT: float  # seconds after which an unanswered datagram is lost, when udp_timeout is 0
 TLS_SUPPORTED: bool  # whether this build speaks TLS (FASTECHO_WITH_TLS)
 TLS_LIBRARY: str | None  # the TLS library it runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026"
+WS_SUPPORTED: bool  # whether this build speaks WebSocket (it needs OpenSSL too)
 
 class LoadResult(TypedDict):
     messages: int  # messages echoed and verified in the window
@@ -58,6 +59,8 @@ def run_load(
     handshakes: bool = False,
     udp: bool = False,
     udp_timeout: float = 0.0,
+    ws: bool = False,
+    ws_path: str | None = None,
 ) -> LoadResult:
     """Open `conns` connections to host:port (IPv4), keep `depth` messages of
     `size` bytes in flight on each, warm up for `warmup` s, then measure for
@@ -89,6 +92,13 @@ def run_load(
     are counted (`sent`, `lost`, `late`, `duplicates`, `reordered`), never an
     error. `messages` counts the echoes that arrived in time in the window;
     `starved_conns` the sockets with none. Not with tls or handshakes.
+
+    ws: speak WebSocket (RFC 6455; with tls, wss): each connection
+    upgrades with a GET of `ws_path` (None: "/") before the window, then
+    sends each message as one masked binary frame (a random mask per frame)
+    and checks every echoed payload byte, the server's framing and the
+    message boundaries; a close frame, ping, text frame or malformed frame
+    fails the run. Not with udp or handshakes; needs WS_SUPPORTED.
 
     Raises ValueError for an out-of-range argument, a CA file that cannot be
     loaded, or TLS asked of a build without it (see TLS_SUPPORTED), and

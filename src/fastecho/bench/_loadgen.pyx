@@ -20,6 +20,8 @@ UDP_DEFAULT_TIMEOUT = LG_UDP_DEFAULT_TIMEOUT_MS / 1000
 TLS_SUPPORTED = bool(lg_tls_supported())
 # The TLS library it runs with ("OpenSSL 3.0.19 27 Jan 2026"); None without TLS.
 TLS_LIBRARY = (<bytes>lg_tls_version_text()).decode("ascii", "replace") if TLS_SUPPORTED else None
+# Whether it speaks WebSocket (it needs OpenSSL for SHA-1, like TLS).
+WS_SUPPORTED = bool(lg_ws_supported())
 
 _TLS_VERSIONS = {None: 0, "1.2": 12, "1.3": 13}
 
@@ -29,13 +31,14 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
              uint64_t seed=1, double connect_timeout=5.0,
              uint64_t max_messages=0, *, server_pids=(), bint tls=False,
              tls_version=None, tls_ca_file=None, bint handshakes=False, bint udp=False,
-             double udp_timeout=0.0):
+             double udp_timeout=0.0, bint ws=False, ws_path=None):
     """Load an echo server at host:port and measure it; see _loadgen.pyi."""
     cdef lg_config config
     cdef lg_result result
     cdef int status
     cdef int pids[LG_MAX_SERVER_PIDS]
     cdef const char *ca_file = NULL
+    cdef const char *path = NULL
     pid_list = ([server_pid] if server_pid != 0 else []) + [int(p) for p in server_pids]
     if len(pid_list) > LG_MAX_SERVER_PIDS:
         raise ValueError(f"{len(pid_list)} server pids given; at most {LG_MAX_SERVER_PIDS}")
@@ -49,6 +52,9 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
     ca_bytes = os.fsencode(tls_ca_file) if tls_ca_file is not None else None
     if ca_bytes is not None:
         ca_file = ca_bytes
+    path_bytes = ws_path.encode("ascii") if ws_path is not None else None
+    if path_bytes is not None:
+        path = path_bytes
     config.host = host_bytes
     config.port = port
     config.conns = conns
@@ -67,6 +73,8 @@ def run_load(str host, int port, int conns, Py_ssize_t size, int depth=1,
     config.handshakes = handshakes
     config.udp = udp
     config.udp_timeout_s = udp_timeout
+    config.ws = ws
+    config.ws_path = path
     with nogil:
         status = lg_run(&config, &result)
     if status == LG_BAD_CONFIG:

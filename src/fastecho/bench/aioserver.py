@@ -16,6 +16,7 @@ import asyncio
 import signal
 import socket
 import ssl
+from collections.abc import Coroutine
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -79,7 +80,7 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
 async def serve(host: str, port: int, loop_name: str, tls: ssl.SSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(EchoProtocol, host, port, backlog=socket.SOMAXCONN, ssl=tls)
-    stop = _stop_on_signals(loop)
+    stop = stop_on_signals(loop)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     transport = " (tls)" if tls else ""
     print(f"{loop_name} listening on {bound_host}:{bound_port}{transport} (1 thread)", flush=True)
@@ -99,14 +100,14 @@ async def serve_udp(host: str, port: int, loop_name: str) -> None:
         raise
     sock.setblocking(False)
     transport, _ = await loop.create_datagram_endpoint(lambda: EchoDatagramProtocol(sock), sock=sock)
-    stop = _stop_on_signals(loop)
+    stop = stop_on_signals(loop)
     bound_host, bound_port = sock.getsockname()[:2]
     print(f"{loop_name} listening on {bound_host}:{bound_port} (udp) (1 thread)", flush=True)
     await stop.wait()
     transport.close()
 
 
-def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+def stop_on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -126,22 +127,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if args.udp and args.tls_cert:
         parser.error("--udp and --tls-cert exclude each other")
-    tls = None
-    if args.tls_cert:
-        try:
-            tls = tls_context(args.tls_cert, args.tls_key)
-        except (OSError, ssl.SSLError) as e:
-            parser.exit(1, f"{parser.prog}: error: cannot load --tls-cert/--tls-key: {e}\n")
+    tls = tls_from_arguments(parser, args)
     loop_name = "uvloop" if args.uvloop else "asyncio"
-    main_coroutine = (serve_udp(args.host, args.port, loop_name) if args.udp
-                      else serve(args.host, args.port, loop_name, tls))
-    if args.uvloop:
+    run_on(args.uvloop, serve_udp(args.host, args.port, loop_name) if args.udp
+           else serve(args.host, args.port, loop_name, tls))
+    return 0
+
+
+def tls_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server context of --tls-cert/--tls-key (None without them);
+    exits with status 1 and one line when they cannot be loaded."""
+    if not args.tls_cert:
+        return None
+    try:
+        return tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        parser.exit(1, f"{parser.prog}: error: cannot load --tls-cert/--tls-key: {e}\n")
+
+
+def run_on(uvloop_wanted: bool, main_coroutine: Coroutine[object, object, None]) -> None:
+    """Run the server's main coroutine on uvloop or on the stdlib loop."""
+    if uvloop_wanted:
         import uvloop
 
         uvloop.run(main_coroutine)
     else:
         asyncio.run(main_coroutine)
-    return 0
 
 
 if __name__ == "__main__":

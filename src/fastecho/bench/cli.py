@@ -39,7 +39,10 @@ DEFAULT_TLS_SERVERS = ("fastecho", "fastecho-plain", "haproxy", "asyncio", "uvlo
 # --transport udp: fastecho's UDP listener, the two bare C loops (per datagram
 # and batched) and a DatagramProtocol on either Python loop.
 DEFAULT_UDP_SERVERS = ("fastecho", "reference-udp", "reference-udp-mmsg", "asyncio", "uvloop")
-TRANSPORTS = ("tcp", "tls", "udp")
+# --transport ws: fastecho's ws listener, its plain TCP listener (what the
+# framing adds to), and the two Python WebSocket libraries.
+DEFAULT_WS_SERVERS = ("fastecho", "fastecho-plain", "websockets", "picows")
+TRANSPORTS = ("tcp", "tls", "udp", "ws")
 TLS_VERSIONS = ("1.2", "1.3")
 
 
@@ -63,6 +66,9 @@ HANDSHAKE_QUICK = RunDefaults(conns="64", sizes="64", duration=1.5, warmup=0.25,
 # and the client saturates first.
 UDP_DEFAULTS = RunDefaults(conns="64", sizes="64,1024", duration=3.0, warmup=0.5, rounds=3)
 UDP_QUICK = RunDefaults(conns="64", sizes="64,1024", duration=1.5, warmup=0.25, rounds=1)
+# --transport ws: 64 connections x 1 KiB binary messages, ping-pong.
+WS_DEFAULTS = RunDefaults(conns="64", sizes="1024", duration=3.0, warmup=0.5, rounds=3)
+WS_QUICK = RunDefaults(conns="64", sizes="1024", duration=1.5, warmup=0.25, rounds=1)
 DEFAULT_DEPTH, DEFAULT_UDP_DEPTH = 1, 8
 
 
@@ -155,16 +161,32 @@ def _udp_servers(text: str | None, notes: list[str]) -> list[str]:
         if without:
             notes.append(f"skipping {', '.join(without)}: {'they have' if len(without) > 1 else 'it has'} no UDP")
         return names
+    return _named_servers(text, _usable_over("udp", "UDP", lambda s: s.udp_command, ServerSpec.udp_reason))
 
+
+def _usable_over(transport: str, label: str, command: Callable[[ServerSpec], object],
+                 why_not: Callable[[ServerSpec], str | None]) -> Callable[[str, ServerSpec], None]:
+    """The check_usable of _named_servers() for a transport that only some
+    servers have (`command` None for the others), and that may be
+    unavailable here (`why_not`)."""
     def check_usable(name: str, spec: ServerSpec) -> None:
-        if spec.udp_command is None:
-            _fail(f"--servers: {name} has no UDP (with --transport udp choose from "
-                  f"{', '.join(n for n, s in SERVERS.items() if s.udp_command is not None)})")
-        reason = spec.udp_reason()
+        if command(spec) is None:
+            _fail(f"--servers: {name} has no {label} (with --transport {transport} choose from "
+                  f"{', '.join(n for n, s in SERVERS.items() if command(s) is not None)})")
+        reason = why_not(spec)
         if reason:
-            _fail(f"--servers: {name} is not available with UDP: {reason}")
+            _fail(f"--servers: {name} is not available with {label}: {reason}")
 
-    return _named_servers(text, check_usable)
+    return check_usable
+
+
+def _ws_servers(text: str | None, notes: list[str]) -> list[str]:
+    """_servers() for --transport ws: by default every server that serves
+    WebSocket here, the others skipped with a note; one named that cannot is
+    a usage error."""
+    if text is None:
+        return _runnable(DEFAULT_WS_SERVERS, ServerSpec.ws_reason, notes)
+    return _named_servers(text, _usable_over("ws", "WebSocket", lambda s: s.ws_command, ServerSpec.ws_reason))
 
 
 def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
@@ -174,6 +196,8 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
     explicitly that cannot run is a usage error."""
     if transport == "udp":
         return _udp_servers(text, notes)
+    if transport == "ws":
+        return _ws_servers(text, notes)
     tls = transport == "tls"
     if text is None:
         if tls:
@@ -186,7 +210,8 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
 
     def check_usable(name: str, spec: ServerSpec) -> None:
         if spec.command is None:
-            _fail(f"--servers: {name} serves only UDP (add --transport udp)")
+            only = spec.serves_only
+            _fail(f"--servers: {name} serves only {only} (add --transport {'udp' if only == 'UDP' else 'ws'})")
         if tls and spec.tls_command is None:
             _fail(f"--servers: {name} has no TLS (with --transport tls choose from "
                   f"{', '.join(n for n, s in SERVERS.items() if s.tls_command is not None)})")
@@ -208,6 +233,16 @@ def _check_tls_support() -> None:
     if not TLS_SUPPORTED:
         _fail("--transport tls: this fastecho's load generator was built without TLS (FASTECHO_WITH_TLS=OFF, "
               "or OpenSSL >= 1.1.1 was not found at build time: install libssl-dev and reinstall fastecho)")
+
+
+def _check_ws_support() -> None:
+    """--transport ws needs a load generator built with OpenSSL (SHA-1 for
+    the upgrade, randomness for the masks)."""
+    from fastecho.bench._loadgen import WS_SUPPORTED
+
+    if not WS_SUPPORTED:
+        _fail("--transport ws: this fastecho's load generator was built without OpenSSL (FASTECHO_WITH_TLS=OFF, "
+              "or OpenSSL >= 1.1.1 was not found at build time), which its WebSocket mode needs")
 
 
 def _local_port_count() -> int | None:
@@ -294,6 +329,10 @@ def build_plan(*, servers: str | None, conns: str, sizes: str, depth: int, durat
     udp = transport == "udp"
     if udp and handshakes:
         _fail("--handshakes applies only to TCP and TLS (UDP has no connections to set up)")
+    if transport == "ws":
+        if handshakes:
+            _fail("--handshakes applies only to TCP and TLS (WebSocket connections upgrade once, before the window)")
+        _check_ws_support()
     if udp_timeout is not None:
         if not udp:
             _fail("--udp-timeout applies only with --transport udp")
@@ -403,13 +442,15 @@ def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: 
                       "(about 2 minutes). Full matrix: --conns 1,64,1000 --sizes 64,1024,65536. "
                       "--transport tls: " + ", ".join(DEFAULT_TLS_SERVERS) + " on one throwaway ECDSA P-256 "
                       "certificate (needs trustme). --handshakes: 64 connections × 64 B. --transport udp: "
-                      + ", ".join(DEFAULT_UDP_SERVERS) + ", 64 sockets × depth 8 at 64 B and 1 KiB.")
+                      + ", ".join(DEFAULT_UDP_SERVERS) + ", 64 sockets × depth 8 at 64 B and 1 KiB. --transport ws: "
+                      + ", ".join(DEFAULT_WS_SERVERS) + ", 64 connections × 1 KiB binary messages.")
 @click.option("--servers", metavar="LIST", help="Servers to compare, comma-separated: "
-              + ", ".join(SERVERS) + " (default: all that are installed; with --transport tls or udp, all "
-              "that serve TLS or UDP here).")
+              + ", ".join(SERVERS) + " (default: all that are installed; with --transport tls, udp or ws, "
+              "all that serve TLS, UDP or WebSocket here).")
 @click.option("--transport", type=click.Choice(TRANSPORTS), default="tcp", show_default=True,
-              help="Plain TCP, TLS (every byte encrypted, every handshake before the window), or UDP (every "
-                   "datagram checked; loss, duplicates and reordering counted).")
+              help="Plain TCP, TLS (every byte encrypted, every handshake before the window), UDP (every "
+                   "datagram checked; loss, duplicates and reordering counted), or WebSocket (masked binary "
+                   "frames, every echoed byte and frame checked, every upgrade before the window).")
 @click.option("--tls-version", type=click.Choice(TLS_VERSIONS),
               help="With --transport tls: the one TLS version the load generator offers (default 1.3).")
 @click.option("--handshakes", is_flag=True,
@@ -445,10 +486,14 @@ def command(servers: str | None, transport: str, tls_version: str | None, handsh
     epoll loop on loopback (with --transport tls: fastecho's TLS, HAProxy
     terminating TLS in front of fastecho, asyncio and uvloop; with
     --transport udp: fastecho's UDP listener, bare C recvfrom/sendto and
-    recvmmsg/sendmmsg loops, and asyncio's and uvloop's DatagramProtocol),
-    servers and load generator pinned to separate CPUs."""
+    recvmmsg/sendmmsg loops, and asyncio's and uvloop's DatagramProtocol;
+    with --transport ws: fastecho's ws listener, its plain TCP listener, and
+    the websockets and picows libraries), servers and load generator pinned
+    to separate CPUs."""
     if transport == "udp" and not handshakes:
         base = UDP_QUICK if quick else UDP_DEFAULTS
+    elif transport == "ws" and not handshakes:
+        base = WS_QUICK if quick else WS_DEFAULTS
     elif handshakes:
         base = HANDSHAKE_QUICK if quick else HANDSHAKE_DEFAULTS
     else:

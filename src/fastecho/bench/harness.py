@@ -11,7 +11,9 @@ generator verifies it. In handshake mode a "message" is one cycle of
 connect, full handshake, one echo and close, so every per-message figure
 reads per handshake. Over UDP a "message" is a datagram echoed in time, a
 "connection" a socket, and each sample also says what became of the
-datagrams sent in the window: lost, late, duplicated, reordered.
+datagrams sent in the window: lost, late, duplicated, reordered. Over
+WebSocket a message is one masked binary frame and its echo, every upgrade
+done before the window.
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class Plan:
     server_cpus: frozenset[int] | None = None
     client_cpus: frozenset[int] | None = None
     connect_timeout: float = 10.0
-    transport: str = "tcp"  # or "tls" or "udp"
+    transport: str = "tcp"  # or "tls", "udp" or "ws"
     tls_version: str | None = None  # with tls: "1.2" or "1.3" only; None: either
     handshakes: bool = False  # handshake mode: figures are per handshake
     udp_timeout: float | None = None  # with udp: seconds before a datagram is lost; None: the generator's default
@@ -70,7 +72,13 @@ class Plan:
         return self.transport == "udp"
 
     @property
+    def ws(self) -> bool:
+        return self.transport == "ws"
+
+    @property
     def transport_label(self) -> str:
+        if self.transport == "ws":
+            return "WebSocket"
         if self.transport == "udp":
             return "UDP"
         if self.transport != "tls":
@@ -198,22 +206,22 @@ def pinned_to(cpus: frozenset[int] | None) -> Iterator[None]:
 
 
 def measure(spec: ServerSpec, workload: Workload, plan: Plan, seed: int, tls: TlsFiles | None = None) -> Sample:
-    """Start `spec` (serving TLS with `tls`, when given, or UDP in a UDP
-    plan), load it with `workload`, stop it. Server CPU counts every process
+    """Start `spec` (serving TLS with `tls`, when given, or UDP or WebSocket
+    in such a plan), load it with `workload`, stop it. Server CPU counts every process
     of the server side. Raises BenchError."""
     from fastecho.bench._loadgen import run_load
 
     client_tls = tls is not None and spec.client_tls
     with running_server(spec, threads=plan.threads, baseline_threads=plan.baseline_threads,
                         cpus=set(plan.server_cpus) if plan.server_cpus else None, tls=tls,
-                        udp=plan.udp) as server:
+                        udp=plan.udp, ws=plan.ws) as server:
         try:
             result = run_load(HOST, server.port, workload.conns, workload.size, workload.depth,
                               warmup=plan.warmup, duration=plan.duration, server_pids=server.pids,
                               seed=seed, connect_timeout=plan.connect_timeout, handshakes=workload.handshakes,
                               tls=client_tls, tls_version=plan.tls_version if client_tls else None,
                               tls_ca_file=tls.ca if client_tls else None, udp=plan.udp,
-                              udp_timeout=plan.udp_timeout or 0.0)
+                              udp_timeout=plan.udp_timeout or 0.0, ws=plan.ws and spec.client_ws)
         except LoadError as e:
             exited = server.exit_description()
             raise LoadError(f"{e} (server {exited})" if exited else str(e)) from None

@@ -26,6 +26,17 @@
  * - In handshake mode message numbers keep counting across a slot's
  *   connections, so each connection sends different bytes; error offsets are
  *   reported relative to the connection's own stream.
+ * - WebSocket (loadgen_ws.c holds the codec) is one more stage and a framing
+ *   layer on the same loop: after TCP (and TLS) a connection is
+ *   WS_UPGRADING until the server's 101 checks out, and only then counts as
+ *   established, so upgrades happen before the window like handshakes. A
+ *   message goes out as one masked binary frame, with a mask of its own
+ *   derived from a per-run random secret, the connection and the message
+ *   number. Frames are not stored: each send attempt makes the frames from
+ *   the unsent point on again in one scratch buffer (the same bytes each
+ *   time, as a TLS retry needs), so memory does not grow with connections
+ *   or depth. Offsets and counts of sent and echoed bytes stay in payload
+ *   terms; the frame headers only add to `wire_size`.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -34,6 +45,7 @@
 #include "loadgen_internal.h"
 #include "loadgen_tls.h"
 #include "loadgen_udp.h"
+#include "loadgen_ws.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -67,6 +79,8 @@ enum {
     /* How often handshake mode looks for a connection stuck in connect,
      * handshake or close: a full pass over the connections each time. */
     LG_STAGE_CHECK_MS = 20,
+    /* WebSocket: bytes of frames made per send attempt, at most. */
+    LG_WS_SCRATCH_SIZE = 64 * 1024,
 };
 
 #define LG_HIST_SUB_BITS 6
@@ -74,7 +88,16 @@ _Static_assert(LG_HIST_SUB_BUCKETS == (1 << LG_HIST_SUB_BITS), "sub-bucket count
 
 enum lg_phase { LG_CONNECTING, LG_WARMING_UP, LG_MEASURING };
 
-enum lg_conn_state { LG_TCP_CONNECTING, LG_TLS_HANDSHAKING, LG_ESTABLISHED, LG_CLOSING };
+enum lg_conn_state { LG_TCP_CONNECTING, LG_TLS_HANDSHAKING, LG_WS_UPGRADING, LG_ESTABLISHED, LG_CLOSING };
+
+/* A WebSocket opening handshake under way: allocated for its duration only. */
+typedef struct lg_ws_upgrade {
+    lg_ws_handshake handshake;
+    char request[LG_WS_REQUEST_MAX];
+    size_t request_length, request_sent;
+    char response[LG_WS_RESPONSE_MAX];
+    size_t response_length;
+} lg_ws_upgrade;
 
 typedef struct lg_conn {
     int fd;
@@ -86,6 +109,8 @@ typedef struct lg_conn {
     int close_notify_sent;
     int pending_listed;        /* in lg_state.pending */
     lg_tls_session *tls;       /* NULL without TLS, and until TCP connects */
+    lg_ws_upgrade *upgrade;    /* while WS_UPGRADING */
+    lg_ws_reader ws;           /* WebSocket: the server's frames */
     uint64_t first_message;    /* number of this connection's first message (handshake mode
                                   reconnects; else 0) */
     uint64_t sent_messages;    /* messages fully handed to the kernel (or OpenSSL) */
@@ -120,6 +145,11 @@ typedef struct lg_state {
     int pending_count;
     uint64_t next_stage_check_ns;
     char tls_error[LG_ERROR_SIZE / 2];
+    /* Bytes one message takes on the wire: size, plus a frame header with ws. */
+    size_t wire_size;
+    size_t ws_header_size;     /* 0 without ws */
+    uint64_t ws_mask_secret;   /* random per run: masks are unpredictable to the server */
+    uint8_t *ws_scratch;       /* LG_WS_SCRATCH_SIZE bytes, with ws */
 } lg_state;
 
 void lg_fill_pattern(uint8_t *pattern, size_t length, uint64_t seed)
@@ -346,9 +376,12 @@ void lg_count_conn_messages(lg_result *result, uint64_t conn_messages)
 
 /* ---- connections -------------------------------------------------------- */
 
+/* Payload bytes handed to the kernel (or OpenSSL): with ws, the frame
+ * headers do not count. */
 static uint64_t lg_sent_bytes(const lg_state *s, const lg_conn *c)
 {
-    return (c->sent_messages - c->first_message) * s->config->size + c->send_offset;
+    size_t payload_offset = c->send_offset > s->ws_header_size ? c->send_offset - s->ws_header_size : 0;
+    return (c->sent_messages - c->first_message) * s->config->size + payload_offset;
 }
 
 static uint64_t lg_echoed_bytes(const lg_state *s, const lg_conn *c)
@@ -424,7 +457,7 @@ static void lg_count_sent(const lg_state *s, lg_conn *c, size_t sent)
 {
     size_t left = sent;
     while (left > 0) {
-        size_t rest_of_message = s->config->size - c->send_offset;
+        size_t rest_of_message = s->wire_size - c->send_offset;
         if (left < rest_of_message) {
             c->send_offset += left;
             break;
@@ -435,20 +468,73 @@ static void lg_count_sent(const lg_state *s, lg_conn *c, size_t sent)
     }
 }
 
-/* TLS: one message (or its rest) per SSL_write; OpenSSL cannot gather. */
-static int lg_send_ready_tls(lg_state *s, lg_conn *c, uint64_t now)
+/* The mask of message m's frame: from the run's secret, the connection and m. */
+static void lg_ws_mask_of(const lg_state *s, const lg_conn *c, uint64_t m, uint8_t mask[4])
+{
+    uint32_t word = (uint32_t)lg_mix(s->ws_mask_secret ^ lg_mix((uint64_t)(unsigned)c->index << 40 ^ m));
+    memcpy(mask, &word, 4);
+}
+
+/*
+ * What to send next: the bytes from message c->sent_messages at
+ * c->send_offset on, up to message `limit`, as at most `most` iovecs. Raw
+ * echo points into the pattern, one iovec per message; ws makes the frames
+ * in the scratch buffer, one iovec in all. Records `now` as the start of
+ * each message it begins: overwritten on the next attempt if this one sends
+ * nothing of that message, so it holds the time its first byte really left.
+ * Returns the iovec count; *offered is their total length.
+ */
+static int lg_next_bytes(lg_state *s, lg_conn *c, uint64_t limit, uint64_t now, struct iovec *iov, int most,
+                         size_t *offered)
 {
     const lg_config *cfg = s->config;
-    uint64_t limit = lg_send_limit(s, c);
-    /* Each pass sends at least one byte or returns. */
-    while (c->sent_messages < limit) {
-        uint64_t m = c->sent_messages;
-        if (c->send_offset == 0)
+    int count = 0;
+    size_t filled = 0;
+    for (uint64_t m = c->sent_messages; m < limit && count < most; m++) {
+        size_t skip = m == c->sent_messages ? c->send_offset : 0;
+        const uint8_t *payload = s->pattern + lg_message_rotation(cfg->seed, c->index, m);
+        if (skip == 0)
             c->started_ns[m % (uint64_t)cfg->depth] = now;
-        const uint8_t *bytes = s->pattern + lg_message_rotation(cfg->seed, c->index, m) + c->send_offset;
-        size_t sent = 0;
+        if (!s->ws_scratch) {
+            iov[count].iov_base = (void *)(payload + skip);
+            iov[count++].iov_len = cfg->size - skip;
+            filled += cfg->size - skip;
+            continue;
+        }
+        size_t take = s->wire_size - skip;
+        if (take > LG_WS_SCRATCH_SIZE - filled)
+            take = LG_WS_SCRATCH_SIZE - filled;
+        uint8_t mask[4];
+        lg_ws_mask_of(s, c, m, mask);
+        lg_ws_encode(s->ws_scratch + filled, skip, take, payload, cfg->size, mask);
+        filled += take;
+        if (filled == LG_WS_SCRATCH_SIZE)
+            break;
+    }
+    if (s->ws_scratch) {
+        iov[0].iov_base = s->ws_scratch;
+        iov[0].iov_len = filled;
+        count = 1;
+    }
+    *offered = filled;
+    return count;
+}
+
+/* TLS: one run of bytes per SSL_write (OpenSSL cannot gather): a message or
+ * its rest, or with ws a scratch buffer of frames. A retry after WANT_*
+ * offers the same bytes, as OpenSSL requires. */
+static int lg_send_ready_tls(lg_state *s, lg_conn *c, uint64_t now)
+{
+    /* Each pass sends at least one byte or returns. */
+    for (;;) {
+        uint64_t limit = lg_send_limit(s, c);
+        if (c->sent_messages >= limit)
+            return lg_set_send_blocked(s, c, 0);
+        struct iovec iov;
+        size_t offered, sent = 0;
+        lg_next_bytes(s, c, limit, now, &iov, 1, &offered);
         enum lg_tls_status status =
-            lg_tls_write(c->tls, bytes, cfg->size - c->send_offset, &sent, s->tls_error, sizeof s->tls_error);
+            lg_tls_write(c->tls, iov.iov_base, iov.iov_len, &sent, s->tls_error, sizeof s->tls_error);
         if (status == LG_TLS_DONE) {
             lg_count_sent(s, c, sent);
             continue;
@@ -459,13 +545,11 @@ static int lg_send_ready_tls(lg_state *s, lg_conn *c, uint64_t now)
             return lg_set_send_blocked(s, c, 0);
         return lg_tls_failed(s, c, status);
     }
-    return lg_set_send_blocked(s, c, 0);
 }
 
 /* Send until `depth` messages are in flight or the socket is full. */
 static int lg_send_ready(lg_state *s, lg_conn *c, uint64_t now)
 {
-    const lg_config *cfg = s->config;
     if (s->phase == LG_CONNECTING || c->state != LG_ESTABLISHED)
         return 0;
     if (c->tls)
@@ -475,18 +559,8 @@ static int lg_send_ready(lg_state *s, lg_conn *c, uint64_t now)
         if (c->sent_messages >= may_start_below)
             return lg_set_send_blocked(s, c, 0);
         struct iovec iov[LG_MAX_IOV];
-        int count = 0;
-        size_t offered = 0;
-        for (uint64_t m = c->sent_messages; m < may_start_below && count < LG_MAX_IOV; m++, count++) {
-            size_t skip = m == c->sent_messages ? c->send_offset : 0;
-            iov[count].iov_base = s->pattern + lg_message_rotation(cfg->seed, c->index, m) + skip;
-            iov[count].iov_len = cfg->size - skip;
-            offered += iov[count].iov_len;
-            /* Overwritten on the next attempt if this one sends nothing of
-             * message m, so it holds the time its first byte really left. */
-            if (skip == 0)
-                c->started_ns[m % (uint64_t)cfg->depth] = now;
-        }
+        size_t offered;
+        int count = lg_next_bytes(s, c, may_start_below, now, iov, LG_MAX_IOV, &offered);
         struct msghdr message = { .msg_iov = iov, .msg_iovlen = (size_t)count };
         ssize_t sent = sendmsg(c->fd, &message, MSG_NOSIGNAL);
         if (sent < 0) {
@@ -541,6 +615,27 @@ static int lg_check_echo(lg_state *s, lg_conn *c, const uint8_t *data, size_t le
             c->echoed_messages++;
             c->echo_offset = 0;
         }
+    }
+    return 0;
+}
+
+/* Bytes that arrived on an established connection: echoed payload, or with
+ * ws frames whose payload is the echo. */
+static int lg_take_input(lg_state *s, lg_conn *c, const uint8_t *data, size_t length, uint64_t now)
+{
+    if (!s->ws_scratch)
+        return lg_check_echo(s, c, data, length, now);
+    while (length > 0) {
+        size_t used, payload_length;
+        const uint8_t *payload = NULL;
+        char reason[LG_ERROR_SIZE / 2];
+        if (lg_ws_read(&c->ws, data, length, &used, &payload, &payload_length, reason, sizeof reason) < 0)
+            return lg_fail(s, "connection %d: %s (%" PRIu64 " of %" PRIu64 " bytes sent were echoed)", c->index,
+                           reason, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
+        if (payload_length > 0 && lg_check_echo(s, c, payload, payload_length, now) < 0)
+            return -1;
+        data += used;
+        length -= used;
     }
     return 0;
 }
@@ -627,7 +722,7 @@ static int lg_receive_plain(lg_state *s, lg_conn *c)
                            c->index, lg_echoed_bytes(s, c), lg_sent_bytes(s, c));
         }
         now = lg_now_ns();
-        if (lg_check_echo(s, c, s->recv_buffer, (size_t)n, now) < 0)
+        if (lg_take_input(s, c, s->recv_buffer, (size_t)n, now) < 0)
             return -1;
         if ((size_t)n < LG_RECV_BUFFER_SIZE)
             break;
@@ -645,7 +740,7 @@ static int lg_receive_tls(lg_state *s, lg_conn *c)
         if (status != LG_TLS_DONE)
             break;
         now = lg_now_ns();
-        if (lg_check_echo(s, c, s->recv_buffer, n, now) < 0)
+        if (lg_take_input(s, c, s->recv_buffer, n, now) < 0)
             return -1;
         /* Nothing held back by OpenSSL: whatever else arrives, epoll reports. */
         if (!lg_tls_has_pending(c->tls))
@@ -679,11 +774,14 @@ static int lg_receive(lg_state *s, lg_conn *c)
     return c->tls ? lg_receive_tls(s, c) : lg_receive_plain(s, c);
 }
 
-/* The connection is ready to echo (TCP up and, with TLS, handshaken). */
+/* The connection is ready to echo (TCP up and, with TLS, handshaken; with
+ * ws, upgraded). */
 static int lg_established(lg_state *s, lg_conn *c)
 {
     c->state = LG_ESTABLISHED;
     c->stage_deadline_ns = 0;
+    if (s->ws_scratch)
+        lg_ws_reader_init(&c->ws, s->config->size);
     if (c->tls && !s->result->tls_description[0])
         lg_tls_describe(c->tls, s->result->tls_description, sizeof s->result->tls_description);
     int rc;
@@ -700,13 +798,107 @@ static int lg_established(lg_state *s, lg_conn *c)
     return 0;
 }
 
+/* WebSocket: the upgrade is under way. Send (the rest of) the request,
+ * then read until the response's header is complete and checks out; the
+ * bytes after it, if any, are the start of the frame stream. A request or
+ * read that cannot go on now resumes on the next event for c. */
+static int lg_continue_upgrade(lg_state *s, lg_conn *c)
+{
+    lg_ws_upgrade *u = c->upgrade;
+    while (u->request_sent < u->request_length) {
+        const char *rest = u->request + u->request_sent;
+        size_t left = u->request_length - u->request_sent, sent = 0;
+        if (c->tls) {
+            enum lg_tls_status status = lg_tls_write(c->tls, rest, left, &sent, s->tls_error, sizeof s->tls_error);
+            if (status == LG_TLS_WANT_WRITE || status == LG_TLS_WANT_READ) {
+                c->tls_wants_output = status == LG_TLS_WANT_WRITE;
+                return lg_update_interest(s, c);
+            }
+            if (status != LG_TLS_DONE)
+                return lg_fail(s, "connection %d: sending the WebSocket upgrade request failed: %s", c->index,
+                               status == LG_TLS_ERROR ? s->tls_error : "the server closed the connection");
+        } else {
+            ssize_t n = send(c->fd, rest, left, MSG_NOSIGNAL);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                return lg_set_send_blocked(s, c, 1);
+            if (n < 0)
+                return lg_fail(s, "connection %d: sending the WebSocket upgrade request failed: %s", c->index,
+                               strerror(errno));
+            sent = (size_t)n;
+        }
+        u->request_sent += sent;
+    }
+    c->tls_wants_output = 0;
+    if (lg_set_send_blocked(s, c, 0) < 0)
+        return -1;
+    for (;;) {
+        char *into = u->response + u->response_length;
+        size_t room = sizeof u->response - u->response_length, n = 0;
+        if (c->tls) {
+            enum lg_tls_status status = lg_tls_read(c->tls, into, room, &n, s->tls_error, sizeof s->tls_error);
+            if (status == LG_TLS_WANT_READ || status == LG_TLS_WANT_WRITE) {
+                c->tls_wants_output = status == LG_TLS_WANT_WRITE;
+                return lg_update_interest(s, c);
+            }
+            if (status == LG_TLS_ERROR)
+                return lg_fail(s, "connection %d: reading the WebSocket upgrade response failed: %s", c->index,
+                               s->tls_error);
+        } else {
+            ssize_t got = recv(c->fd, into, room, 0);
+            if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+                return 0;
+            if (got < 0)
+                return lg_fail(s, "connection %d: reading the WebSocket upgrade response failed: %s", c->index,
+                               strerror(errno));
+            n = (size_t)got;
+        }
+        if (n == 0)
+            return lg_fail(s, "connection %d: the server closed the connection during the WebSocket upgrade "
+                           "(after %zu bytes of response)", c->index, u->response_length);
+        u->response_length += n;
+        char reason[LG_ERROR_SIZE / 2];
+        long header = lg_ws_check_response(u->response, u->response_length, &u->handshake, reason, sizeof reason);
+        if (header < 0)
+            return lg_fail(s, "connection %d: WebSocket upgrade refused: %s", c->index, reason);
+        if (header > 0) {
+            size_t extra = u->response_length - (size_t)header;
+            uint8_t early[LG_WS_RESPONSE_MAX];
+            memcpy(early, u->response + header, extra);
+            free(c->upgrade);
+            c->upgrade = NULL;
+            if (lg_established(s, c) < 0)
+                return -1;
+            return extra > 0 ? lg_take_input(s, c, early, extra, lg_now_ns()) : 0;
+        }
+    }
+}
+
+/* TCP is up and, with TLS, handshaken: upgrade to WebSocket with ws, else
+ * ready to echo. */
+static int lg_transport_ready(lg_state *s, lg_conn *c)
+{
+    if (!s->ws_scratch)
+        return lg_established(s, c);
+    c->upgrade = calloc(1, sizeof *c->upgrade);
+    if (!c->upgrade)
+        return lg_fail(s, "connection %d: out of memory for the WebSocket upgrade", c->index);
+    c->state = LG_WS_UPGRADING;
+    char reason[LG_ERROR_SIZE / 2];
+    if (lg_ws_handshake_new(&c->upgrade->handshake, reason, sizeof reason) < 0)
+        return lg_fail(s, "connection %d: %s", c->index, reason);
+    c->upgrade->request_length = lg_ws_request(c->upgrade->request, sizeof c->upgrade->request, s->config->host,
+                                               s->config->port, s->config->ws_path ? s->config->ws_path : "/",
+                                               &c->upgrade->handshake);
+    return lg_continue_upgrade(s, c);
+}
+
 static int lg_continue_handshake(lg_state *s, lg_conn *c)
 {
     enum lg_tls_status status = lg_tls_handshake(c->tls, s->tls_error, sizeof s->tls_error);
     switch (status) {
     case LG_TLS_DONE:
         c->tls_wants_output = 0;
-        return lg_established(s, c);
+        return lg_transport_ready(s, c);
     case LG_TLS_WANT_READ:
     case LG_TLS_WANT_WRITE:
         c->tls_wants_output = status == LG_TLS_WANT_WRITE;
@@ -719,11 +911,11 @@ static int lg_continue_handshake(lg_state *s, lg_conn *c)
     }
 }
 
-/* TCP is up: handshake, or echo straight away without TLS. */
+/* TCP is up: handshake, or go on straight away without TLS. */
 static int lg_tcp_connected(lg_state *s, lg_conn *c)
 {
     if (!s->tls)
-        return lg_established(s, c);
+        return lg_transport_ready(s, c);
     c->tls = lg_tls_session_new(s->tls, c->fd, s->config->host, s->tls_error, sizeof s->tls_error);
     if (!c->tls)
         return lg_fail(s, "connection %d: %s", c->index, s->tls_error);
@@ -786,6 +978,8 @@ static int lg_on_event(lg_state *s, lg_conn *c, uint32_t what)
         return lg_finish_connect(s, c);
     case LG_TLS_HANDSHAKING:
         return lg_continue_handshake(s, c);
+    case LG_WS_UPGRADING:
+        return lg_continue_upgrade(s, c);
     case LG_CLOSING:
         return lg_continue_close(s, c);
     case LG_ESTABLISHED:
@@ -850,6 +1044,11 @@ const char *lg_tls_version_text(void)
     return lg_tls_library();
 }
 
+int lg_ws_supported(void)
+{
+    return lg_ws_available();
+}
+
 int lg_validate_common(const lg_config *cfg, lg_result *r, int max_conns, struct sockaddr_in *address)
 {
     if (!cfg->host || inet_pton(AF_INET, cfg->host, &address->sin_addr) != 1)
@@ -894,6 +1093,22 @@ static int lg_validate(lg_state *s)
         return lg_fail(s, "tls_version %d is not 0 (1.2 or 1.3), 12 or 13", cfg->tls_version);
     if (!cfg->tls && (cfg->tls_version != 0 || cfg->tls_ca_file))
         return lg_fail(s, "tls_version and tls_ca_file apply only with tls");
+    if (!cfg->ws && cfg->ws_path)
+        return lg_fail(s, "ws_path applies only with ws");
+    if (cfg->ws) {
+        if (cfg->handshakes)
+            return lg_fail(s, "ws has no handshake mode (each connection upgrades once, before the window)");
+        if (!lg_ws_available())
+            return lg_fail(s, "ws: this load generator was built without OpenSSL (FASTECHO_WITH_TLS), which it "
+                           "needs for SHA-1 and randomness");
+        if (cfg->ws_path && lg_ws_check_path(cfg->ws_path, s->result->error, sizeof s->result->error) < 0)
+            return -1;
+        if (lg_ws_random(&s->ws_mask_secret, sizeof s->ws_mask_secret, s->result->error,
+                         sizeof s->result->error) < 0)
+            return -1;
+        s->ws_header_size = lg_ws_header_size(cfg->size);
+    }
+    s->wire_size = cfg->size + s->ws_header_size;
     if (cfg->tls) {
         /* Here rather than in lg_allocate: a CA file that cannot be loaded,
          * or a build without TLS, is a config error, not a failed run. */
@@ -915,7 +1130,9 @@ static int lg_allocate(lg_state *s)
     s->latency = malloc(sizeof *s->latency);
     s->pending = calloc(conns, sizeof *s->pending);
     s->serving = calloc(conns, sizeof *s->serving);
-    if (!s->conns || !s->started_ns || !s->pattern || !s->recv_buffer || !s->latency || !s->pending || !s->serving)
+    s->ws_scratch = cfg->ws ? malloc(LG_WS_SCRATCH_SIZE) : NULL;
+    if (!s->conns || !s->started_ns || !s->pattern || !s->recv_buffer || !s->latency || !s->pending || !s->serving ||
+        (cfg->ws && !s->ws_scratch))
         return lg_fail(s, "out of memory for %d connections of %zu-byte messages", cfg->conns, cfg->size);
     lg_fill_pattern(s->pattern, cfg->size + LG_PATTERN_ROTATIONS, cfg->seed);
     lg_histogram_reset(s->latency);
@@ -936,6 +1153,7 @@ static void lg_release(lg_state *s)
         for (int i = 0; i < s->config->conns; i++) {
             if (s->conns[i].tls)
                 lg_tls_session_free(s->conns[i].tls);
+            free(s->conns[i].upgrade);
             if (s->conns[i].fd >= 0)
                 close(s->conns[i].fd);
         }
@@ -950,6 +1168,7 @@ static void lg_release(lg_state *s)
     free(s->latency);
     free(s->pending);
     free(s->serving);
+    free(s->ws_scratch);
 }
 
 /* Start counting: everything before this moment was warm-up. */
@@ -1002,7 +1221,9 @@ static int lg_drive(lg_state *s)
             } else if (now >= deadline) {
                 return lg_fail(s, "only %d of %d connections to %s:%d were established%s within %g s",
                                s->connected_count, cfg->conns, cfg->host, cfg->port,
-                               s->tls ? " (TLS handshake included)" : "", cfg->connect_timeout_s);
+                               s->tls && cfg->ws ? " (TLS handshake and WebSocket upgrade included)"
+                               : s->tls ? " (TLS handshake included)"
+                               : cfg->ws ? " (WebSocket upgrade included)" : "", cfg->connect_timeout_s);
             }
         } else if (cfg->handshakes && now >= s->next_stage_check_ns) {
             if (lg_check_stages(s, now) < 0)

@@ -26,6 +26,19 @@
  * the generator stops sending and waits (at most udp_timeout_s) until every
  * datagram sent in the window is echoed or lost.
  *
+ * WebSocket mode (lg_config.ws; codec in loadgen_ws.c): as echo mode, over
+ * RFC 6455. After TCP (and, with tls, the TLS handshake: wss) each
+ * connection sends an upgrade request for ws_path with a random
+ * Sec-WebSocket-Key and checks the 101 response, Sec-WebSocket-Accept
+ * included, before the window. Each message is one masked binary frame of
+ * `size` payload bytes, with a random mask of its own. The server's frames
+ * are parsed in any split or coalescing; every echoed payload byte is
+ * checked, and so are the framing (unmasked, no reserved bits, shortest
+ * length form) and the message boundaries (binary messages of exactly
+ * `size` bytes, in one frame or in fragments). A close frame, a ping, a
+ * text frame or a malformed frame fails the run, naming the connection and
+ * the offset; unsolicited pongs are skipped. Needs OpenSSL (SHA-1).
+ *
  * It has no Python in it; src/fastecho/bench/_loadgen.pyx calls lg_run()
  * with the GIL released. The run is bounded in time: connect_timeout_s +
  * warmup_s + duration_s (plus one epoll tick), whatever the server does; in
@@ -91,6 +104,9 @@ typedef struct lg_config {
     int udp;                  /* nonzero: UDP mode (see above); not with tls or handshakes */
     double udp_timeout_s;     /* with udp: a datagram not echoed within this is lost; 0 means
                                  LG_UDP_DEFAULT_TIMEOUT_MS, else in (0, 60] */
+    int ws;                   /* nonzero: WebSocket mode (see above); with tls, wss; not with udp
+                                 or handshakes; needs a build with OpenSSL (lg_ws_supported) */
+    const char *ws_path;      /* with ws: the request path, "/" followed by visible ASCII; NULL = "/" */
 } lg_config;
 
 typedef struct lg_result {
@@ -146,6 +162,8 @@ enum lg_status {
  * longer than connect_timeout_s.
  * A connection the server never answers is NOT a failure; it is counted in
  * starved_conns.
+ * In WebSocket mode it also fails when an upgrade is refused or its
+ * response is wrong, or on any framing error (see above).
  * In UDP mode the run fails when an echo differs from the datagram sent
  * (a byte, its length, or the socket it came back to), when the server's
  * port refuses datagrams (ECONNREFUSED), or when a server pid's /proc entry
@@ -156,6 +174,9 @@ int lg_run(const lg_config *config, lg_result *result);
 
 /* 1 when this build can speak TLS (FASTECHO_WITH_TLS), else 0. */
 int lg_tls_supported(void);
+
+/* 1 when this build can speak WebSocket (it needs OpenSSL too), else 0. */
+int lg_ws_supported(void);
 
 /* The TLS library the generator runs with, e.g. "OpenSSL 3.0.19 27 Jan 2026";
  * NULL without TLS. */

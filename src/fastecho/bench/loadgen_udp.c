@@ -557,6 +557,8 @@ static int lg_udp_validate(lg_udp_state *s)
         return lg_errorf(s->result, "udp and tls exclude each other");
     if (cfg->handshakes)
         return lg_errorf(s->result, "udp has no handshake mode");
+    if (cfg->ws || cfg->ws_path)
+        return lg_errorf(s->result, "udp and ws exclude each other");
     double timeout = cfg->udp_timeout_s == 0.0 ? LG_UDP_DEFAULT_TIMEOUT_MS / 1000.0 : cfg->udp_timeout_s;
     if (!(timeout > 0.0 && timeout <= 60.0))
         return lg_errorf(s->result, "udp timeout %g s is outside (0, 60]", cfg->udp_timeout_s);

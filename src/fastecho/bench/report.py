@@ -229,6 +229,11 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFil
         console.print(f"[dim]TLS: {tls.description}, verified by the load generator; {agreed}. Server CPU of "
                       f"a proxy in front counts both processes (proxy + backend)"
                       + (f"; {', '.join(plain)}: plain TCP, for comparison" if plain else "") + ".[/dim]")
+    if plan.ws:
+        plain = [n for n in plan.servers if n in SERVERS and not SERVERS[n].client_ws]
+        console.print("[dim]WebSocket: each message is one masked binary frame, every echoed byte, frame and "
+                      "message boundary checked; upgrades happen before the window"
+                      + (f"; {', '.join(plain)}: plain TCP, for comparison" if plain else "") + ".[/dim]")
 
 
 def _render_udp_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> None:

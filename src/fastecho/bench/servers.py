@@ -2,8 +2,8 @@
 
 Every server prints one line, ``... listening on HOST:PORT ...``, once it
 accepts connections (UDP: datagrams), and exits on SIGTERM. That is all the
-harness relies on. A server serves TCP, TLS, UDP, or several of them; a
-transport it lacks has no command.
+harness relies on. A server serves TCP, TLS, UDP, WebSocket, or several of
+them; a transport it lacks has no command.
 
 A server may also have a *front*: a proxy started after it, in front of it
 (HAProxy). A front cannot report a port, so it is given a free one, and it is
@@ -82,6 +82,19 @@ class ServerSpec:
     udp_command: Callable[[int, int], list[str]] | None = None
     # None when it can echo UDP here, else why not (asked only for UDP runs).
     udp_unavailable_reason: Callable[[], str | None] = lambda: None
+    # How it echoes WebSocket messages: (threads, baseline_threads) -> argv;
+    # None when it has no WebSocket.
+    ws_command: Callable[[int, int], list[str]] | None = None
+    # None when it can serve WebSocket here, else why not (asked only for ws runs).
+    ws_unavailable_reason: Callable[[], str | None] = lambda: None
+    # False: in a WebSocket run the load generator speaks plain TCP to it
+    # (fastecho-plain: the baseline that the framing adds to).
+    client_ws: bool = True
+
+    @property
+    def serves_only(self) -> str:
+        """What a server without a TCP command serves instead: 'UDP' or 'WebSocket'."""
+        return "UDP" if self.udp_command is not None else "WebSocket"
 
     def tls_reason(self) -> str | None:
         """None when it can be run with --transport tls, else why not."""
@@ -94,6 +107,12 @@ class ServerSpec:
         if self.udp_command is None:
             return "it has no UDP"
         return self.unavailable_reason() or self.udp_unavailable_reason()
+
+    def ws_reason(self) -> str | None:
+        """None when it can be run with --transport ws, else why not."""
+        if self.ws_command is None:
+            return "it has no WebSocket"
+        return self.unavailable_reason() or self.ws_unavailable_reason()
 
 
 def _module_missing(module: str, hint: str) -> Callable[[], str | None]:
@@ -131,6 +150,15 @@ def _fastecho_udp_missing() -> str | None:
     return None
 
 
+def _fastecho_ws_missing() -> str | None:
+    """Why this fastecho cannot serve a ws:// listener, or None when it can."""
+    from fastecho.listeners import SCHEMES
+
+    if "ws" not in SCHEMES:
+        return "this fastecho has no ws listener yet ('ws' is not among fastecho.listeners.SCHEMES)"
+    return None
+
+
 def _fastecho_tls_missing() -> str | None:
     """Why this fastecho cannot serve TLS listeners, or None when it can."""
     missing = _FASTECHO_MISSING()
@@ -154,6 +182,18 @@ def _fastecho_tls(threads: int, tls: TlsFiles, python: str = sys.executable) -> 
 
 def _fastecho_udp(threads: int, python: str = sys.executable) -> list[str]:
     return [python, "-m", "fastecho", "serve", "--listen", f"udp://{HOST}:0", "--threads", str(threads)]
+
+
+def _fastecho_ws(threads: int, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "fastecho", "serve", "--listen", f"ws://{HOST}:0", "--threads", str(threads)]
+
+
+def _wsserver(library: str) -> list[str]:
+    """A Python WebSocket library's echo (bench/wsserver.py); on uvloop
+    when it is installed, as those libraries are run for speed."""
+    loop = ["--uvloop"] if _module_missing("uvloop", "")() is None else []
+    return [sys.executable, "-m", "fastecho.bench.wsserver", "--library", library, "--host", HOST, "--port", "0",
+            *loop]
 
 
 def _reference_udp(name: str, threads: int) -> list[str]:
@@ -231,15 +271,19 @@ SERVERS: dict[str, ServerSpec] = {
             tls_unavailable_reason=_fastecho_tls_missing,
             udp_command=lambda threads, _: _fastecho_udp(threads),
             udp_unavailable_reason=_fastecho_udp_missing,
+            ws_command=lambda threads, _: _fastecho_ws(threads),
+            ws_unavailable_reason=_fastecho_ws_missing,
         ),
         ServerSpec(
             "fastecho-plain",
-            "fastecho's plain TCP listener; in a TLS run the load generator speaks plain TCP to it, "
-            "as the baseline TLS adds to",
+            "fastecho's plain TCP listener; in a TLS or WebSocket run the load generator speaks plain TCP "
+            "to it, as the baseline TLS or the framing adds to",
             lambda threads, _: _fastecho_plain(threads),
             _FASTECHO_MISSING,
             tls_command=lambda threads, _, __: _fastecho_plain(threads),
             client_tls=False,
+            ws_command=lambda threads, _: _fastecho_plain(threads),
+            client_ws=False,
         ),
         ServerSpec(
             "haproxy",
@@ -279,6 +323,22 @@ SERVERS: dict[str, ServerSpec] = {
             "bare C epoll loop: read then write, nothing else",
             lambda threads, _: [str(reference_binary()), "--host", HOST, "--port", "0", "--threads", str(threads)],
             _reference_missing,
+        ),
+        ServerSpec(
+            "websockets",
+            "the websockets library's asyncio server echoing each message, one thread (on uvloop when "
+            "installed)",
+            None,
+            _module_missing("websockets", "pip install 'fastecho[ws]'"),
+            ws_command=lambda _, __: _wsserver("websockets"),
+        ),
+        ServerSpec(
+            "picows",
+            "picows (Cython) echoing each frame's payload with its type and FIN bit, one thread (on uvloop "
+            "when installed)",
+            None,
+            _module_missing("picows", "pip install 'fastecho[ws]'"),
+            ws_command=lambda _, __: _wsserver("picows"),
         ),
         ServerSpec(
             "reference-udp",
@@ -445,9 +505,9 @@ def _wait_until_accepting(name: str, process: subprocess.Popen[bytes], port: int
 @contextmanager
 def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpus: set[int] | None = None,
                    start_timeout: float = START_TIMEOUT_S, tls: TlsFiles | None = None,
-                   udp: bool = False) -> Iterator[RunningServer]:
-    """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given, or
-    echoing UDP with `udp`), wait for its port, then start its front, if any,
+                   udp: bool = False, ws: bool = False) -> Iterator[RunningServer]:
+    """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given,
+    echoing UDP with `udp`, or WebSocket with `ws`), wait for its port, then start its front, if any,
     pinned the same and wait until it accepts; yield it, and always stop and
     reap every process on the way out (also on error and Ctrl-C), the front
     first.
@@ -455,9 +515,13 @@ def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpu
     Raises ServerStartError if a process exits or stays silent before
     listening, or if `spec` lacks the transport asked for.
     """
-    if tls is not None and udp:
-        raise ServerStartError("TLS and UDP exclude each other")
-    if tls is not None:
+    if (tls is not None) + udp + ws > 1:
+        raise ServerStartError("TLS, UDP and WebSocket exclude each other")
+    if ws:
+        if spec.ws_command is None:
+            raise ServerStartError(f"{spec.name} has no WebSocket")
+        argv = spec.ws_command(threads, baseline_threads)
+    elif tls is not None:
         if spec.tls_command is None:
             raise ServerStartError(f"{spec.name} has no TLS")
         argv = spec.tls_command(threads, baseline_threads, tls)
@@ -467,7 +531,7 @@ def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpu
         argv = spec.udp_command(threads, baseline_threads)
     else:
         if spec.command is None:
-            raise ServerStartError(f"{spec.name} serves only UDP")
+            raise ServerStartError(f"{spec.name} serves only {spec.serves_only}")
         argv = spec.command(threads, baseline_threads)
     # The directory outlives the processes: the stack stops them first.
     with tempfile.TemporaryDirectory(prefix=f"fastecho-bench-{spec.name}-") as log_dir, ExitStack() as stack:
