@@ -322,6 +322,11 @@ def _combinable(given: dict) -> bool:
                  or str(given.get("fd_scheme", "")).lower().split("+")[0] in ("ws", "wss"))
     if "suffix" in given and speaks_ws:
         return False  # line mode does not apply to WebSocket
+    if speaks_ws:
+        budget = int(given.get("max_memory") or cfg.default_max_memory())
+        message = int(given.get("max_message") or cfg.OPTION_BY_NAME["max_message"].default)
+        if budget // 4 < message:
+            return False
     if "suffix" in given:
         budget = int(given.get("max_memory") or cfg.default_max_memory())
         line = int(given.get("max_line") or cfg.OPTION_BY_NAME["max_line"].default)

@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import struct
+import time
 
 import pytest
 import websockets
@@ -361,6 +362,66 @@ def test_a_drain_sends_1001_then_fin_and_exits_0(serve):
     finally:
         sock.close()
     assert server.proc.wait(10) == 0
+
+
+def test_a_drain_in_the_middle_of_a_streamed_frame_finishes_it_then_sends_1001(serve):
+    server = serve("--listen", WS, "--grace", "5", port=None)
+    sock = upgraded(server)
+    try:
+        whole = os.urandom(1 << 20)
+        sent = frame(BINARY, whole)
+        sock.sendall(sent[:100_014])  # the header and 100,000 payload bytes
+        head = recv_exactly(sock, 10)  # the echo's header comes at once, with what arrived
+        assert head[0] == 0x82 and struct.unpack("!Q", head[2:10])[0] == len(whole)
+        got = recv_exactly(sock, 100_000)
+        os.kill(server.pid, signal.SIGTERM)
+        sock.sendall(sent[100_014:])  # the frame goes on after the stop began
+        got += recv_exactly(sock, len(whole) - 100_000)
+        assert got == whole
+        fin, opcode, payload = read_frame(sock)
+        assert (opcode, close_code(payload)) == (CLOSE, 1001)
+        sock.sendall(frame(CLOSE, payload[:2]))
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+    assert server.proc.wait(10) == 0
+
+
+def test_held_messages_stay_within_the_memory_budget(serve):
+    budget, message = 8 << 20, 2 << 20
+    server = serve("--listen", WS, "--max-memory", str(budget), "--max-message", str(message),
+                   "--threads", "1", "--metrics-port", "0", port=None)
+    clients = []
+    try:
+        for _ in range(12):  # each holds a text message that never ends: 12 x 2 MiB if unbounded
+            sock = upgraded(server)
+            sock.setblocking(False)
+            clients.append([sock, memoryview(frame(TEXT, b"x" * (message - 1000))[:-2000])])  # never whole
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(len(rest) > 0 for _, rest in clients):
+            for entry in clients:
+                try:
+                    entry[1] = entry[1][entry[0].send(entry[1][:65536]):]
+                except BlockingIOError:
+                    pass
+            time.sleep(0.005)
+        # Wait until the server has read all it will: what it takes stops changing.
+        seen: list[float] = []
+        metrics_url = server.wait_for_stderr(METRICS_URL)[1]
+        settled = wait_until(lambda: seen.append(scrape(metrics_url)["fastecho_bytes_received_total"])
+                             or (len(seen) > 5 and seen[-1] == seen[-6]), 15, interval=0.1)
+        assert settled, seen[-3:]
+        metrics = scrape(metrics_url)
+        held = metrics["fastecho_memory_held_bytes"]
+        assert held <= budget + 2 * message, (held, seen[-1])  # the budget, and one read's growth past it
+        assert metrics["fastecho_memory_budget_waits_total"] > 0, (held, seen[-1])
+        # Someone else is still served: a binary frame is streamed, holding nothing.
+        with connect(url(server), compression=None) as ws:
+            ws.send(b"still served")
+            assert ws.recv(timeout=10) == b"still served"
+    finally:
+        for sock, _ in clients:
+            sock.close()
 
 
 def test_metrics_count_answers_messages_and_closes(serve):

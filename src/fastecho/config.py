@@ -642,6 +642,10 @@ class ServeConfig:
             if self.suffix is not None:
                 raise ConfigError(f"--suffix (line mode) does not apply to {what}: WebSocket "
                                   f"messages come back whole")
+            if self.max_memory // 4 < self.max_message:
+                raise ConfigError(f"--max-memory {self.max_memory} must be at least 4 x --max-message "
+                                  f"({4 * self.max_message}) with {what}: a text or fragmented "
+                                  f"message is held whole until its last byte, then echoed whole")
         if self.tls_cert is None:
             for name in ("tls_key", "tls_client_ca"):
                 if getattr(self, name) is not None:

@@ -286,9 +286,12 @@ static size_t ws_worst_output(const fe_worker *w, const fe_conn *c, size_t n)
  * ws, its output and its request head or message buffer growing by n. */
 static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n)
 {
-    if (c->ws)
-        return fe_buf_capacity_after(&c->out, ws_worst_output(w, c, n)) - c->out.capacity +
-               2 * n + 4096; /* a head or message buffer doubling past n */
+    if (c->ws) {
+        size_t out_growth = fe_buf_capacity_after(&c->out, ws_worst_output(w, c, n)) - c->out.capacity;
+        if (c->ws_upgrading)
+            return out_growth + fe_buf_capacity_after(&c->partial_line, n) - c->partial_line.capacity;
+        return out_growth + 2 * n + 4096; /* the message buffer doubling past n */
+    }
     if (!line_mode(w))
         return fe_buf_capacity_after(&c->out, n) - c->out.capacity;
     size_t suffix_len = w->server->line_format.suffix_len;
@@ -337,6 +340,16 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_MEMORY;
         return 0;
     }
+    if (c->ws && c->ws_state->upgraded && fe_ws_decoder_held(&c->ws_state->dec) > 0) {
+        /* A held message, like a pending line: it may fill the room it
+         * holds (its last bytes may be next), but not grow. */
+        size_t held_room = fe_ws_decoder_room(&c->ws_state->dec);
+        if (held_room == 0) {
+            *how = FE_BUDGET_WAIT_MEMORY;
+            return 0;
+        }
+        want = want < held_room ? want : held_room;
+    }
     if (line_mode(w) && c->partial_line.capacity > 0) {
         size_t held_room = c->partial_line.capacity - c->partial_line.len;
         if (held_room == 0) {
@@ -382,23 +395,24 @@ size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_b
 
 /* ---------------------------------------------------------------- events */
 
-/* ws, once the server has begun to stop: close 1001 "going away", then FIN. */
-static int ws_going_away(fe_worker *w, fe_conn *c)
-{
-    size_t before = held(c);
-    int rc = fe_ws_close(&c->ws_state->dec, 1001, "going away", &c->out);
-    account_memory(w, before, held(c));
-    if (rc != 0)
-        return -1;
-    fe_counter_add(&w->ws_closes[fe_ws_close_slot(1001)], 1);
-    finish(c, FE_CLOSE_SHUTDOWN);
-    return 0;
-}
-
 void fe_conn_ws_going_away(fe_worker *w, fe_conn *c)
 {
-    if (c->ws && c->ws_state->upgraded && !c->finishing && ws_going_away(w, c) != 0)
-        finish(c, FE_CLOSE_NO_MEMORY); /* no room for the frame: FIN alone */
+    fe_ws_conn *ws = c->ws_state;
+    if (!c->ws || !ws->upgraded || c->finishing || ws->going_away)
+        return;
+    size_t before = held(c);
+    int rc = fe_ws_close(&ws->dec, FE_WS_CLOSE_GOING_AWAY, "going away", &c->out);
+    account_memory(w, before, held(c));
+    if (rc == 1) {
+        /* A streamed frame's echo is part-way out: the close follows it,
+         * from the fe_ws_feed that ends it (ws_frames_input); reading goes
+         * on meanwhile, until the drain deadline. */
+        ws->going_away = true;
+        return;
+    }
+    if (rc == 0)
+        fe_counter_add(&w->ws_closes[fe_ws_close_slot(FE_WS_CLOSE_GOING_AWAY)], 1);
+    finish(c, rc == 0 ? FE_CLOSE_SHUTDOWN : FE_CLOSE_NO_MEMORY); /* no memory: FIN alone */
 }
 
 /* ws, upgraded: frames in, echoes (and pongs, and at most one close frame)
@@ -419,7 +433,9 @@ static int ws_frames_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, 
     }
     if (rc == FE_WS_CLOSE && !c->finishing) {
         fe_counter_add(&w->ws_closes[fe_ws_close_slot(info.close_code)], 1);
-        finish(c, info.peer_closed ? FE_CLOSE_WS_CLOSE : FE_CLOSE_WS_PROTOCOL);
+        finish(c, info.peer_closed               ? FE_CLOSE_WS_CLOSE
+                  : c->ws_state->going_away ? FE_CLOSE_SHUTDOWN /* the stop's deferred 1001 */
+                                            : FE_CLOSE_WS_PROTOCOL);
     }
     return 0;
 }

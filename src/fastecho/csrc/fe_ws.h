@@ -17,6 +17,7 @@ typedef struct fe_ws_conn {
     fe_ws_request req; /* the request head's parse, resumed on each read */
     fe_ws_decoder dec; /* once upgraded */
     bool upgraded;
+    bool going_away;   /* the stop's close 1001 waits for a streamed frame's echo to end */
 } fe_ws_conn;
 
 /* The counter slot (fe_stats.ws_http) of a final parse answer. */

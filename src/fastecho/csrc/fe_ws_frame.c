@@ -430,6 +430,11 @@ size_t fe_ws_decoder_held(const fe_ws_decoder *d)
     return d->msg_cap;
 }
 
+size_t fe_ws_decoder_room(const fe_ws_decoder *d)
+{
+    return d->msg_cap - d->msg_len;
+}
+
 bool fe_ws_closing(const fe_ws_decoder *d)
 {
     return d->closing;

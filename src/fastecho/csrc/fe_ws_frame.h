@@ -131,6 +131,11 @@ void fe_ws_decoder_free(fe_ws_decoder *d);
  * Never more than max_message. */
 size_t fe_ws_decoder_held(const fe_ws_decoder *d);
 
+/* Payload bytes the held message's buffer can still take without growing
+ * (0 when none is held): under a spent memory budget, a connection holding
+ * a message may read into that room, and no further. */
+size_t fe_ws_decoder_room(const fe_ws_decoder *d);
+
 /* Feeds the next n client bytes (in may be NULL when n is 0). Appends to out
  * the echo of every message completed, a pong for every ping, and at most
  * one close frame over the decoder's life; *info says what happened in this
