@@ -398,7 +398,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         if (piece)
             memcpy(copy, in + at, piece);
-        size_t held = fe_ws_decoder_held(&d), before = out.len;
+        /* The bound as fe_ws_frame.h states it: L is the held message's
+         * payload (d.msg_len, at most what fe_ws_decoder_held reports). */
+        size_t held = d.msg_len, before = out.len;
+        if (held > fe_ws_decoder_held(&d))
+            fail("held message longer than fe_ws_decoder_held");
         fe_ws_feed_info info;
         int rc = fe_ws_feed(&d, piece ? copy : NULL, piece, &out, &info);
         free(copy);
