@@ -5,7 +5,13 @@
 #   fuzz_line   line mode's framing (tests/fuzz/fuzz_line.c), checked against
 #               a whole-input reference model;
 #   fuzz_proxy  the PROXY protocol v1/v2 header parser (tests/fuzz/fuzz_proxy.c),
-#               checked against its contract (prefixes, finality, built headers).
+#               checked against its contract (prefixes, finality, built headers);
+#   fuzz_ws_frame  the WebSocket frame codec (tests/fuzz/fuzz_ws_frame.c), fed
+#               in pieces and checked against a whole-input reference decoder
+#               (output, close codes, counts, the output bound, held memory);
+#   fuzz_ws_http   the WebSocket handshake parser and its answers
+#               (tests/fuzz/fuzz_ws_http.c): split invariance, finality and
+#               invariants of each answer.
 # Exits non-zero on any crash, sanitizer report or invariant violation; new
 # inputs and crash artifacts go to build/fuzz/tests/c.
 # Usage: ci/fuzz.sh [SECONDS]   (per target; default 60; needs clang: apt-get install clang)

@@ -558,7 +558,7 @@ static void run(uint64_t max_message, const uint8_t *in, size_t n, size_t max_pi
             piece = n - at;
         uint8_t *copy = xmalloc(piece);
         memcpy(copy, in + at, piece);
-        size_t held = fe_ws_decoder_held(&d), before = res->out.len;
+        size_t held = d.msg_len, before = res->out.len; /* L in fe_ws_frame.h's bound */
         fe_ws_feed_info info;
         int rc = fe_ws_feed(&d, copy, piece, &res->out, &info);
         free(copy);

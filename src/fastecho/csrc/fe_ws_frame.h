@@ -44,7 +44,8 @@
  * those on its length when the extended length has.
  *
  * Output bound (what backpressure relies on). Let L be the payload bytes of
- * the message held at the start of a call (at most fe_ws_decoder_held(d)).
+ * the message held at the start of a call (d->msg_len, at most
+ * fe_ws_decoder_held(d)).
  * One fe_ws_feed of n bytes appends at most n + L + 14 bytes:
  * - every frame's echo is no longer than the client's frame (the mask's 4
  *   bytes pay for any difference in length encoding), except that a held
