@@ -142,6 +142,18 @@ static int connect_tcp(int rcvbuf)
     return fd;
 }
 
+/* Blocks SIGPIPE in the calling thread: a write to a connection the server
+ * has reset raises it (OpenSSL writes with write(), not send(MSG_NOSIGNAL)).
+ * The test's own threads block it; the server's threads must cope on their
+ * own (see start_server). */
+static void block_sigpipe(void)
+{
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+}
+
 static int send_all(int fd, const unsigned char *buf, size_t len)
 {
     while (len > 0) {
@@ -998,13 +1010,7 @@ static int line_round(unsigned int *seed)
 
 static void *client_main(void *arg)
 {
-    /* A write to a connection the server has reset raises SIGPIPE (OpenSSL
-     * writes with write(), not send(MSG_NOSIGNAL)): the clients block it;
-     * the server's threads must cope on their own (see start_server). */
-    sigset_t pipe_set;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    block_sigpipe();
     unsigned int seed = (unsigned int)(uintptr_t)arg * 7919u + 1;
     int rounds = tls_run ? TLS_ROUNDS_PER_CLIENT : ROUNDS_PER_CLIENT;
     for (int i = 0; i < rounds; i++)
@@ -1037,8 +1043,10 @@ static void *stats_reader_main(void *arg)
 
 /* Connects HOARDERS clients that send without ever reading, each until the
  * server stops taking its bytes (or 16 MiB), so that the memory budget is
- * spent while the other clients run. */
-static void start_hoarders(client *hoarders)
+ * spent while the other clients run. begin (NULL: none) runs on each
+ * hoarder (its index i) before it turns non-blocking: a WebSocket upgrade
+ * and the header of the frame the junk is the payload of, say. */
+static void start_hoarders(client *hoarders, int (*begin)(client *c, int i))
 {
     static unsigned char junk[65536];
     memset(junk, 'm', sizeof junk);
@@ -1051,21 +1059,51 @@ static void start_hoarders(client *hoarders)
             hoarders[i].fd = -1;
             continue;
         }
+        if (begin && begin(&hoarders[i], i) != 0) {
+            fprintf(stderr, "stress_core: hoarder %d could not begin\n", i);
+            atomic_fetch_add(&failures, 1);
+            client_close(&hoarders[i], false);
+            hoarders[i].fd = -1;
+            continue;
+        }
         int small = 4096;
         setsockopt(hoarders[i].fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
         fcntl(hoarders[i].fd, F_SETFL, fcntl(hoarders[i].fd, F_GETFL) | O_NONBLOCK);
     }
+    int pushes[HOARDERS] = {0}; /* each at most sizeof junk: 16 MiB in 256 */
     for (int pass = 0, stalled = 0; pass < 4000 && stalled < 50; pass++) {
         bool progress = false;
         for (int i = 0; i < HOARDERS; i++) {
-            if (hoarders[i].fd >= 0 && client_push(&hoarders[i], junk, sizeof junk))
+            if (hoarders[i].fd >= 0 && pushes[i] < 256 && client_push(&hoarders[i], junk, sizeof junk)) {
+                pushes[i]++;
                 progress = true;
+            }
         }
         stalled = progress ? 0 : stalled + 1;
         if (!progress) {
             struct timespec pause = {.tv_nsec = 2000000};
             nanosleep(&pause, NULL);
         }
+    }
+}
+
+/* The hoarders of a budget run: they must have spent the budget, and may
+ * pass it only by the slack fe_config.max_memory allows (far below twice). */
+static void hoard(fe_server *srv, client *hoarders, int (*begin)(client *c, int i))
+{
+    start_hoarders(hoarders, begin);
+    fe_stats spent;
+    fe_server_stats(srv, &spent);
+    EXPECT(spent.memory_budget_waits > 0 && spent.memory_held <= 2 * BUDGET_BYTES,
+           "hoarders left %llu bytes held (budget %zu) after %llu budget waits",
+           (unsigned long long)spent.memory_held, BUDGET_BYTES, (unsigned long long)spent.memory_budget_waits);
+}
+
+static void close_hoarders(client *hoarders)
+{
+    for (int i = 0; i < HOARDERS; i++) {
+        if (hoarders[i].fd >= 0)
+            client_close(&hoarders[i], false);
     }
 }
 
@@ -1110,6 +1148,44 @@ static int start_server(fe_server *srv, const fe_listener *listeners, size_t cou
     return rc;
 }
 
+/* A server from cfg, serving listener (its fd set here: a new ephemeral
+ * listening socket, the caller's to close) with tls when that is not NULL.
+ * NULL when it could not start (said on stderr). */
+static fe_server *serve(const fe_config *cfg, fe_listener *listener, fe_tls *tls)
+{
+    listener->fd = listen_ephemeral();
+    fe_server *srv = NULL;
+    char err[256];
+    if (fe_server_create(cfg, &srv, err, sizeof err) != 0) {
+        fprintf(stderr, "stress_core: %s\n", err);
+        return NULL;
+    }
+    if (tls)
+        fe_server_set_tls(srv, tls);
+    if (start_server(srv, listener, 1, err, sizeof err) != 0) {
+        fprintf(stderr, "stress_core: %s\n", err);
+        fe_server_destroy(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+/* After fe_server_shutdown: every worker must be gone within 10 s. */
+static void wait_stopped(fe_server *srv)
+{
+    EXPECT(fe_server_wait(srv, 10000), "workers did not stop within 10 s");
+}
+
+/* A stopped server's counters: no connection left, no memory held. */
+static void check_stopped(const fe_stats *st)
+{
+    EXPECT(st->connections_active == 0 && st->connections_accepted == st->connections_closed,
+           "connections leaked: accepted %llu, closed %llu, active %llu",
+           (unsigned long long)st->connections_accepted, (unsigned long long)st->connections_closed,
+           (unsigned long long)st->connections_active);
+    EXPECT(st->memory_held == 0, "%llu bytes still counted as held after stop", (unsigned long long)st->memory_held);
+}
+
 /* Byte counters against the bytes whose echo was checked. */
 static int check_bytes(const fe_stats *st, bool line_mode)
 {
@@ -1128,7 +1204,6 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     line_mode_run = line_mode;
     atomic_store(&verified_in, 0);
     atomic_store(&verified_out, 0);
-    int listen_fd = listen_ephemeral();
     fe_config cfg;
     fe_config_init(&cfg);
     cfg.threads = threads;
@@ -1160,32 +1235,19 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     if (tls_run) /* short enough for the silent clients to wait out */
         cfg.tls_handshake_timeout_ms = TLS_TIMEOUT_MS;
 #endif
-    fe_server *srv = NULL;
-    char err[256];
-    if (fe_server_create(&cfg, &srv, err, sizeof err) != 0) {
-        fprintf(stderr, "stress_core: %s\n", err);
-        return 1;
-    }
+    fe_listener listener = {.proxy = proxy_run, .tls = tls_run};
 #ifdef FE_WITH_TLS
-    if (tls_run)
-        fe_server_set_tls(srv, tls_a);
+    fe_server *srv = serve(&cfg, &listener, tls_run ? tls_a : NULL);
+#else
+    fe_server *srv = serve(&cfg, &listener, NULL);
 #endif
-    fe_listener listener = {.fd = listen_fd, .proxy = proxy_run, .tls = tls_run};
-    if (start_server(srv, &listener, 1, err, sizeof err) != 0) {
-        fprintf(stderr, "stress_core: %s\n", err);
+    if (srv == NULL)
         return 1;
-    }
+    int listen_fd = listener.fd;
 
     client hoarders[HOARDERS];
     if (budget)
-        start_hoarders(hoarders);
-    fe_stats spent;
-    fe_server_stats(srv, &spent);
-    if (budget && (spent.memory_budget_waits == 0 || spent.memory_held > 2 * BUDGET_BYTES)) {
-        fprintf(stderr, "stress_core: hoarders left %llu bytes held after %llu budget waits\n",
-                (unsigned long long)spent.memory_held, (unsigned long long)spent.memory_budget_waits);
-        atomic_fetch_add(&failures, 1);
-    }
+        hoard(srv, hoarders, NULL);
 
     atomic_store(&stop_stats_reader, false);
     pthread_t stats_reader, clients[CLIENT_THREADS];
@@ -1202,10 +1264,8 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     if (tls_run)
         tls_clients_done(srv);
 #endif
-    for (int i = 0; budget && i < HOARDERS; i++) {
-        if (hoarders[i].fd >= 0)
-            client_close(&hoarders[i], false);
-    }
+    if (budget)
+        close_hoarders(hoarders);
 
     /* Clients still connected and mid-stream when the stop begins. In line
      * mode the request is one line and the reply carries the suffix. */
@@ -1242,10 +1302,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     }
     fe_server_shutdown(srv, 100, 500);
     close(listen_fd);
-    if (!fe_server_wait(srv, 10000)) {
-        fprintf(stderr, "stress_core: workers did not stop within 10 s\n");
-        atomic_fetch_add(&failures, 1);
-    }
+    wait_stopped(srv);
     /* Each lingering client gets its reply, then an orderly end: FIN, and
      * over TLS a close_notify before it (the server stopped gracefully
      * after echoing everything it received). */
@@ -1273,15 +1330,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
            (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
            (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent,
            (double)(now_ms() - started) / 1000);
-    if (st.connections_active != 0 || st.connections_accepted != st.connections_closed) {
-        fprintf(stderr, "stress_core: connections leaked\n");
-        atomic_fetch_add(&failures, 1);
-    }
-    if (st.memory_held != 0) {
-        fprintf(stderr, "stress_core: %llu bytes still counted as held after stop\n",
-                (unsigned long long)st.memory_held);
-        atomic_fetch_add(&failures, 1);
-    }
+    check_stopped(&st);
     check_bytes(&st, line_mode);
 #ifdef FE_WITH_TLS
     if (tls_run)
@@ -1300,23 +1349,15 @@ static int quiet_timeout_run(void)
 {
     int64_t started = now_ms();
     memset(&tls_seen, 0, sizeof tls_seen);
-    int listen_fd = listen_ephemeral();
     fe_config cfg;
     fe_config_init(&cfg);
     cfg.threads = 2;
     cfg.tls_handshake_timeout_ms = QUIET_TIMEOUT_MS;
-    fe_server *srv = NULL;
-    char err[256];
-    if (fe_server_create(&cfg, &srv, err, sizeof err) != 0) {
-        fprintf(stderr, "stress_core: %s\n", err);
+    fe_listener listener = {.tls = true};
+    fe_server *srv = serve(&cfg, &listener, tls_b);
+    if (srv == NULL)
         return 1;
-    }
-    fe_server_set_tls(srv, tls_b);
-    fe_listener listener = {.fd = listen_fd, .tls = true};
-    if (start_server(srv, &listener, 1, err, sizeof err) != 0) {
-        fprintf(stderr, "stress_core: %s\n", err);
-        return 1;
-    }
+    int listen_fd = listener.fd;
     unsigned int seed = 99;
     enum { GOOD = 4, SILENT = 4 };
     for (int phase = 0; phase < 2; phase++) {
@@ -1339,10 +1380,7 @@ static int quiet_timeout_run(void)
     forget_sessions();
     fe_server_shutdown(srv, 100, 500);
     close(listen_fd);
-    if (!fe_server_wait(srv, 10000)) {
-        fprintf(stderr, "stress_core: workers did not stop within 10 s\n");
-        atomic_fetch_add(&failures, 1);
-    }
+    wait_stopped(srv);
     fe_stats st;
     fe_server_stats(srv, &st);
     fe_server_destroy(srv);
@@ -1358,6 +1396,994 @@ static int quiet_timeout_run(void)
     CHECK(st.closes[FE_CLOSE_TLS_TIMEOUT] == 2 * SILENT, "quiet run: %llu timeouts, %d silent clients",
           (unsigned long long)st.closes[FE_CLOSE_TLS_TIMEOUT], 2 * SILENT);
     return 0;
+}
+#endif
+
+/* ---------------------------------------------------------------- WebSocket */
+
+#ifdef FE_WITH_TLS
+/* WebSocket runs (ws listeners need libcrypto, so they come with TLS, and
+ * wss:// goes through the TLS clients above): clients upgrade (the 101 and
+ * its Sec-WebSocket-Accept checked), then send masked frames of random
+ * sizes and kinds, in random pieces: binary frames (streamed by the server,
+ * so their echo is read as they go), text (valid UTF-8, held until whole),
+ * fragmented messages with pings and pongs between the fragments, bursts of
+ * small messages in one write; then a close handshake, a FIN or a reset.
+ * Beside them: HTTP requests that are no upgrade (the page, 400 to 426),
+ * protocol violations (close 1002, 1007, 1009), clients that vanish
+ * mid-frame or never finish their request head; in the budget run, hoarders
+ * that stream or hold messages without reading. Then a stop while clients
+ * are mid-message: each upgraded one gets close 1001 before its end. Every
+ * answer the clients get is counted, and the server's counters must match
+ * exactly (see ws_check). */
+
+enum {
+    WS_THREADS = 6,
+    WS_SESSIONS = 10,          /* per client thread */
+    WS_MAX_HEADER = 1024,      /* ws_max_header: the oversized heads pass it */
+    WS_TIMEOUT_MS = 1500,      /* ws_handshake_timeout_ms: the silent clients wait it out */
+    WS_DRAIN_MS = 800,         /* the stop's drain: shorter than WS_TIMEOUT_MS (see ws_linger) */
+    WS_SILENT = 4,
+    WS_LINGER_ROUNDS = 2,      /* of every kind of lingering client */
+    WS_MID_SENT = 5000,        /* a lingering binary frame's payload sent before the stop ... */
+    WS_MID_TOTAL = 20000,      /* ... of this many */
+    WS_CONT = 0x0,
+    WS_TEXT = 0x1,
+    WS_BINARY = 0x2,
+    WS_CLOSE = 0x8,
+    WS_PING = 0x9,
+    WS_PONG = 0xA,
+    WS_FIN = 0x80,
+    WS_MAX_CONTROL = 125, /* the largest control frame payload */
+    WS_PROTOCOL_ERROR = 1002,
+    WS_BAD_DATA = 1007,
+    WS_TOO_BIG = 1009,
+};
+/* ws_max_message: above anything a hoarder pushes (16 MiB), and what their
+ * frames announce. */
+#define WS_MAX_MESSAGE ((uint64_t)32 << 20)
+static const char ws_path[] = "/echo";
+
+/* What the clients of a ws run were answered, and what they caused. */
+static struct {
+    atomic_uint http[FE_WS_HTTP_COUNT];         /* answers read, by kind (upgrades included) */
+    atomic_uint closes[FE_WS_CLOSE_SLOTS];      /* close frames read, by code */
+    atomic_uint messages, pongs;                /* echoed messages and pongs read back whole */
+    atomic_uint reasons[FE_CLOSE_REASON_COUNT]; /* closes caused, where the reason is certain */
+} ws_seen;
+
+/* The header of a client frame: b0 is FIN, RSV and opcode; len the length
+ * announced, in form 0 (the shortest), 126 or 127 (forced); masked with key
+ * (NULL: not masked). Returns its length (at most 14). */
+static size_t ws_header(unsigned char *h, unsigned b0, uint64_t len, int form, const unsigned char *key)
+{
+    if (form == 0)
+        form = len < 126 ? 0 : len < 65536 ? 126 : 127;
+    size_t n = 0;
+    h[n++] = (unsigned char)b0;
+    h[n++] = (unsigned char)((key ? 0x80 : 0) | (form ? (unsigned)form : (unsigned)len));
+    for (int shift = form == 126 ? 8 : form == 127 ? 56 : -8; shift >= 0; shift -= 8)
+        h[n++] = (unsigned char)(len >> shift);
+    if (key) {
+        memcpy(h + n, key, 4);
+        n += 4;
+    }
+    return n;
+}
+
+/* A whole client frame into out (room for n + 14): masked with a random
+ * key, or not when seed is NULL. Returns its length. */
+static size_t ws_frame(unsigned char *out, unsigned b0, const unsigned char *payload, size_t n, unsigned int *seed)
+{
+    unsigned char key[4];
+    for (int i = 0; seed && i < 4; i++)
+        key[i] = (unsigned char)rand_r(seed);
+    size_t h = ws_header(out, b0, n, 0, seed ? key : NULL);
+    for (size_t i = 0; i < n; i++)
+        out[h + i] = seed ? payload[i] ^ key[i % 4] : payload[i];
+    return h + n;
+}
+
+/* Sends buf in random pieces of up to max bytes, so that frames and heads
+ * span the server's reads. */
+static int ws_send_pieces(client *c, const unsigned char *buf, size_t len, unsigned int *seed, size_t max)
+{
+    for (size_t sent = 0, piece; sent < len; sent += piece) {
+        piece = 1 + (size_t)rand_r(seed) % max;
+        if (piece > len - sent)
+            piece = len - sent;
+        if (client_send(c, buf + sent, piece) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Sends one masked frame (in pieces). */
+static int ws_send(client *c, unsigned b0, const unsigned char *payload, size_t n, unsigned int *seed)
+{
+    unsigned char *frame = malloc(n + 14);
+    CHECK(frame, "out of memory");
+    size_t len = ws_frame(frame, b0, payload, n, seed);
+    int rc = ws_send_pieces(c, frame, len, seed, 3000);
+    free(frame);
+    CHECK(rc == 0, "sending a %zu-byte frame failed", n);
+    atomic_fetch_add(&verified_in, len);
+    return 0;
+}
+
+/* Reads a server frame's header: FIN set, no RSV bit, not masked (the
+ * length in any form). */
+static int ws_recv_header(client *c, unsigned *b0, uint64_t *len)
+{
+    unsigned char h[8];
+    CHECK(client_recv(c, h, 2) == 0, "no frame header from the server");
+    *b0 = h[0];
+    CHECK((h[0] & 0xF0) == WS_FIN && !(h[1] & 0x80), "a server frame starts %02x %02x", h[0], h[1]);
+    *len = h[1] & 0x7F;
+    if (*len >= 126) {
+        size_t ext = *len == 126 ? 2 : 8;
+        CHECK(client_recv(c, h, ext) == 0, "a server frame's length was cut off");
+        *len = 0;
+        for (size_t i = 0; i < ext; i++)
+            *len = *len << 8 | h[i];
+    }
+    atomic_fetch_add(&verified_out, 2);
+    return 0;
+}
+
+/* Reads a server frame whose payload fits cap bytes at payload. */
+static int ws_recv(client *c, unsigned *b0, unsigned char *payload, size_t cap, size_t *len)
+{
+    uint64_t n;
+    if (ws_recv_header(c, b0, &n) != 0)
+        return -1;
+    CHECK(n <= cap, "a %llu-byte server frame (opcode %u), %zu expected at most", (unsigned long long)n, *b0 & 15,
+          cap);
+    CHECK(n == 0 || client_recv(c, payload, (size_t)n) == 0, "a server frame's payload was cut off");
+    *len = (size_t)n;
+    atomic_fetch_add(&verified_out, n);
+    return 0;
+}
+
+/* Reads the next frame: it must be opcode op with exactly payload[0, n). A
+ * pong is counted, as is a data message. */
+static int ws_expect(client *c, unsigned op, const unsigned char *payload, size_t n)
+{
+    unsigned char *got = malloc(n ? n : 1);
+    CHECK(got, "out of memory");
+    unsigned b0 = 0;
+    size_t len = 0;
+    int rc = ws_recv(c, &b0, got, n, &len);
+    bool same = rc == 0 && (b0 & 15) == op && len == n && memcmp(got, payload, n) == 0;
+    free(got);
+    CHECK(same, "expected opcode %u of %zu bytes, got opcode %u of %zu bytes%s", op, n, b0 & 15, len,
+          rc == 0 && len == n && (b0 & 15) == op ? " that differ" : "");
+    atomic_fetch_add(op == WS_PONG ? &ws_seen.pongs : &ws_seen.messages, 1);
+    return 0;
+}
+
+/* Reads the server's close frame: code (0: none) and reason, then the
+ * server's orderly end. Counted by code. */
+static int ws_expect_close(client *c, uint16_t code, const char *reason)
+{
+    unsigned char got[WS_MAX_CONTROL];
+    unsigned b0 = 0;
+    size_t len = 0;
+    if (ws_recv(c, &b0, got, sizeof got, &len) != 0)
+        return -1;
+    size_t rlen = strlen(reason);
+    uint16_t got_code = len >= 2 ? (uint16_t)(got[0] << 8 | got[1]) : 0;
+    CHECK((b0 & 15) == WS_CLOSE && got_code == code && len == (code ? 2 + rlen : 0) &&
+              memcmp(got + 2, reason, rlen) == 0,
+          "expected close %u \"%s\", got opcode %u, %zu bytes, code %u", code, reason, b0 & 15, len, got_code);
+    atomic_fetch_add(&ws_seen.closes[code ? (code >= 1000 && code < 1016 ? code - 1000 : FE_WS_CLOSE_APPLICATION)
+                                          : FE_WS_CLOSE_NONE],
+                     1);
+    CHECK(client_sees_end(c), "close %u, then no orderly end", code);
+    return 0;
+}
+
+/* n bytes of valid UTF-8 (RFC 3629): characters of 1 to 4 bytes, no
+ * surrogates, nothing past U+10FFFF. */
+static void ws_utf8(unsigned char *out, size_t n, unsigned int *seed)
+{
+    for (size_t i = 0; i < n;) {
+        size_t bytes = 1 + (size_t)rand_r(seed) % 4;
+        if (bytes > n - i)
+            bytes = 1;
+        uint32_t cp;
+        if (bytes == 1) {
+            cp = 0x20 + (uint32_t)rand_r(seed) % 0x5F;
+            out[i] = (unsigned char)cp;
+        } else if (bytes == 2) {
+            cp = 0x80 + (uint32_t)rand_r(seed) % 0x780;
+            out[i] = (unsigned char)(0xC0 | cp >> 6);
+        } else if (bytes == 3) {
+            do
+                cp = 0x800 + (uint32_t)rand_r(seed) % 0xF800;
+            while (cp >= 0xD800 && cp <= 0xDFFF);
+            out[i] = (unsigned char)(0xE0 | cp >> 12);
+        } else {
+            cp = 0x10000 + (uint32_t)rand_r(seed) % 0x100000;
+            out[i] = (unsigned char)(0xF0 | cp >> 18);
+        }
+        for (size_t k = 1; k < bytes; k++)
+            out[i + k] = (unsigned char)(0x80 | ((cp >> (6 * (bytes - 1 - k))) & 0x3F));
+        i += bytes;
+    }
+}
+
+/* Random bytes, or for text valid UTF-8. */
+static void ws_payload(unsigned char *out, size_t n, bool text, unsigned int *seed)
+{
+    if (text) {
+        ws_utf8(out, n, seed);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = (unsigned char)rand_r(seed);
+}
+
+/* An upgrade request at ws_path for a fresh random key (key: 25 bytes,
+ * the 24 characters and a NUL), with header names in random case and now
+ * and then bare LF line ends. Returns its length. */
+static size_t ws_request(char *out, size_t cap, char *key, unsigned int *seed)
+{
+    unsigned char raw[16];
+    for (int i = 0; i < 16; i++)
+        raw[i] = (unsigned char)rand_r(seed);
+    EVP_EncodeBlock((unsigned char *)key, raw, 16);
+    const char *eol = rand_r(seed) % 4 == 0 ? "\n" : "\r\n";
+    int variant = rand_r(seed) % 2;
+    int n = snprintf(out, cap,
+                     "GET %s%s HTTP/1.1\r\n%s: 127.0.0.1%s%s: %s%s%s: %s%s%s: %s%s%s: 13%s"
+                     "Origin: http://127.0.0.1%sSec-WebSocket-Extensions: permessage-deflate%s%s",
+                     ws_path, variant ? "?x=1" : "", variant ? "host" : "Host", eol,
+                     variant ? "upgrade" : "Upgrade", variant ? "WebSocket" : "websocket", eol,
+                     variant ? "CONNECTION" : "Connection", variant ? "keep-alive, Upgrade" : "Upgrade", eol,
+                     variant ? "sec-websocket-key" : "Sec-WebSocket-Key", key, eol,
+                     variant ? "sec-websocket-version" : "Sec-WebSocket-Version", eol, eol, eol, eol);
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+/* Reads an HTTP answer's head, through its blank line (cap: room for it
+ * and a NUL). Returns its length, or 0. */
+static size_t ws_read_head(client *c, char *head, size_t cap)
+{
+    size_t n = 0;
+    while (n + 1 < cap && (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4) != 0)) {
+        if (client_recv(c, (unsigned char *)head + n, 1) != 0)
+            return 0; /* one byte at a time: what follows the head stays unread */
+        n++;
+    }
+    head[n] = '\0';
+    return n >= 4 && memcmp(head + n - 4, "\r\n\r\n", 4) == 0 ? n : 0;
+}
+
+/* Reads the 101 for key: its Sec-WebSocket-Accept must be base64(SHA-1(key
+ * and the RFC 6455 GUID)), computed here with libcrypto. */
+static int ws_expect_upgrade(client *c, const char *key)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    char head[1024], text[64], accept[64], want[128];
+    size_t n = ws_read_head(c, head, sizeof head);
+    CHECK(n > 0, "no answer to the upgrade");
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    snprintf(text, sizeof text, "%s%s", key, guid);
+    CHECK(EVP_Digest(text, strlen(text), md, &md_len, EVP_sha1(), NULL) == 1 && md_len == 20, "SHA-1 failed");
+    EVP_EncodeBlock((unsigned char *)accept, md, 20);
+    snprintf(want, sizeof want, "\r\nSec-WebSocket-Accept: %s\r\n", accept);
+    CHECK(strncmp(head, "HTTP/1.1 101 ", 13) == 0 && strstr(head, want) != NULL &&
+              strstr(head, "\r\nUpgrade: websocket\r\n") != NULL,
+          "upgrade answered: %.200s", head);
+    atomic_fetch_add(&ws_seen.http[FE_WS_HTTP_UPGRADE], 1);
+    return 0;
+}
+
+/* Upgrades c; first (n bytes, may be 0) goes out with the request's last
+ * piece, so that frames arrive with the head. */
+static int ws_upgrade(client *c, unsigned int *seed, const unsigned char *first, size_t n)
+{
+    char request[512 + 14 + 200], key[25];
+    size_t len = ws_request(request, sizeof request - n, key, seed);
+    if (n > 0)
+        memcpy(request + len, first, n);
+    CHECK(len > 0 && ws_send_pieces(c, (unsigned char *)request, len + n, seed, 200) == 0 &&
+              ws_expect_upgrade(c, key) == 0,
+          "upgrade failed");
+    return 0;
+}
+
+/* Connects (over TLS in wss runs) and upgrades (see ws_upgrade). */
+static int ws_open(client *c, unsigned int *seed, const unsigned char *first, size_t n)
+{
+    if (client_open(c, seed) != 0)
+        return -1;
+    if (ws_upgrade(c, seed, first, n) != 0) {
+        client_close(c, false);
+        return -1;
+    }
+    return 0;
+}
+
+/* One binary frame of n bytes, sent in pieces, its echo read as it goes:
+ * the server streams it, so all that was sent must come back before more
+ * is (more than the output cap, read buffer and socket buffers). */
+static int ws_binary_streamed(client *c, unsigned int *seed, size_t n)
+{
+    unsigned char *payload = malloc(n + 1), *frame = malloc(n + 14), *echo = malloc(n + 1);
+    int rc = payload && frame && echo ? 0 : -1;
+    size_t len = 0, hlen = 0, got = 0;
+    if (rc == 0) {
+        ws_payload(payload, n, false, seed);
+        len = ws_frame(frame, WS_FIN | WS_BINARY, payload, n, seed);
+        hlen = len - n;
+    }
+    bool echo_header = false;
+    for (size_t sent = 0, piece; rc == 0 && sent < len; sent += piece) {
+        piece = 1 + (size_t)rand_r(seed) % 20000;
+        piece = piece < len - sent ? piece : len - sent;
+        rc = client_send(c, frame + sent, piece);
+        if (rc == 0 && sent + piece >= hlen && !echo_header) {
+            unsigned b0;
+            uint64_t echo_len;
+            rc = ws_recv_header(c, &b0, &echo_len);
+            rc = rc == 0 && b0 == (WS_FIN | WS_BINARY) && echo_len == n ? 0 : -1;
+            echo_header = true;
+        }
+        if (rc == 0 && sent + piece > hlen) {
+            size_t owed = sent + piece - hlen - got;
+            rc = client_recv(c, echo + got, owed);
+            got += owed;
+        }
+    }
+    bool same = rc == 0 && got == n && memcmp(payload, echo, n) == 0;
+    free(payload);
+    free(frame);
+    free(echo);
+    CHECK(same, "the streamed echo of a %zu-byte binary frame was lost or corrupted", n);
+    atomic_fetch_add(&ws_seen.messages, 1);
+    atomic_fetch_add(&verified_in, len);
+    atomic_fetch_add(&verified_out, n);
+    return 0;
+}
+
+/* A message of n bytes in fragments (some empty), with pings (each
+ * answered at once) and unsolicited pongs (ignored) between them; the
+ * pongs, then the message whole. */
+static int ws_fragmented(client *c, unsigned int *seed, bool text, size_t n)
+{
+    unsigned char *payload = malloc(n + 1);
+    CHECK(payload, "out of memory");
+    ws_payload(payload, n, text, seed);
+    unsigned char pings[4][WS_MAX_CONTROL];
+    size_t ping_len[4];
+    int fragments = 2 + rand_r(seed) % 4, ping_count = 0, rc = 0;
+    for (int f = 0, done = 0; f < fragments && rc == 0; f++) {
+        size_t at = f == fragments - 1 ? n : (size_t)done + (size_t)rand_r(seed) % (n - (size_t)done + 1);
+        unsigned b0 = (f == 0 ? (text ? WS_TEXT : WS_BINARY) : WS_CONT) | (f == fragments - 1 ? WS_FIN : 0);
+        rc = ws_send(c, b0, payload + done, at - (size_t)done, seed);
+        done = (int)at;
+        if (rc == 0 && f < fragments - 1 && rand_r(seed) % 2 == 0) {
+            size_t k = (size_t)rand_r(seed) % (WS_MAX_CONTROL + 1);
+            ws_payload(pings[ping_count], k, false, seed);
+            ping_len[ping_count] = k;
+            rc = ws_send(c, WS_FIN | WS_PING, pings[ping_count++], k, seed);
+        }
+        if (rc == 0 && rand_r(seed) % 4 == 0)
+            rc = ws_send(c, WS_FIN | WS_PONG, payload, n < 10 ? n : 10, seed);
+    }
+    for (int i = 0; i < ping_count && rc == 0; i++)
+        rc = ws_expect(c, WS_PONG, pings[i], ping_len[i]);
+    if (rc == 0)
+        rc = ws_expect(c, text ? WS_TEXT : WS_BINARY, payload, n);
+    free(payload);
+    return rc;
+}
+
+/* 2 to 16 small messages (and a ping) in one write, then their echoes. */
+static int ws_burst(client *c, unsigned int *seed)
+{
+    enum { MAX = 16, SMALL = 300 };
+    unsigned char payload[MAX][SMALL], frames[MAX * (SMALL + 14)];
+    size_t lens[MAX], len = 0;
+    unsigned ops[MAX];
+    int count = 2 + rand_r(seed) % (MAX - 1);
+    for (int i = 0; i < count; i++) {
+        ops[i] = i == count / 2 ? WS_PING : 1 + (unsigned)rand_r(seed) % 2;
+        lens[i] = (size_t)rand_r(seed) % (ops[i] == WS_PING ? WS_MAX_CONTROL : SMALL);
+        ws_payload(payload[i], lens[i], ops[i] == WS_TEXT, seed);
+        len += ws_frame(frames + len, WS_FIN | ops[i], payload[i], lens[i], seed);
+    }
+    CHECK(client_send(c, frames, len) == 0, "a burst of %d messages could not be sent", count);
+    atomic_fetch_add(&verified_in, len);
+    for (int i = 0; i < count; i++)
+        if (ws_expect(c, ops[i] == WS_PING ? WS_PONG : ops[i], payload[i], lens[i]) != 0)
+            return -1;
+    return 0;
+}
+
+/* A close code a client may send (RFC 6455 7.4), and the server echoes. */
+static uint16_t ws_client_code(unsigned int *seed)
+{
+    static const uint16_t codes[] = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014};
+    if (rand_r(seed) % 3 == 0)
+        return (uint16_t)(3000 + rand_r(seed) % 2000);
+    return codes[rand_r(seed) % (int)(sizeof codes / sizeof codes[0])];
+}
+
+/* One client's session: an upgrade (frames now and then sent with it),
+ * messages of every kind, then a close handshake, a FIN or a reset. */
+static int ws_session(unsigned int *seed)
+{
+    client c;
+    unsigned char first[64];
+    size_t first_len = rand_r(seed) % 4 == 0 ? (size_t)rand_r(seed) % 40 : 0;
+    ws_payload(first, first_len, false, seed);
+    unsigned char frame[64 + 14];
+    size_t frame_len = first_len ? ws_frame(frame, WS_FIN | WS_BINARY, first, first_len, seed) : 0;
+    if (ws_open(&c, seed, frame, frame_len) != 0)
+        return -1;
+    int rc = first_len ? ws_expect(&c, WS_BINARY, first, first_len) : 0;
+    int messages = 1 + rand_r(seed) % 8;
+    for (int i = 0; i < messages && rc == 0; i++) {
+        int kind = rand_r(seed) % 5;
+        size_t big = rand_r(seed) % 8 == 0 ? 200000 : 3000;
+        size_t n = (size_t)rand_r(seed) % (big + 1);
+        if (kind == 0) {
+            rc = ws_binary_streamed(&c, seed, n);
+        } else if (kind == 1 || kind == 2) { /* held: text, or fragmented */
+            rc = kind == 1 ? ws_fragmented(&c, seed, true, n) : ws_fragmented(&c, seed, rand_r(seed) % 2, n);
+        } else if (kind == 3) {
+            rc = ws_burst(&c, seed);
+        } else { /* a lone text frame, or a ping */
+            bool ping = rand_r(seed) % 2;
+            n = ping ? n % (WS_MAX_CONTROL + 1) : n;
+            unsigned char *payload = malloc(n + 1);
+            CHECK(payload, "out of memory");
+            ws_payload(payload, n, !ping, seed);
+            rc = ws_send(&c, WS_FIN | (ping ? WS_PING : WS_TEXT), payload, n, seed);
+            if (rc == 0)
+                rc = ws_expect(&c, ping ? WS_PONG : WS_TEXT, payload, n);
+            free(payload);
+        }
+        maybe_key_update(&c, seed);
+    }
+    int end = rand_r(seed) % 4;
+    if (rc == 0 && end <= 1) { /* the close handshake: the code comes back (or none) */
+        uint16_t code = end == 0 ? ws_client_code(seed) : 0;
+        unsigned char payload[2 + 60];
+        size_t n = 0;
+        if (code) {
+            payload[0] = (unsigned char)(code >> 8);
+            payload[1] = (unsigned char)code;
+            n = 2 + (size_t)rand_r(seed) % 60;
+            ws_utf8(payload + 2, n - 2, seed);
+        }
+        rc = ws_send(&c, WS_FIN | WS_CLOSE, payload, n, seed);
+        if (rc == 0)
+            rc = ws_expect_close(&c, code, "");
+        if (rc == 0)
+            atomic_fetch_add(&ws_seen.reasons[FE_CLOSE_WS_CLOSE], 1);
+    } else if (rc == 0 && end == 2) { /* gone without a close frame */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    client_close(&c, rand_r(seed) % 2);
+    return rc;
+}
+
+static void *ws_client_main(void *arg)
+{
+    block_sigpipe();
+    unsigned int seed = (unsigned int)(uintptr_t)arg * 104729u + 7;
+    for (int i = 0; i < WS_SESSIONS; i++)
+        if (ws_session(&seed) != 0)
+            break;
+    forget_sessions();
+    return NULL;
+}
+
+/* ---- the clients that are no good ---- */
+
+/* A request that is no upgrade: its answer must be kind (the status, a
+ * Content-Length the body matches, no body for HEAD), then the end. */
+static int ws_http_case(const char *request, size_t len, enum fe_ws_http_kind kind, unsigned int *seed)
+{
+    client c;
+    if (client_open(&c, seed) != 0)
+        return -1;
+    char head[1024], status[16];
+    size_t body_len = 0;
+    int rc = ws_send_pieces(&c, (const unsigned char *)request, len, seed, 100);
+    size_t n = rc == 0 ? ws_read_head(&c, head, sizeof head) : 0;
+    snprintf(status, sizeof status, "HTTP/1.1 %d ", fe_ws_http_status(kind));
+    const char *cl = n ? strstr(head, "\r\nContent-Length: ") : NULL;
+    bool head_only = strncmp(request, "HEAD ", 5) == 0;
+    if (cl && !head_only)
+        body_len = strtoul(cl + 18, NULL, 10);
+    unsigned char *body = malloc(body_len + 1);
+    bool ok = n > 0 && strncmp(head, status, strlen(status)) == 0 && cl && body &&
+              (body_len == 0 || client_recv(&c, body, body_len) == 0) && client_sees_end(&c);
+    free(body);
+    client_close(&c, false);
+    CHECK(ok, "request %.30s...: expected %d, got %.60s", request, fe_ws_http_status(kind), n ? head : "nothing");
+    atomic_fetch_add(&ws_seen.http[kind], 1);
+    atomic_fetch_add(&ws_seen.reasons[FE_CLOSE_HTTP], 1);
+    return 0;
+}
+
+static int ws_http_cases(unsigned int *seed)
+{
+    static const struct {
+        const char *request;
+        enum fe_ws_http_kind kind;
+    } cases[] = {
+        {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", FE_WS_HTTP_PAGE},
+        {"HEAD /index.html?q HTTP/1.1\r\nHost: a\r\n\r\n", FE_WS_HTTP_PAGE},
+        {"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n", FE_WS_HTTP_NOT_FOUND},
+        {"GET /other HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+         FE_WS_HTTP_NOT_FOUND},
+        {"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", FE_WS_HTTP_METHOD},
+        {"GET /echo HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+         FE_WS_HTTP_VERSION},
+        {"GET /echo HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         "Sec-WebSocket-Version: 13\r\n\r\n",
+         FE_WS_HTTP_BAD_REQUEST},
+        {"GET /echo HTTP/1.0\r\nHost: a\r\n\r\n", FE_WS_HTTP_BAD_REQUEST},
+        {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", FE_WS_HTTP_BAD_REQUEST}, /* a ClientHello */
+        {"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n", FE_WS_HTTP_BAD_REQUEST},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (ws_http_case(cases[i].request, strlen(cases[i].request), cases[i].kind, seed) != 0)
+            return -1;
+    /* A head that never ends, past ws_max_header: 400 once it is that long. */
+    char big[WS_MAX_HEADER + 300];
+    size_t len = (size_t)snprintf(big, sizeof big, "GET %s HTTP/1.1\r\nHost: a\r\n", ws_path);
+    while (len + 20 < sizeof big)
+        len += (size_t)snprintf(big + len, sizeof big - len, "X-Pad: %010d\r\n", rand_r(seed));
+    return ws_http_case(big, len, FE_WS_HTTP_BAD_REQUEST, seed);
+}
+
+/* Protocol violation i (once upgraded) into out, and the close code it
+ * must get; 0 when there is no violation i. */
+static size_t ws_violation(int i, unsigned char *out, uint16_t *code, unsigned int *seed)
+{
+    static const unsigned char bad_utf8[][5] = {
+        {2, 0xC0, 0x80}, {3, 0xED, 0xA0, 0x80}, {4, 'a', 0xF4, 0x90, 0x80}, {3, 'a', 0xE2, 0x82}, {1, 0xFF}};
+    unsigned char key[4] = {1, 2, 3, 4}, ctl[3] = {0x03, 0xED, 0xFF}; /* 1005 */
+    size_t n = 0;
+    *code = WS_PROTOCOL_ERROR;
+    switch (i) {
+    case 0: return ws_frame(out, WS_FIN | WS_BINARY, (const unsigned char *)"abc", 3, NULL); /* unmasked */
+    case 1: return ws_frame(out, WS_FIN | 0x40 | WS_BINARY, (const unsigned char *)"abc", 3, seed); /* RSV1 */
+    case 2: return ws_frame(out, WS_FIN | 0x3, NULL, 0, seed);       /* reserved data opcode */
+    case 3: return ws_frame(out, WS_FIN | 0xB, NULL, 0, seed);       /* reserved control opcode */
+    case 4: return ws_frame(out, WS_PING, ctl, 1, seed);             /* a control frame without FIN */
+    case 5: return ws_header(out, WS_FIN | WS_PING, 126, 126, key);  /* a control frame over 125 */
+    case 6: return ws_frame(out, WS_FIN | WS_CONT, ctl, 2, seed);    /* a continuation of nothing */
+    case 7:                                                          /* a new message inside another */
+        n = ws_frame(out, WS_TEXT, (const unsigned char *)"ab", 2, seed);
+        return n + ws_frame(out + n, WS_FIN | WS_BINARY, (const unsigned char *)"cd", 2, seed);
+    case 8: return ws_header(out, WS_FIN | WS_BINARY, 5, 126, key) + 5; /* a length not minimal */
+    case 9: return ws_header(out, WS_FIN | WS_BINARY, (uint64_t)1 << 63, 127, key); /* its top bit */
+    case 10: return ws_frame(out, WS_FIN | WS_CLOSE, ctl, 1, seed);  /* a 1-byte close */
+    case 11: return ws_frame(out, WS_FIN | WS_CLOSE, ctl, 2, seed);  /* close 1005 */
+    case 12: /* a message past ws_max_message, and one whose fragments add up past it */
+    case 13:
+        *code = WS_TOO_BIG;
+        if (i == 12)
+            return ws_header(out, WS_FIN | WS_BINARY, WS_MAX_MESSAGE + 1, 0, key);
+        n = ws_frame(out, WS_BINARY, ctl, 3, seed);
+        return n + ws_header(out + n, WS_FIN | WS_CONT, WS_MAX_MESSAGE - 2, 0, key);
+    case 14: /* a close reason that is not UTF-8 */
+        *code = WS_BAD_DATA;
+        return ws_frame(out, WS_FIN | WS_CLOSE, (const unsigned char *)"\x03\xe8\xc0", 3, seed);
+    default:
+        break;
+    }
+    i -= 15;
+    if (i >= (int)(sizeof bad_utf8 / sizeof bad_utf8[0]))
+        return 0;
+    *code = WS_BAD_DATA; /* text that is not UTF-8: whole, or in its second fragment */
+    if (i % 2)
+        n = ws_frame(out, WS_TEXT, (const unsigned char *)"ok", 2, seed);
+    return n + ws_frame(out + n, WS_FIN | (i % 2 ? WS_CONT : WS_TEXT), bad_utf8[i] + 1, bad_utf8[i][0], seed);
+}
+
+/* Each violation on its own upgraded connection, after a good message now
+ * and then: the close frame with its code (no reason), then the end. */
+static int ws_violations(unsigned int *seed)
+{
+    unsigned char bytes[64];
+    uint16_t code;
+    size_t len;
+    for (int i = 0; (len = ws_violation(i, bytes, &code, seed)) > 0; i++) {
+        client c;
+        if (ws_open(&c, seed, NULL, 0) != 0)
+            return -1;
+        int rc = 0;
+        if (rand_r(seed) % 2) {
+            unsigned char hello[100];
+            ws_utf8(hello, sizeof hello, seed);
+            rc = ws_send(&c, WS_FIN | WS_TEXT, hello, sizeof hello, seed);
+            rc = rc == 0 ? ws_expect(&c, WS_TEXT, hello, sizeof hello) : rc;
+        }
+        rc = rc == 0 ? ws_send_pieces(&c, bytes, len, seed, 4) : rc;
+        rc = rc == 0 ? ws_expect_close(&c, code, "") : rc;
+        client_close(&c, false);
+        CHECK(rc == 0, "violation %d: no close %u", i, code);
+        atomic_fetch_add(&ws_seen.reasons[FE_CLOSE_WS_PROTOCOL], 1);
+    }
+    return 0;
+}
+
+/* Clients that leave mid-frame (binary or text, FIN or reset), or mid-head. */
+static int ws_vanish(unsigned int *seed)
+{
+    for (int i = 0; i < 6; i++) {
+        client c;
+        unsigned char frame[3000 + 14], payload[3000];
+        size_t n = 100 + (size_t)rand_r(seed) % 2900;
+        ws_payload(payload, n, i % 2, seed);
+        size_t len = ws_frame(frame, WS_FIN | (i % 2 ? WS_TEXT : WS_BINARY), payload, n, seed);
+        if (i == 5) { /* half a request head */
+            if (client_open(&c, seed) != 0)
+                return -1;
+            char request[512], key[25];
+            size_t rlen = ws_request(request, sizeof request, key, seed);
+            client_send(&c, (unsigned char *)request, rlen / 2);
+        } else {
+            if (ws_open(&c, seed, NULL, 0) != 0)
+                return -1;
+            client_send(&c, frame, (size_t)rand_r(seed) % len);
+        }
+        if (i % 3 == 0) {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+        client_close(&c, false);
+    }
+    return 0;
+}
+
+/* Silent clients: connected (over TLS, handshaken) and then nothing, or
+ * half a request head: each must be closed, unanswered, once
+ * ws_handshake_timeout_ms has passed, and not before. */
+static void ws_silent_open(client *silent, unsigned int *seed)
+{
+    for (int i = 0; i < WS_SILENT; i++) {
+        if (client_open(&silent[i], NULL) != 0) {
+            silent[i].fd = -1;
+            continue;
+        }
+        char request[512], key[25];
+        size_t len = ws_request(request, sizeof request, key, seed);
+        if (i % 2 && client_send(&silent[i], (unsigned char *)request, len - 4) != 0)
+            EXPECT(0, "silent client %d could not send", i);
+    }
+}
+
+static int ws_silent_wait(client *silent, int64_t opened_ms)
+{
+    int rc = 0;
+    for (int i = 0; i < WS_SILENT; i++) {
+        if (silent[i].fd < 0)
+            continue;
+        unsigned char byte;
+        ssize_t n = client_recv_some(&silent[i], &byte, 1); /* 0 or -1 at the close (plain: FIN or reset) */
+        int64_t waited = now_ms() - opened_ms;
+        client_close(&silent[i], false);
+        if (n > 0 || waited < WS_TIMEOUT_MS || waited > WS_TIMEOUT_MS + 8000) {
+            fprintf(stderr, "stress_core: silent ws client %d: %zd bytes after %lld ms (timeout %d ms)\n", i, n,
+                    (long long)waited, WS_TIMEOUT_MS);
+            atomic_fetch_add(&failures, 1);
+            rc = -1;
+            continue;
+        }
+        atomic_fetch_add(&ws_seen.reasons[FE_CLOSE_WS_TIMEOUT], 1);
+    }
+    return rc;
+}
+
+static void *ws_rogue_main(void *arg)
+{
+    (void)arg;
+    block_sigpipe();
+    unsigned int seed = 31337;
+    client silent[WS_SILENT];
+    int64_t opened = now_ms();
+    ws_silent_open(silent, &seed);
+    for (int round = 0; round < 2; round++)
+        if (ws_http_cases(&seed) != 0 || ws_violations(&seed) != 0 || ws_vanish(&seed) != 0)
+            break;
+    ws_silent_wait(silent, opened);
+    forget_sessions();
+    return NULL;
+}
+
+/* ---- the stop ---- */
+
+/* Clients caught by the stop, by what they were doing: */
+enum ws_linger_kind {
+    WL_IDLE,       /* upgraded, between messages */
+    WL_HALF_TEXT,  /* half a text frame sent (held, never to be echoed) */
+    WL_FRAGMENT,   /* a fragment and a ping sent (the pong came back) */
+    WL_MID_BINARY, /* part of a binary frame sent and its echo read: the rest is sent after the stop */
+    WL_HALF_HEAD,  /* half its request head sent: the rest after the stop */
+    WL_SILENT,     /* connected, nothing sent: closed when the drain ends */
+    WL_KINDS
+};
+
+typedef struct ws_lingerer {
+    client c;
+    enum ws_linger_kind kind;
+    unsigned char *frame, *payload; /* WL_MID_BINARY: its frame, and the payload it carries */
+    size_t frame_len, sent, hlen;
+    char request[512], key[25]; /* WL_HALF_HEAD */
+    size_t request_len;
+} ws_lingerer;
+
+static int ws_linger_begin(ws_lingerer *l, enum ws_linger_kind kind, unsigned int *seed)
+{
+    memset(l, 0, sizeof *l);
+    l->kind = kind;
+    l->c.fd = -1;
+    if (kind == WL_HALF_HEAD || kind == WL_SILENT) {
+        if (client_open(&l->c, seed) != 0) {
+            l->c.fd = -1;
+            return -1;
+        }
+        l->request_len = ws_request(l->request, sizeof l->request, l->key, seed);
+        return kind == WL_SILENT ? 0 : client_send(&l->c, (unsigned char *)l->request, l->request_len / 2);
+    }
+    if (ws_open(&l->c, seed, NULL, 0) != 0) {
+        l->c.fd = -1;
+        return -1;
+    }
+    unsigned char text[2000];
+    ws_utf8(text, sizeof text, seed);
+    if (kind == WL_HALF_TEXT) {
+        unsigned char frame[sizeof text + 14];
+        size_t len = ws_frame(frame, WS_FIN | WS_TEXT, text, sizeof text, seed);
+        return client_send(&l->c, frame, len / 2);
+    }
+    if (kind == WL_FRAGMENT) {
+        return ws_send(&l->c, WS_TEXT, text, sizeof text / 2, seed) == 0 &&
+                       ws_send(&l->c, WS_FIN | WS_PING, text, 10, seed) == 0
+                   ? ws_expect(&l->c, WS_PONG, text, 10)
+                   : -1;
+    }
+    if (kind != WL_MID_BINARY)
+        return 0;
+    l->payload = malloc(WS_MID_TOTAL);
+    l->frame = malloc(WS_MID_TOTAL + 14);
+    CHECK(l->payload && l->frame, "out of memory");
+    ws_payload(l->payload, WS_MID_TOTAL, false, seed);
+    l->frame_len = ws_frame(l->frame, WS_FIN | WS_BINARY, l->payload, WS_MID_TOTAL, seed);
+    l->hlen = l->frame_len - WS_MID_TOTAL;
+    l->sent = l->hlen + WS_MID_SENT;
+    unsigned char echo[WS_MID_SENT];
+    unsigned b0;
+    uint64_t len;
+    /* Its echo's header and what was sent of the payload came back: the
+     * server is inside the frame's echo when the stop comes. */
+    CHECK(client_send(&l->c, l->frame, l->sent) == 0 && ws_recv_header(&l->c, &b0, &len) == 0 &&
+              len == WS_MID_TOTAL && client_recv(&l->c, echo, sizeof echo) == 0 &&
+              memcmp(echo, l->payload, sizeof echo) == 0,
+          "a lingering binary frame's first %d bytes did not come back", WS_MID_SENT);
+    return 0;
+}
+
+/* After the stop began: what each finishes, then close 1001 "going away"
+ * (our own close frame sent back, as a client should, and discarded), then
+ * the end. A silent one gets no answer at all. */
+static int ws_linger_end(ws_lingerer *l, unsigned int *seed)
+{
+    int rc = 0;
+    if (l->kind == WL_SILENT) {
+        unsigned char byte;
+        rc = client_recv_some(&l->c, &byte, 1) > 0 ? -1 : 0;
+    } else {
+        if (l->kind == WL_HALF_HEAD) {
+            rc = client_send(&l->c, (unsigned char *)l->request + l->request_len / 2,
+                             l->request_len - l->request_len / 2);
+            rc = rc == 0 ? ws_expect_upgrade(&l->c, l->key) : rc;
+        } else if (l->kind == WL_MID_BINARY) {
+            unsigned char *echo = malloc(WS_MID_TOTAL - WS_MID_SENT);
+            rc = echo && client_send(&l->c, l->frame + l->sent, l->frame_len - l->sent) == 0 &&
+                         client_recv(&l->c, echo, WS_MID_TOTAL - WS_MID_SENT) == 0 &&
+                         memcmp(echo, l->payload + WS_MID_SENT, WS_MID_TOTAL - WS_MID_SENT) == 0
+                     ? 0
+                     : -1;
+            free(echo);
+            if (rc == 0)
+                atomic_fetch_add(&ws_seen.messages, 1);
+        }
+        unsigned char going[2] = {1001 >> 8, 1001 & 0xFF};
+        rc = rc == 0 ? ws_expect_close(&l->c, 1001, "going away") : rc;
+        if (rc == 0) /* (the server reads no more: its FIN may come first) */
+            ws_send(&l->c, WS_FIN | WS_CLOSE, going, 2, seed);
+    }
+    client_close(&l->c, false);
+    free(l->frame);
+    free(l->payload);
+    CHECK(rc == 0, "lingering ws client (kind %d) did not get its echo, close 1001 and end", l->kind);
+    atomic_fetch_add(&ws_seen.reasons[FE_CLOSE_SHUTDOWN], 1);
+    return 0;
+}
+
+/* The stop with clients of every lingering kind connected: close 1001 for
+ * each upgraded one (and for one that upgrades during the drain), the
+ * binary frame that was part-way finished first; the silent ones closed
+ * when the drain ends. */
+static void ws_stop(fe_server *srv, int listen_fd)
+{
+    enum { COUNT = WL_KINDS * WS_LINGER_ROUNDS };
+    ws_lingerer *lingering = calloc(COUNT, sizeof *lingering);
+    unsigned int seed = 2024;
+    fe_stats st;
+    fe_server_stats(srv, &st);
+    uint64_t accepted = st.connections_accepted;
+    for (int i = 0; lingering && i < COUNT; i++)
+        EXPECT(ws_linger_begin(&lingering[i], (enum ws_linger_kind)(i % WL_KINDS), &seed) == 0,
+               "lingering ws client %d (kind %d) could not begin", i, i % WL_KINDS);
+    /* Stop only once the server took every one (not left in the backlog). */
+    for (int tries = 0; tries < 5000 && st.connections_accepted < accepted + COUNT; tries++) {
+        sleep_ms(1);
+        fe_server_stats(srv, &st);
+    }
+    int64_t stop_at = now_ms();
+    fe_server_shutdown(srv, WS_DRAIN_MS, 500);
+    close(listen_fd);
+    for (int pass = 0; pass < 2; pass++) /* the silent ones last: they wait for the drain to end */
+        for (int i = 0; lingering && i < COUNT; i++)
+            if (lingering[i].c.fd >= 0 && (lingering[i].kind == WL_SILENT) == (pass == 1))
+                ws_linger_end(&lingering[i], &seed);
+    wait_stopped(srv);
+    int64_t waited = now_ms() - stop_at;
+    EXPECT(waited >= WS_DRAIN_MS - 50, "the workers were gone %lld ms after the stop, before the drain ended "
+           "(the silent clients were still open)", (long long)waited);
+    forget_sessions();
+    free(lingering);
+}
+
+/* ---- hoarders and the run ---- */
+
+/* A hoarder's beginning: an upgrade, then the header of a huge frame that
+ * its junk is the payload of: binary (streamed: the echo fills its output)
+ * or text (held: it fills the message buffer; the junk is ASCII). */
+static int ws_hoarder_begin(client *c, int i)
+{
+    unsigned int seed = 555u + (unsigned)i;
+    unsigned char key[4] = {0, 0, 0, 0}, h[14]; /* a zero mask: the junk goes in as it is */
+    size_t len = ws_header(h, WS_FIN | (i % 2 ? WS_TEXT : WS_BINARY), WS_MAX_MESSAGE, 0, key);
+    return ws_upgrade(c, &seed, h, len);
+}
+
+/* The server's counters against what the clients were answered. */
+static int ws_check(const fe_stats *st)
+{
+    unsigned reason_sum = 0;
+    for (int k = 0; k < FE_WS_HTTP_COUNT; k++)
+        EXPECT(st->ws_http[k] == atomic_load(&ws_seen.http[k]), "ws_http[%d] %llu, clients were answered %u",
+               fe_ws_http_status(k), (unsigned long long)st->ws_http[k], atomic_load(&ws_seen.http[k]));
+    for (int k = 0; k < FE_WS_CLOSE_SLOTS; k++)
+        EXPECT(st->ws_closes[k] == atomic_load(&ws_seen.closes[k]), "ws_closes[%d] %llu, clients got %u", k,
+               (unsigned long long)st->ws_closes[k], atomic_load(&ws_seen.closes[k]));
+    EXPECT(st->ws_messages == atomic_load(&ws_seen.messages), "ws_messages %llu, clients got %u back",
+           (unsigned long long)st->ws_messages, atomic_load(&ws_seen.messages));
+    EXPECT(st->ws_pings == atomic_load(&ws_seen.pongs), "ws_pings %llu, clients got %u pongs",
+           (unsigned long long)st->ws_pings, atomic_load(&ws_seen.pongs));
+    static const int exact[] = {FE_CLOSE_HTTP, FE_CLOSE_WS_TIMEOUT, FE_CLOSE_WS_CLOSE, FE_CLOSE_WS_PROTOCOL,
+                                FE_CLOSE_SHUTDOWN, FE_CLOSE_NO_MEMORY};
+    for (size_t k = 0; k < sizeof exact / sizeof exact[0]; k++) {
+        unsigned want = atomic_load(&ws_seen.reasons[exact[k]]);
+        reason_sum += want;
+        EXPECT(st->closes[exact[k]] == want, "closes[%s] %llu, caused %u", fe_close_reason_name(exact[k]),
+               (unsigned long long)st->closes[exact[k]], want);
+    }
+    /* The rest left on their own, mid-frame or not. */
+    uint64_t left = st->closes[FE_CLOSE_EOF] + st->closes[FE_CLOSE_RESET];
+    EXPECT(st->connections_closed == reason_sum + left, "%llu closed: %u caused, %llu eof or reset, and %llu else",
+           (unsigned long long)st->connections_closed, reason_sum, (unsigned long long)left,
+           (unsigned long long)(st->connections_closed - reason_sum - left));
+    if (atomic_load(&failures) == 0)
+        return 0;
+    fprintf(stderr, "stress_core: closes by reason:");
+    for (int k = 1; k < FE_CLOSE_REASON_COUNT; k++)
+        if (st->closes[k])
+            fprintf(stderr, " %s=%llu", fe_close_reason_name(k), (unsigned long long)st->closes[k]);
+    fprintf(stderr, "\n");
+    return -1;
+}
+
+/* A ws run (wss when tls_run): WS_THREADS clients' sessions beside the
+ * rogue clients (and in a budget run, hoarders holding the budget), then
+ * the stop with lingering clients. */
+static int ws_run(bool budget)
+{
+    int64_t started = now_ms();
+    memset(&ws_seen, 0, sizeof ws_seen);
+    atomic_store(&verified_in, 0);
+    atomic_store(&verified_out, 0);
+    fe_config cfg;
+    fe_config_init(&cfg);
+    cfg.threads = 3;
+    cfg.queue_capacity = 8;
+    cfg.max_pending_output = 16 * 1024; /* small: the streamed echoes meet it */
+    cfg.read_buffer_size = 4096;
+    cfg.event_ring_size = 16; /* small: drops happen too */
+    cfg.ws_path = ws_path;
+    cfg.ws_path_len = sizeof ws_path - 1;
+    cfg.ws_max_message = WS_MAX_MESSAGE;
+    cfg.ws_max_header = WS_MAX_HEADER;
+    cfg.ws_handshake_timeout_ms = WS_TIMEOUT_MS;
+    cfg.tls_handshake_timeout_ms = TLS_TIMEOUT_MS;
+    if (budget) {
+        cfg.max_memory = BUDGET_BYTES;
+        cfg.max_pending_output = 512 * 1024;
+    }
+    fe_listener listener = {.tls = tls_run, .ws = true};
+    fe_server *srv = serve(&cfg, &listener, tls_run ? tls_a : NULL);
+    if (srv == NULL)
+        return 1;
+    client hoarders[HOARDERS];
+    if (budget)
+        hoard(srv, hoarders, ws_hoarder_begin);
+    atomic_store(&stop_stats_reader, false);
+    pthread_t stats_reader, rogue_thread, clients[WS_THREADS];
+    pthread_create(&stats_reader, NULL, stats_reader_main, srv);
+    pthread_create(&rogue_thread, NULL, ws_rogue_main, NULL);
+    for (int i = 0; i < WS_THREADS; i++)
+        pthread_create(&clients[i], NULL, ws_client_main, (void *)(uintptr_t)(i + 1));
+    if (budget) {
+        /* The clients meet the spent budget (a held message cannot grow
+         * then, a streamed echo waits), then it is freed: all goes on. */
+        sleep_ms(300);
+        close_hoarders(hoarders);
+    }
+    for (int i = 0; i < WS_THREADS; i++)
+        pthread_join(clients[i], NULL);
+    pthread_join(rogue_thread, NULL);
+    ws_stop(srv, listener.fd);
+    atomic_store(&stop_stats_reader, true);
+    pthread_join(stats_reader, NULL);
+    fe_stats st;
+    fe_server_stats(srv, &st);
+    fe_server_destroy(srv);
+    printf("%s%s accepted=%llu closed=%llu upgrades=%llu messages=%llu pings=%llu in=%llu out=%llu "
+           "budget-waits=%llu (%.1f s)\n",
+           tls_run ? "wss" : "ws", budget ? "+budget" : "", (unsigned long long)st.connections_accepted,
+           (unsigned long long)st.connections_closed, (unsigned long long)st.ws_http[FE_WS_HTTP_UPGRADE],
+           (unsigned long long)st.ws_messages, (unsigned long long)st.ws_pings,
+           (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent,
+           (unsigned long long)st.memory_budget_waits, (double)(now_ms() - started) / 1000);
+    fflush(stdout);
+    check_stopped(&st);
+    check_bytes(&st, true); /* (the page and the 101s are longer than their requests) */
+    ws_check(&st);
+    return 0;
+}
+
+/* ws, ws with the memory budget, and wss. */
+static int ws_runs(void)
+{
+    if (!fe_ws_available()) {
+        printf("stress_core: this core serves no ws listeners: no ws runs\n");
+        return 0;
+    }
+    if (tls_setup() != 0)
+        return 1;
+    int rc = ws_run(false) != 0 || ws_run(true) != 0;
+    tls_run = true;
+    rc = rc || ws_run(false) != 0;
+    tls_run = false;
+    tls_teardown();
+    return rc;
 }
 #endif
 
@@ -2677,24 +3703,24 @@ static int udp_runs(void)
     return 0;
 }
 
-/* Usage: stress_core [plain|tls|udp] - every run, or only the plain TCP
- * and PROXY ones, only the TLS ones, or only the UDP ones. */
+/* Usage: stress_core [plain|tls|udp|ws] - every run, or only the plain TCP
+ * and PROXY ones, only the TLS ones, only the UDP ones, or only the
+ * WebSocket ones (ws and wss). */
 int main(int argc, char **argv)
 {
     const char *only = argc < 2 ? NULL : argv[1];
-    if (only && strcmp(only, "plain") != 0 && strcmp(only, "tls") != 0 && strcmp(only, "udp") != 0) {
-        fprintf(stderr, "usage: stress_core [plain|tls|udp]\n");
+    if (only && strcmp(only, "plain") != 0 && strcmp(only, "tls") != 0 && strcmp(only, "udp") != 0 &&
+        strcmp(only, "ws") != 0) {
+        fprintf(stderr, "usage: stress_core [plain|tls|udp|ws]\n");
         return 2;
     }
     bool plain = !only || strcmp(only, "plain") == 0;
     bool tls = !only || strcmp(only, "tls") == 0;
     bool udp = !only || strcmp(only, "udp") == 0;
+    bool ws = !only || strcmp(only, "ws") == 0;
     /* The main thread's own clients (hoarders, lingering clients) may
      * raise SIGPIPE over TLS; see start_server for the server's threads. */
-    sigset_t pipe_set;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    block_sigpipe();
 
     if (plain) {
         if (run(4, 2, false, false) != 0 || run(1, 1, false, false) != 0 ||
@@ -2724,9 +3750,11 @@ int main(int argc, char **argv)
         tls_run = false;
         tls_teardown();
     }
+    if (ws && ws_runs() != 0)
+        return 1;
 #else
-    if (tls)
-        printf("stress_core: built without TLS (FASTECHO_WITH_TLS=OFF): no TLS runs\n");
+    if (tls || ws)
+        printf("stress_core: built without TLS (FASTECHO_WITH_TLS=OFF): no TLS or ws runs\n");
 #endif
     if (udp && udp_runs() != 0)
         return 1;
