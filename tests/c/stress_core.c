@@ -1099,11 +1099,16 @@ static void hoard(fe_server *srv, client *hoarders, int (*begin)(client *c, int 
            (unsigned long long)spent.memory_held, BUDGET_BYTES, (unsigned long long)spent.memory_budget_waits);
 }
 
+/* Resets them: a connection that waits for the budget does not read, so
+ * it would not see a FIN (a hoarder whose echo is unread resets anyway). */
 static void close_hoarders(client *hoarders)
 {
     for (int i = 0; i < HOARDERS; i++) {
-        if (hoarders[i].fd >= 0)
-            client_close(&hoarders[i], false);
+        if (hoarders[i].fd < 0)
+            continue;
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(hoarders[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        client_close(&hoarders[i], false);
     }
 }
 
