@@ -9,9 +9,12 @@
  * next to TCP, the per-source rate limit hammered from many sockets and
  * threads (and its table on its own), every drop reason, and a stop while
  * datagrams still arrive; each counted exactly (see "UDP" below).
+ * WebSocket listeners (ws, and wss over the TLS clients) get theirs:
+ * upgrades, every kind of message, hostile clients, the memory budget and
+ * a stop mid-message, every answer counted (see "WebSocket" below).
  *
- * Built and run by ci/sanitize.sh (usage: stress_core [plain|tls|udp], to
- * run only those). Exits 0 when every echoed byte matched and the counters add
+ * Built and run by ci/sanitize.sh (usage: stress_core [plain|tls|udp|ws],
+ * to run only those). Exits 0 when every echoed byte matched and the counters add
  * up; prints each failure and exits 1 otherwise.
  */
 
