@@ -36,7 +36,11 @@ def _cycles(host: str, port: int, count: int) -> None:
 def test_20000_connect_echo_close_cycles_leave_fds_and_rss_at_baseline(serve):
     server = serve("--threads", "2")
     _cycles(server.host, server.port, 1000)  # warm the allocator and the caches
-    fds_before, rss_before = proc_fd_count(server.pid), proc_rss_kib(server.pid)
+    # The server may not have seen the last client's close yet: the baseline
+    # is the count once it has stopped changing.
+    seen: list[int] = []
+    assert wait_until(lambda: seen.append(proc_fd_count(server.pid)) or seen[-5:] == [seen[-1]] * 5, 10)
+    fds_before, rss_before = seen[-1], proc_rss_kib(server.pid)
     _cycles(server.host, server.port, 20_000)
     assert wait_until(lambda: proc_fd_count(server.pid) == fds_before, timeout=10), \
         f"fds {fds_before} -> {proc_fd_count(server.pid)}"

@@ -21,22 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-static void check(int ok, const char *name, const char *fmt, ...)
-{
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL %s: ", name);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
+#include "check.h"
 
 /* Parses a heap copy of exactly n bytes (NULL when n is 0). */
 static int parse_copy(const void *p, size_t n, fe_proxy_header *h)
@@ -696,6 +681,5 @@ int main(void)
     early_refusal();
     v2_valid();
     v2_invalid();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return check_summary();
 }
