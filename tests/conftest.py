@@ -1,4 +1,5 @@
 """Fixtures that start servers and always stop them."""
+
 from __future__ import annotations
 
 import signal
@@ -8,6 +9,8 @@ import pytest
 
 from helpers import HAPROXY, ServerProcess, free_port, listening, start_server, wait_until
 from pki import Pki, make_pki
+
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py tests fastecho's own plugin with it
 
 
 @pytest.fixture

@@ -40,6 +40,21 @@ def _loading_the_command() -> bool:
 if _signal.getsignal(_signal.SIGINT) is _interrupted_while_loading and not _loading_the_command():
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 from fastecho._version import __version__  # noqa: E402  (after the guard, on purpose)
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from fastecho.api import EchoServer
+
+__all__ = ["EchoServer", "__version__"]
+
+
+def __getattr__(name: str):
+    # Loaded when first asked for: the command and the pytest plugin pay
+    # nothing for the embedding API until it is used.
+    if name == "EchoServer":
+        from fastecho.api import EchoServer
+
+        return EchoServer
+    raise AttributeError(f"module 'fastecho' has no attribute {name!r}")
