@@ -424,6 +424,17 @@ def test_held_messages_stay_within_the_memory_budget(serve):
             sock.close()
 
 
+def test_an_idle_connection_gets_close_1001_then_fin(serve):
+    server = serve("--listen", WS, "--idle-timeout", "0.5", "--metrics-port", "0", port=None)
+    with upgraded(server) as sock:
+        sock.sendall(frame(TEXT, b"then silence"))
+        assert read_frame(sock) == (True, TEXT, b"then silence")
+        fin, opcode, payload = read_frame(sock)  # within the idle timeout and a tick
+        assert (opcode, close_code(payload), payload[2:]) == (CLOSE, 1001, b"idle timeout")
+        assert sock.recv(1) == b""
+    assert wait_until(lambda: ws_metrics(server).get('fastecho_closes_total{reason="idle"}') == 1, 10)
+
+
 def test_metrics_count_answers_messages_and_closes(serve):
     server = serve("--listen", WS, "--metrics-port", "0", port=None)
     with connect(url(server), compression=None) as ws:

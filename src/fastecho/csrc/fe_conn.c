@@ -415,6 +415,22 @@ void fe_conn_ws_going_away(fe_worker *w, fe_conn *c)
     finish(c, rc == 0 ? FE_CLOSE_SHUTDOWN : FE_CLOSE_NO_MEMORY); /* no memory: FIN alone */
 }
 
+bool fe_conn_ws_idle(fe_worker *w, fe_conn *c)
+{
+    fe_ws_conn *ws = c->ws_state;
+    if (!c->ws || !ws->upgraded || c->finishing)
+        return false;
+    size_t before = held(c);
+    int rc = fe_ws_close(&ws->dec, FE_WS_CLOSE_GOING_AWAY, "idle timeout", &c->out);
+    account_memory(w, before, held(c));
+    if (rc != 0) /* mid-frame (deferred) or out of memory: closed at once, as plain TCP is */
+        return false;
+    fe_counter_add(&w->ws_closes[fe_ws_close_slot(FE_WS_CLOSE_GOING_AWAY)], 1);
+    finish(c, FE_CLOSE_IDLE);
+    touch(w, c); /* to the tail: another idle period before it is cut off unflushed */
+    return true;
+}
+
 /* ws, upgraded: frames in, echoes (and pongs, and at most one close frame)
  * out. A close frame appended ends the connection after it is sent. */
 static int ws_frames_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, enum fe_close_reason *reason)

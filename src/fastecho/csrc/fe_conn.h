@@ -175,6 +175,12 @@ static inline bool fe_conn_framed_output(const fe_worker *w, const fe_conn *c)
  * upgrade later. Call once per connection; the backend settles c after. */
 void fe_conn_ws_going_away(fe_worker *w, fe_conn *c);
 
+/* ws, at its idle timeout: an upgraded connection is sent close 1001 "idle
+ * timeout" and finishes (FIN after the frame; closed as idle); returns
+ * false when it must be closed at once instead (not upgraded, mid-frame,
+ * already finishing, out of memory). The backend settles c after true. */
+bool fe_conn_ws_idle(fe_worker *w, fe_conn *c);
+
 /* +proxy: buf holds n bytes peeked (not yet consumed) from a connection
  * still awaiting its PROXY header. Sets *consume to how many of them belong
  * to the header: all n while it is incomplete, fewer once it is whole, so

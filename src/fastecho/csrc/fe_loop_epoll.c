@@ -449,8 +449,12 @@ static void close_expired(fe_worker *w)
 {
     enum fe_close_reason reason;
     fe_conn *c;
-    while ((c = fe_conn_expired(w, &reason)) != NULL)
-        close_conn(w, c, reason);
+    while ((c = fe_conn_expired(w, &reason)) != NULL) {
+        if (reason == FE_CLOSE_IDLE && fe_conn_ws_idle(w, c))
+            settle(w, c); /* its close frame goes out first */
+        else
+            close_conn(w, c, reason);
+    }
 }
 
 /* The stop began: ws connections are told "going away" (close 1001) at
