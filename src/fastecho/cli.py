@@ -144,6 +144,31 @@ def _start_and_serve(config: ServeConfig) -> None:
         raise
 
 
+def _tls_options(applies_to: str):
+    """--ca, --insecure, --cert and --key (client.TlsOptions), for a command that speaks TLS
+    where applies_to says."""
+    def add(command):
+        for option in reversed((
+            click.option("--ca", metavar="PEM", help=f"{applies_to}: trust this CA file instead of the system's."),
+            click.option("--insecure", is_flag=True,
+                         help=f"{applies_to}: check neither the certificate nor the name."),
+            click.option("--cert", metavar="PEM",
+                         help=f"{applies_to}: present this client certificate (mutual TLS)."),
+            click.option("--key", metavar="PEM",
+                         help=f"{applies_to}: the client certificate's key (default: in --cert)."),
+        )):
+            command = option(command)
+        return command
+    return add
+
+
+def _check_tls_options(ca: str | None, insecure: bool, cert: str | None, key: str | None) -> None:
+    if ca and insecure:
+        raise click.UsageError("--ca and --insecure contradict each other")
+    if key and not cert:
+        raise click.UsageError("--key needs --cert")
+
+
 @cli.command()
 @click.argument("host", required=False)
 @click.argument("port", type=click.IntRange(1, 65535), required=False)
@@ -156,10 +181,7 @@ def _start_and_serve(config: ServeConfig) -> None:
 @click.option("--ws", "ws_url", metavar="URL",
               help="Send each line as a WebSocket text message to URL (ws://HOST:PORT/ or wss://...), "
                    "instead of HOST PORT.")
-@click.option("--ca", metavar="PEM", help="--tls: trust this CA file instead of the system's.")
-@click.option("--insecure", is_flag=True, help="--tls: check neither the certificate nor the name.")
-@click.option("--cert", metavar="PEM", help="--tls: present this client certificate (mutual TLS).")
-@click.option("--key", metavar="PEM", help="--tls: the client certificate's key (default: in --cert).")
+@_tls_options("--tls")
 def client(host: str | None, port: int | None, timeout: float, udp: bool, retries: int, tls: bool,
            ws_url: str | None, ca: str | None, insecure: bool, cert: str | None, key: str | None) -> int:
     """Send each line of stdin to HOST PORT (or --ws URL) and print each reply (exit 0 at EOF)."""
@@ -182,15 +204,34 @@ def client(host: str | None, port: int | None, timeout: float, udp: bool, retrie
                                       ("--key", key)) if value]
     if given and not tls and ws_url is None:
         raise click.UsageError(f"{given[0]} needs --tls")
-    if ca and insecure:
-        raise click.UsageError("--ca and --insecure contradict each other")
-    if key and not cert:
-        raise click.UsageError("--key needs --cert")
+    _check_tls_options(ca, insecure, cert, key)
     if ws_url is not None:
         from fastecho.client_ws import run_ws
 
         return run_ws(ws_url, timeout, TlsOptions(ca, insecure, cert, key) if given else None)
     return run(host, port, timeout, tls=TlsOptions(ca, insecure, cert, key) if tls else None)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=5.0, show_default=True,
+              help="Seconds for the whole probe: resolving, connecting, handshakes and the echo.")
+@click.option("--size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Random bytes to echo (at most 1 MiB; udp: 65507).")
+@_tls_options("tls, wss")
+def probe(url: str, timeout: float, size: int, ca: str | None, insecure: bool, cert: str | None,
+          key: str | None) -> int:
+    """Health probe: echo random bytes once through URL, print the round trip.
+
+    URL is tcp://, udp:// or tls://HOST:PORT, or ws:// or wss://HOST[:PORT][/PATH].
+    Prints `ok URL N bytes echoed in R ms (T ms in all)` and exits 0, or one
+    error line with the reason and exits 1 (2 for a bad URL or option).
+    """
+    from fastecho.probe import probe as run_probe  # lazily: health checks run this every few seconds
+
+    _check_tls_options(ca, insecure, cert, key)
+    click.echo(run_probe(url, timeout, size, ca=ca, insecure=insecure, cert=cert, key=key))
+    return 0
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})

@@ -54,18 +54,23 @@ class TlsOptions:
         return context
 
 
+def tls_failure(e: OSError) -> str:
+    """Why a TLS handshake that raised e failed, in words (also fastecho probe's)."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"certificate verify failed ({e.verify_message or e.reason})"
+    if isinstance(e, ssl.SSLError):  # OpenSSL's reason as its own messages spell it: "wrong version number"
+        return e.reason.lower().replace("_", " ") if e.reason else str(e)
+    return e.strerror or "connection closed"
+
+
 def start_tls(sock: socket.socket, host: str, where: str, tls: TlsOptions) -> ssl.SSLSocket:
     """The handshake over the connected (blocking, with a timeout) sock; ClientError if it fails."""
     try:
         return tls.context().wrap_socket(sock, server_hostname=host)
-    except ssl.SSLCertVerificationError as e:
-        raise ClientError(f"TLS handshake with {where} failed: {e.verify_message or e.reason}") from None
-    except ssl.SSLError as e:
-        raise ClientError(f"TLS handshake with {where} failed: {e.reason or e}") from None
     except TimeoutError:
         raise ClientError(f"TLS handshake with {where} timed out") from None
     except OSError as e:
-        raise ClientError(f"TLS handshake with {where} failed: {e.strerror or 'connection closed'}") from None
+        raise ClientError(f"TLS handshake with {where} failed: {tls_failure(e)}") from None
 
 
 def connect(host: str, port: int, timeout: float, tls: TlsOptions | None = None) -> socket.socket:

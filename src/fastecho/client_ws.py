@@ -30,6 +30,12 @@ def check_url(url: str) -> str:
     return url
 
 
+def closed_why(e) -> str:
+    """The server's close code and reason from a websockets ConnectionClosed (also fastecho probe's)."""
+    rcvd = e.rcvd
+    return f"code {rcvd.code}" + (f" ({rcvd.reason})" if rcvd.reason else "") if rcvd else "no close frame"
+
+
 def run_ws(url: str, timeout: float = 10.0, tls: TlsOptions | None = None,
            stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
     """Exchange each line of stdin as a text message with the server at url; 0 at EOF."""
@@ -66,9 +72,7 @@ def run_ws(url: str, timeout: float = 10.0, tls: TlsOptions | None = None,
                 stdout.write((reply.encode() if isinstance(reply, str) else reply) + b"\n")
                 stdout.flush()
         except ConnectionClosed as e:
-            rcvd = e.rcvd
-            why = f"code {rcvd.code}" + (f" ({rcvd.reason})" if rcvd.reason else "") if rcvd else "no close frame"
-            raise ClientError(f"{url} closed the connection: {why}") from None
+            raise ClientError(f"{url} closed the connection: {closed_why(e)}") from None
         except OSError as e:
             raise ClientError(f"connection to {url} lost: {e.strerror or e}") from None
     return 0
