@@ -268,6 +268,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "int", None, low=1, high=4096, metavar="N",
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
+    Option("reuse_port", "bool", False,
+           help="Let other processes of the same user listen on the same addresses (SO_REUSEPORT), "
+                "for restarts that refuse nothing: start the new server with --reuse-port beside "
+                "the old one (started with it too), then SIGTERM the old one. See docs/operations.md."),
     Option("grace", "float", 10.0, low=0.0, high=24 * 3600.0, resolution="0.001", metavar="SECONDS",
            help="Seconds open connections may finish after SIGTERM/SIGINT "
                 "(rounded up to whole milliseconds)."),
@@ -568,6 +572,7 @@ class ServeConfig:
     listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
+    reuse_port: bool = False  # SO_REUSEPORT: another fastecho may serve the same addresses
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses
     max_memory: int = field(default_factory=default_max_memory)  # all connections' buffers

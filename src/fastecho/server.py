@@ -66,15 +66,25 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNALS = (signal.SIGHUP,)
 
 
-def bind_listener(host: str, port: int, backlog: int, udp: bool = False) -> socket.socket:
-    """A listening TCP socket on host:port, or with udp a bound UDP socket that each
-    worker joins with a socket of its own (SO_REUSEPORT); ServeError with one clear line if not."""
-    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+def _resolve(host: str, port: int, kind: int) -> tuple[int, int, int, tuple]:
+    """getaddrinfo's first answer for a passive socket: (family, type, proto, address)."""
     try:
         infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ServeError(f"cannot resolve host {host!r}: {e.strerror}") from None
     family, type_, proto, _, address = infos[0]
+    return family, type_, proto, address
+
+
+def bind_listener(host: str, port: int, backlog: int, udp: bool = False,
+                  reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on host:port, or with udp a bound UDP socket that each
+    worker joins with a socket of its own (SO_REUSEPORT); ServeError with one clear line if not.
+
+    reuse_port: other processes (of the same user) may bind host:port too
+    (SO_REUSEPORT on the TCP listener as well), see fastecho.reuseport."""
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    family, type_, proto, address = _resolve(host, port, kind)
     where = format_address(host, port)
     try:
         sock = socket.socket(family, type_, proto)
@@ -90,6 +100,8 @@ def bind_listener(host: str, port: int, backlog: int, udp: bool = False) -> sock
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         if not udp:
             sock.listen(backlog)
@@ -100,6 +112,50 @@ def bind_listener(host: str, port: int, backlog: int, udp: bool = False) -> sock
             raise ServeError(f"cannot listen on {where}: address already in use") from None
         raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
     return sock
+
+
+def check_udp_port_free(host: str, port: int) -> None:
+    """ServeError if host:port (UDP) is bound already, by anyone.
+
+    The workers share a UDP listener through SO_REUSEPORT, which the kernel
+    would let any other process of the same user join: a second fastecho
+    would silently take a share of the datagrams. Without --reuse-port a
+    plain bind (no SO_REUSEPORT) is tried first, which fails if the port is
+    taken. Run before this server binds any UDP listener of its own."""
+    if port == 0:
+        return
+    family, type_, proto, address = _resolve(host, port, socket.SOCK_DGRAM)
+    try:
+        with socket.socket(family, type_, proto) as probe:
+            probe.bind(address)
+    except OSError as e:
+        where = format_address(host, port)
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"cannot listen on {where}: address already in use") from None
+        raise ServeError(f"cannot listen on {where}: {e.strerror or e}") from None
+
+
+def enable_migration(sockets: list[socket.socket]) -> None:
+    """--reuse-port: have the kernel move the connections queued on these TCP listeners to
+    another fastecho on the address when this one closes them (fastecho.reuseport), and log
+    how; a warning if it cannot, for then a restart resets those connections."""
+    from fastecho import reuseport
+
+    if not sockets:
+        return
+    failures = [why for why in map(reuseport.attach_migration, sockets) if why is not None]
+    if not failures:
+        log.info("--reuse-port: connections queued here when this server stops move to another "
+                 "server on the same address (request migration, BPF program)")
+    elif reuseport.migrate_sysctl():
+        log.info("--reuse-port: connections queued here when this server stops move to another "
+                 "server on the same address (request migration, net.ipv4.tcp_migrate_req = 1)")
+    else:
+        setting = ("is 0" if reuseport.migrate_sysctl() is False
+                   else "is missing (Linux 5.14 or later has it)")
+        log.warning("--reuse-port: connections queued here when this server stops will be reset, "
+                    "not moved to the server that takes over: net.ipv4.tcp_migrate_req %s and %s; "
+                    "set it to 1 (see docs/operations.md)", setting, failures[0])
 
 
 def close_all(sockets: list[socket.socket]) -> None:
@@ -302,14 +358,24 @@ def open_listeners(cfg: ServeConfig, inherited: socket.socket | None) -> list[tu
     in cfg, bound here. ServeError with one line if one cannot be bound (the
     others are closed again)."""
     if inherited is not None:
+        if cfg.reuse_port:
+            log.warning("--reuse-port does not apply to an inherited socket (--fd, socket "
+                        "activation): whoever bound it chose (ReusePort= in a .socket unit)")
         host, port = inherited.getsockname()[:2]
         return [(Listener(cfg.fd_scheme, host, port), inherited)]
+    if not cfg.reuse_port:
+        for listener in cfg.listeners():
+            if listener.udp:
+                check_udp_port_free(listener.host, listener.port)
     opened: list[tuple[Listener, socket.socket]] = []
     try:
         for listener in cfg.listeners():
-            sock = bind_listener(listener.host, listener.port, cfg.backlog, listener.udp)
+            sock = bind_listener(listener.host, listener.port, cfg.backlog, listener.udp,
+                                 reuse_port=cfg.reuse_port)
             host, port = sock.getsockname()[:2]  # the real port, when 0 was asked for
             opened.append((Listener(listener.scheme, host, port), sock))
+        if cfg.reuse_port:
+            enable_migration([sock for listener, sock in opened if not listener.udp])
     except BaseException:
         close_all([sock for _, sock in opened])
         raise
