@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import random
 import resource
@@ -136,6 +137,12 @@ class Load:
                 self.fail("refused", f"tight: {e!r}")
                 continue
             except OSError as e:
+                if e.errno == errno.EADDRNOTAVAIL:
+                    # This client ran out of ephemeral ports (TIME_WAIT after
+                    # tens of thousands of connects): not the server's doing.
+                    counts["client_ports_exhausted"] += 1
+                    time.sleep(0.01)
+                    continue
                 self.fail("reset" if isinstance(e, ConnectionResetError) else "connect_errors", f"tight connect: {e!r}")
                 continue
             counts["connects"] += 1
