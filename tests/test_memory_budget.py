@@ -88,7 +88,7 @@ def test_100_clients_that_never_read_stay_within_the_budget_while_a_reader_is_se
         # server's autotuned socket buffers), the server is offered the rest,
         # and without the budget each would hold up to its own 1 MiB output
         # cap, 100 MiB in all. Not 500 x 4 MiB, as this test had: the
-        # kernel's TCP memory then peaked at 396,147 pages (1.55 GB,
+        # kernel's TCP memory then peaked at 396,147 pages (1.62 GB,
         # /proc/net/sockstat), past its pressure mark (tcp_mem[1], 383,867
         # pages here), where it stops growing socket buffers and a send to
         # the one client that reads could stall (a rare flaky failure).
