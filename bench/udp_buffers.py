@@ -18,8 +18,7 @@ import dataclasses
 import sys
 
 from fastecho.bench import cli, servers
-
-FASTECHO_UDP_BUFFER = 4 * 2**20  # what fastecho's UDP listener asks for (server.py)
+from fastecho.server import UDP_BUFFER_BYTES as FASTECHO_UDP_BUFFER  # what fastecho's UDP listener asks for
 
 
 def add_big_buffer_loops(receive_buffer: int) -> list[str]:
@@ -32,8 +31,7 @@ def add_big_buffer_loops(receive_buffer: int) -> list[str]:
         servers.SERVERS[name] = dataclasses.replace(
             spec, name=name, description=f"{spec.description}; SO_RCVBUF {receive_buffer}",
             udp_command=lambda threads, _, binary=binary: [
-                str(servers.reference_binary(binary)), "--host", servers.HOST, "--port", "0",
-                "--threads", str(threads), "--rcvbuf", str(receive_buffer)])
+                *servers._reference_udp(binary, threads), "--rcvbuf", str(receive_buffer)])
         names.append(name)
     return names
 

@@ -103,18 +103,23 @@ def test_a_port_in_use_is_a_serve_error_and_leaves_nothing_open():
 def test_several_servers_started_and_stopped_in_any_order_leave_nothing_behind():
     fds, threads = fd_count(), thread_count()
     servers = [EchoServer(threads=n).start() for n in (1, 2, 3)]
-    assert thread_count() == threads + sum(n + 1 for n in (1, 2, 3))  # workers and an acceptor each
-    for server in servers:
-        assert echo(server.address(), b"ping") == b"ping"
-    servers[1].stop()
-    assert echo(servers[2].address(), b"still") == b"still"
-    fourth = EchoServer().start()
-    servers[0].stop()
-    fourth.stop()
-    servers[2].stop()
-    servers[2].stop()  # idempotent
-    assert wait_until(lambda: (fd_count(), thread_count()) == (fds, threads), 10), \
-        (fd_count(), fds, thread_count(), threads)
+    fourth = EchoServer()
+    try:
+        assert thread_count() == threads + sum(n + 1 for n in (1, 2, 3))  # workers and an acceptor each
+        for server in servers:
+            assert echo(server.address(), b"ping") == b"ping"
+        servers[1].stop()
+        assert echo(servers[2].address(), b"still") == b"still"
+        fourth.start()
+        servers[0].stop()
+        fourth.stop()
+        servers[2].stop()
+        servers[2].stop()  # idempotent
+        assert wait_until(lambda: (fd_count(), thread_count()) == (fds, threads), 10), \
+            (fd_count(), fds, thread_count(), threads)
+    finally:  # a failed assert must not leave engines running in the test process
+        for server in (*servers, fourth):
+            server.stop()
     with pytest.raises(ServeError, match="starts once"):
         servers[0].start()
     with pytest.raises(ServeError, match="not running"):
@@ -137,6 +142,7 @@ def test_stop_drains_a_connection_within_grace():
         assert not stopper.is_alive()
     finally:
         sock.close()
+        server.stop(grace=0)  # a no-op once the stopper has run
 
 
 def test_async_with_leaves_the_event_loop_free():

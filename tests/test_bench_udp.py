@@ -28,6 +28,7 @@ from fastecho.bench import LoadError, cli, run_load
 from fastecho.bench._loadgen import UDP_DEFAULT_TIMEOUT, UDP_MAX_DATAGRAM_SIZE, UDP_MAX_SOCKETS
 from fastecho.bench.errors import ServerStartError
 from fastecho.bench.servers import HOST, SERVERS, reference_binary, running_server
+from helpers import read_line
 from test_bench_cli import FAST, assert_one_line_usage_error, bench, our_children
 from test_bench_loadgen import JOIN_TIMEOUT, SHORT, failing_on_an_exited_pid
 
@@ -357,7 +358,7 @@ def test_reference_loops_share_a_port_over_threads_and_stop_on_sigterm(name):
                                 "--rcvbuf", "262144"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
-        line = process.stdout.readline()
+        line = read_line(process, 30)
         match = re.fullmatch(rf"{name.removeprefix('fastecho-')} listening on 127\.0\.0\.1:(\d+) \(udp\) "
                              r"\(3 threads\)\n", line)
         assert match, line

@@ -27,6 +27,7 @@ from fastecho.bench import LoadError, cli, run_load
 from fastecho.bench._loadgen import WS_SUPPORTED
 from fastecho.bench.errors import ServerStartError
 from fastecho.bench.servers import HOST, SERVERS, running_server
+from helpers import read_line
 from test_bench_cli import FAST, assert_one_line_usage_error, bench, our_children
 from test_bench_loadgen import SHORT, recv_exactly_or_eof, thread_server
 
@@ -159,7 +160,7 @@ def test_wss_is_ws_over_the_tls_mode(tmp_path):
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                    text=True)
         try:
-            line = process.stdout.readline()
+            line = read_line(process, 30)
             assert "(wss)" in line, line
             port = int(re.search(r":(\d+) ", line)[1])
             result = run_load(HOST, port, 2, 1024, 2, tls=True, tls_ca_file=tls.ca, **WS)

@@ -371,16 +371,8 @@ def test_entrypoint_serves_every_listener_and_metrics(container):
     container.server.wait_for_stderr(r"\[NORMAL\]\[\d+\]\[pid: \d+\] listening on ")
 
 
-def _probe_available(env: dict[str, str]) -> bool:
-    result = subprocess.run(["fastecho", "probe", "--help"], env=env, capture_output=True, timeout=30)
-    return result.returncode == 0
-
-
 @needs_build
 def test_healthcheck_passes_then_fails_once_stopped(image, container):
-    if not _probe_available(image.env):
-        pytest.skip("`fastecho probe` is not in this tree yet (branch probe); the HEALTHCHECK "
-                    "command runs here once it lands")
     flags, probe = dockerfile.healthcheck(RUNTIME)
     probe = _remap_ports(probe, container.ports)
     limit = dockerfile.seconds(flags["timeout"])

@@ -230,14 +230,16 @@ def test_warns_when_queued_connections_would_be_reset(monkeypatch, caplog):
                                                                      "Operation not permitted")
     monkeypatch.setattr(reuseport, "migrate_sysctl", lambda: False)
     with caplog.at_level(logging.INFO, logger="fastecho"):
-        server_module.enable_migration([socket.socket()])
+        with socket.socket() as sock:
+            server_module.enable_migration([sock])
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and re.search(r"will be reset.*tcp_migrate_req is 0 and cannot load "
                                            r"the BPF program: Operation not permitted", warning[0])
     caplog.clear()
     monkeypatch.setattr(reuseport, "migrate_sysctl", lambda: True)
     with caplog.at_level(logging.INFO, logger="fastecho"):
-        server_module.enable_migration([socket.socket()])
+        with socket.socket() as sock:
+            server_module.enable_migration([sock])
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "tcp_migrate_req = 1" in caplog.records[0].getMessage()
 

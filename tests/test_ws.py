@@ -22,7 +22,8 @@ import websockets
 from websockets.sync.client import connect
 
 from fastecho import _core
-from helpers import assert_one_line_error, listeners, proxy_v1, run_cli, scrape, start_server, wait_until
+from helpers import (assert_one_line_error, listeners, proxy_v1, recv_exactly, run_cli, scrape, start_server,
+                     wait_until)
 from pki import tls_args
 
 pytestmark = pytest.mark.skipif(not _core.WS_AVAILABLE, reason="this build has no WebSocket (no libcrypto)")
@@ -72,16 +73,6 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, 
         return head + payload
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(out)} of {n} bytes")
-        out += chunk
-    return bytes(out)
 
 
 def read_frame(sock: socket.socket) -> tuple[bool, int, bytes]:

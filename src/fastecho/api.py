@@ -34,7 +34,7 @@ from fastecho._core import Engine, TlsContext
 from fastecho.config import OPTION_BY_NAME, ServeConfig
 from fastecho.errors import ConfigError, ServeError
 from fastecho.listeners import Listener
-from fastecho.server import LINGER_SECONDS, check_fd_limit, close_all, create_engine, failing_as, open_listeners
+from fastecho.server import LINGER_SECONDS, close_all, open_listeners, start_engine
 
 # serve options that act on the whole process, not on one server in it.
 PROCESS_OPTIONS = {
@@ -58,8 +58,6 @@ def _config(options: dict[str, Any]) -> ServeConfig:
         if name not in OPTION_BY_NAME:
             hint = difflib.get_close_matches(name, OPTION_BY_NAME, n=1)
             raise ConfigError(f"unknown option {name!r}" + (f" (did you mean {hint[0]}?)" if hint else ""))
-    if isinstance(options.get("listen"), str):
-        options["listen"] = [options["listen"]]  # one URL, as TOML allows
     return ServeConfig(**options)
 
 
@@ -90,17 +88,7 @@ class EchoServer:
             self._tls = tls.load_context(cfg) if cfg.serves_tls() else None
             bound = open_listeners(cfg, None)
             try:
-                check_fd_limit(cfg.threads, sum(listener.udp for listener, _ in bound))
-                with failing_as("cannot create the engine"):
-                    engine = create_engine(cfg)
-                if self._tls is not None:
-                    engine.set_tls(self._tls)
-                with failing_as("cannot start the engine"):
-                    engine.start(*(sock.fileno() for _, sock in bound),
-                                 proxy=[listener.proxy for listener, _ in bound],
-                                 tls=[listener.tls for listener, _ in bound],
-                                 udp=[listener.udp for listener, _ in bound],
-                                 ws=[listener.ws for listener, _ in bound])
+                engine = start_engine(cfg, bound, self._tls)
             except BaseException:
                 close_all([sock for _, sock in bound])
                 raise
@@ -149,21 +137,24 @@ class EchoServer:
     @property
     def listeners(self) -> list[Listener]:
         """Every listener, with its real port (port 0 asked for one), in the order given."""
-        return [Listener(listener.scheme, *sock.getsockname()[:2]) for listener, sock in self._bound]
+        return [listener for listener, _ in self._bound]  # open_listeners filled in the real ports
 
-    def address(self, scheme: str = "tcp") -> tuple[str, int]:
-        """(host, port) of the first listener with this scheme (tcp, udp, tls, ws, ...)."""
+    def _first(self, scheme: str) -> Listener:
         for listener in self.listeners:
             if listener.scheme == scheme:
-                return listener.host, listener.port
+                return listener
         served = ", ".join(listener.url for listener in self.listeners) or "nothing (not started)"
         raise LookupError(f"no {scheme} listener: this server serves {served}")
 
+    def address(self, scheme: str = "tcp") -> tuple[str, int]:
+        """(host, port) of the first listener with this scheme (tcp, udp, tls, ws, ...)."""
+        listener = self._first(scheme)
+        return listener.host, listener.port
+
     def url(self, scheme: str = "tcp") -> str:
         """The first listener with this scheme as a URL (ws and wss with a trailing /)."""
-        host, port = self.address(scheme)
-        url = Listener(scheme, host, port).url
-        return url + "/" if scheme.split("+")[0] in ("ws", "wss") else url
+        listener = self._first(scheme)
+        return listener.url + "/" if listener.ws else listener.url
 
     def stats(self) -> dict[str, Any]:
         """The engine's counters (as `fastecho_*` metrics show them), a lock-free snapshot."""

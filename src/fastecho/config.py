@@ -536,6 +536,8 @@ def _validate(opt: Option, value: Any) -> Any:
             raise Invalid("must be true or false")
     elif kind in LIST_KINDS:
         items = LIST_KINDS[kind]
+        if isinstance(value, str):
+            value = (value,)  # one item, as TOML and EchoServer(listen="...") may give it
         value = tuple(v if isinstance(v, items.item_type) else items.parse(str(v)) for v in value)
     elif not isinstance(value, str):
         raise Invalid("must be a string")

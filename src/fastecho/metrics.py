@@ -130,14 +130,13 @@ class EngineCollector:
         yield accepted
         yield active
         yield from self._udp(stats)
-        if "ws" in stats:
-            yield from self._ws(stats["ws"])
+        yield from self._ws(stats["ws"])
 
     def _udp(self, stats: dict[str, Any]) -> Iterator[Metric]:
         datagrams = CounterMetricFamily(*UDP_DATAGRAMS, labels=["listener", "direction"])
         payload = CounterMetricFamily(*UDP_BYTES, labels=["listener", "direction"])
         dropped = CounterMetricFamily(*UDP_DROPPED, labels=["listener", "reason"])
-        for url, udp in zip(self._listeners, stats.get("udp", ())):
+        for url, udp in zip(self._listeners, stats["udp"]):
             if not url.startswith("udp://"):
                 continue
             for direction in ("in", "out"):

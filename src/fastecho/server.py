@@ -147,12 +147,13 @@ def enable_migration(sockets: list[socket.socket]) -> None:
     if not failures:
         log.info("--reuse-port: connections queued here when this server stops move to another "
                  "server on the same address (request migration, BPF program)")
-    elif reuseport.migrate_sysctl():
+        return
+    sysctl = reuseport.migrate_sysctl()
+    if sysctl:
         log.info("--reuse-port: connections queued here when this server stops move to another "
                  "server on the same address (request migration, net.ipv4.tcp_migrate_req = 1)")
     else:
-        setting = ("is 0" if reuseport.migrate_sysctl() is False
-                   else "is missing (Linux 5.14 or later has it)")
+        setting = "is 0" if sysctl is False else "is missing (Linux 5.14 or later has it)"
         log.warning("--reuse-port: connections queued here when this server stops will be reset, "
                     "not moved to the server that takes over: net.ipv4.tcp_migrate_req %s and %s; "
                     "set it to 1 (see docs/operations.md)", setting, failures[0])
@@ -352,6 +353,25 @@ def create_engine(cfg: ServeConfig) -> Engine:
     )
 
 
+def start_engine(cfg: ServeConfig, bound: list[tuple[Listener, socket.socket]],
+                 tls_context: _core.TlsContext | None) -> Engine:
+    """Checks the fd limit, then creates the engine for cfg and starts it on the bound
+    listeners (the caller keeps the sockets open until it has stopped). ServeError with
+    one line if it cannot."""
+    check_fd_limit(cfg.threads, sum(listener.udp for listener, _ in bound))
+    with failing_as("cannot create the engine"):
+        engine = create_engine(cfg)
+    if tls_context is not None:
+        engine.set_tls(tls_context)
+    with failing_as("cannot start the engine"):
+        engine.start(*(sock.fileno() for _, sock in bound),
+                     proxy=[listener.proxy for listener, _ in bound],
+                     tls=[listener.tls for listener, _ in bound],
+                     udp=[listener.udp for listener, _ in bound],
+                     ws=[listener.ws for listener, _ in bound])
+    return engine
+
+
 def open_listeners(cfg: ServeConfig, inherited: socket.socket | None) -> list[tuple[Listener, socket.socket]]:
     """The listening sockets to serve, each with its listener: the inherited
     one (--fd, socket activation; it speaks --fd-scheme), or every listener
@@ -485,18 +505,9 @@ class Server:
                 drop_privileges(cfg.user, logs.open_files())
                 if self.pidfile is not None:
                     self.pidfile.check_removable(cfg.user)
-            check_fd_limit(cfg.threads, sum(listener.udp for listener, _ in bound))
-            with failing_as("cannot create the engine"):
-                self.engine = create_engine(cfg)
+            self.engine = start_engine(cfg, bound, tls_context)
             if tls_context is not None:
-                self.engine.set_tls(tls_context)
                 log.info("TLS certificate: %s (%s)", tls_context.describe(), _core.TLS_LIBRARY)
-            with failing_as("cannot start the engine"):
-                self.engine.start(*(sock.fileno() for sock in sockets),
-                                  proxy=[listener.proxy for listener, _ in bound],
-                                  tls=[listener.tls for listener, _ in bound],
-                                  udp=[listener.udp for listener, _ in bound],
-                                  ws=[listener.ws for listener, _ in bound])
             where = describe_listeners([listener for listener, _ in bound])
             line = f"fastecho listening on {where} ({cfg.threads} threads)"
             print(line, file=self.out, flush=True)

@@ -23,10 +23,9 @@ enum {
     FE_BUDGET_RETRY_MS = 10,
     /* Room for line mode's error line ("error: line longer than N bytes\n"). */
     FE_LINE_ERROR_MAX = 96,
-    /* Room for an HTTP answer's status line and headers (the page's body
-     * is counted apart) and for a ws frame's header and a control frame. */
-    FE_WS_ANSWER_HEAD_MAX = 512,
-    FE_WS_FRAME_OVERHEAD = 14 + 2 + 125,
+    /* A ws feed's output past its input (fe_ws_frame.h's bound), plus a
+     * control frame of our own. */
+    FE_WS_FRAME_OVERHEAD = FE_WS_FEED_SLACK + 2 + FE_WS_MAX_CONTROL,
 };
 
 static const char *const close_reason_names[FE_CLOSE_REASON_COUNT] = {

@@ -214,8 +214,6 @@ static int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason 
  * those bytes again. */
 static int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
 {
-    if (c->tls_unsent)
-        want = c->tls_unsent_len;
     ssize_t n = conn_peek(c, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
@@ -457,6 +455,17 @@ static void close_expired(fe_worker *w)
     }
 }
 
+/* Closes the connections still awaiting their PROXY header, TLS handshake
+ * or WebSocket request: at a stop, nothing they sent is owed an echo. */
+static void close_unserved(fe_worker *w)
+{
+    fe_conn_list *lists[] = {&w->proxy_waiting, &w->handshaking, &w->ws_upgrading};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        while (lists[i]->head)
+            close_conn(w, lists[i]->head, FE_CLOSE_SHUTDOWN);
+    }
+}
+
 /* The stop began: ws connections are told "going away" (close 1001) at
  * once, then finish as they would after any close frame. */
 static void send_going_away(fe_worker *w)
@@ -478,12 +487,7 @@ static void send_going_away(fe_worker *w)
 static void enter_closing(fe_worker *w)
 {
     w->closing = true;
-    while (w->proxy_waiting.head) /* nothing received yet that is owed an echo */
-        close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
-    while (w->handshaking.head)
-        close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
-    while (w->ws_upgrading.head)
-        close_conn(w, w->ws_upgrading.head, FE_CLOSE_SHUTDOWN);
+    close_unserved(w); /* nothing received yet that is owed an echo */
     fe_conn *c = w->active.head;
     while (c) {
         fe_conn *next = c->next;
@@ -494,12 +498,7 @@ static void enter_closing(fe_worker *w)
 
 static void close_all(fe_worker *w)
 {
-    while (w->proxy_waiting.head)
-        close_conn(w, w->proxy_waiting.head, FE_CLOSE_SHUTDOWN);
-    while (w->handshaking.head)
-        close_conn(w, w->handshaking.head, FE_CLOSE_SHUTDOWN);
-    while (w->ws_upgrading.head)
-        close_conn(w, w->ws_upgrading.head, FE_CLOSE_SHUTDOWN);
+    close_unserved(w);
     while (w->active.head)
         close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
     while (w->aborting.head)
@@ -522,7 +521,8 @@ static int wait_timeout_ms(const fe_worker *w)
     const fe_server *s = w->server;
     /* With no timer running (the plain echo loop), there is none to look at. */
     int64_t ms = needs_clock(w) ? fe_conn_next_timer_ms(w) : -1;
-    int64_t log_ms = fe_udp_log_ms_left(w);
+    /* Only a UDP access-log window open (which needs the clock too) has a deadline. */
+    int64_t log_ms = w->udp_log.window_start_ns != 0 ? fe_udp_log_ms_left(w) : -1;
     if (log_ms >= 0 && (ms < 0 || log_ms < ms))
         ms = log_ms;
     if (w->tls_pending_count > 0)
@@ -614,8 +614,10 @@ void *fe_worker_main(void *arg)
          * the state changed, so everything it ever queued is visible now;
          * adopt it (or close it, once closing) before deciding whether this
          * worker is finished. */
-        fe_udp_log_flush_due(w, true);
-        fe_udp_close(w);
+        if (!w->going_away) { /* once: the stop's first look */
+            fe_udp_log_flush_due(w, true);
+            fe_udp_close(w);
+        }
         adopt_queued(w);
         if (!w->going_away)
             send_going_away(w);

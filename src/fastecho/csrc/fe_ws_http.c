@@ -361,7 +361,7 @@ int fe_ws_http_answer(const fe_ws_request *req, const char *page, size_t page_le
     const char *status = status_line(req->answer);
     if (status == NULL)
         return -1;
-    char head[512];
+    char head[FE_WS_ANSWER_HEAD_MAX];
     int hn;
     const char *body = NULL;
     size_t body_len = 0, content_length = 0;

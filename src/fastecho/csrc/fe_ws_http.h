@@ -54,7 +54,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { FE_WS_DEFAULT_MAX_HEADER = 8192 };
+enum {
+    FE_WS_DEFAULT_MAX_HEADER = 8192,
+    /* Room for an answer's status line and headers, its body apart. */
+    FE_WS_ANSWER_HEAD_MAX = 512,
+};
 
 typedef struct fe_ws_policy {
     const char *path; size_t path_len;   /* upgrade only at this exact path (query string ignored); NULL: any path */
