@@ -7,11 +7,13 @@ WS_HTTP_STATUSES: tuple[int, ...]
 WS_CLOSE_CODES: tuple[str, ...]
 LOOPBACK: tuple[str, ...]
 
+IO_BACKENDS: tuple[str, ...]
 TLS_AVAILABLE: bool
 TLS_LIBRARY: str
 WS_AVAILABLE: bool
 
 def _defaults() -> dict[str, int | float]: ...
+def io_uring_unavailable() -> str | None: ...
 
 class TlsContext:
     def __init__(
@@ -47,6 +49,7 @@ class Engine:
         ws_max_message: int = 0,
         ws_max_header: int = 0,
         ws_handshake_timeout: float = 0.0,
+        io_backend: str = "epoll",
     ) -> None: ...
     def set_tls(self, context: TlsContext) -> None: ...
     def start(

@@ -15,6 +15,7 @@ import ipaddress
 
 from fastecho.includes.fe cimport (
     FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_EVENT_UDP, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_IO_EPOLL, FE_IO_URING, fe_io_uring_check,
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
     fe_server_drain_events, fe_server_shutdown, fe_server_start, fe_server_stats,
@@ -128,6 +129,20 @@ def _defaults():
     }
 
 
+# The I/O backends a worker can run (fe_config.io_backend).
+IO_BACKENDS = ("epoll", "io_uring")
+
+
+def io_uring_unavailable():
+    """None when this build and kernel can run the io_uring backend, else why not (one line)."""
+    cdef char why[ERRLEN]
+    cdef int rc
+    why[0] = 0
+    with nogil:
+        rc = fe_io_uring_check(why, ERRLEN)
+    return None if rc == 0 else why.decode("utf-8", "replace")
+
+
 TLS_AVAILABLE = bool(fe_tls_available())
 # Whether ws listeners are served (they need libcrypto's SHA-1).
 WS_AVAILABLE = bool(fe_ws_available())
@@ -175,7 +190,7 @@ cdef class TlsContext:
 
 
 cdef class Engine:
-    """A C echo engine: an acceptor thread plus `threads` epoll workers."""
+    """A C echo engine: an acceptor thread plus `threads` workers (epoll or io_uring)."""
 
     def __cinit__(self, int threads, size_t max_pending_output=0,
                   size_t read_buffer_size=0, size_t queue_capacity=0, *,
@@ -187,7 +202,7 @@ cdef class Engine:
                   double tls_handshake_timeout=0.0, bint udp_allow_low_ports=False,
                   unsigned int udp_rate=0, size_t udp_max_datagram=0,
                   bytes ws_path=None, ws_allow_origins=(), unsigned long long ws_max_message=0,
-                  size_t ws_max_header=0, double ws_handshake_timeout=0.0):
+                  size_t ws_max_header=0, double ws_handshake_timeout=0.0, str io_backend="epoll"):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -237,6 +252,9 @@ cdef class Engine:
             cfg.ws_max_header = ws_max_header
         if ws_handshake_timeout:
             cfg.ws_handshake_timeout_ms = max(_milliseconds(ws_handshake_timeout), 1)
+        if io_backend not in IO_BACKENDS:
+            raise ConfigError(f"unknown io backend {io_backend!r} (one of: {', '.join(IO_BACKENDS)})")
+        cfg.io_backend = FE_IO_URING if io_backend == "io_uring" else FE_IO_EPOLL
         err[0] = 0
         try:
             if origins:

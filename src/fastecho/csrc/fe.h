@@ -30,7 +30,7 @@ typedef struct fe_server fe_server;
  * FE_FDS_PER_WORKER for each worker, all in fe_server_create, and at
  * fe_server_start one socket per worker for each UDP listener. Every
  * connection then costs one more. Callers check RLIMIT_NOFILE with these. */
-enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2 };
+enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 3 }; /* epoll, eventfd, and an io_uring ring */
 
 /* A client address. family is 4 or 6 (0: unknown); IPv4-mapped IPv6
  * addresses are reported as IPv4. addr holds 4 or 16 bytes, network order. */
@@ -90,6 +90,20 @@ enum fe_framing {
     FE_FRAMING_RAW = 0,  /* byte-exact echo */
     FE_FRAMING_LINE = 1, /* line mode: see fe_config.suffix */
 };
+
+/* How workers move bytes (fe_config.io_backend). */
+enum fe_io_backend {
+    FE_IO_EPOLL = 0, /* level-triggered readiness: read, then send (fe_loop_epoll.c) */
+    FE_IO_URING = 1, /* completions: multishot receives into provided buffers,
+                        one send in flight per connection (fe_loop_uring.c) */
+};
+
+/* Whether this build and this kernel can run the io_uring backend: 0, or
+ * -1 with one line in why saying what is missing (built without liburing;
+ * io_uring_setup refused: EPERM from a seccomp profile or
+ * kernel.io_uring_disabled, ENOSYS; or a kernel without the features the
+ * backend needs). Makes and closes a ring; callable from any thread. */
+int fe_io_uring_check(char *why, size_t whylen);
 
 /* A listening socket handed to fe_server_start. */
 typedef struct fe_listener {
@@ -286,6 +300,12 @@ typedef struct fe_config {
     uint64_t ws_max_message;
     size_t ws_max_header;
     int64_t ws_handshake_timeout_ms;
+
+    /* FE_IO_URING serves TCP listeners, raw or line mode, with or without
+     * a PROXY header; fe_server_start refuses TLS, WebSocket and UDP
+     * listeners under it (the epoll backend serves every kind).
+     * fe_server_create fails when fe_io_uring_check does. */
+    enum fe_io_backend io_backend;
 } fe_config;
 
 typedef struct fe_stats {

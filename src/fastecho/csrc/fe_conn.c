@@ -108,7 +108,7 @@ static fe_conn_list *list_of(fe_worker *w, const fe_conn *c)
 /* Records activity for the idle timeout: the connection moves to the tail
  * of the activity list. A no-op (no memory touched) when timeouts are off,
  * and for connections on the lists of other timers. */
-static void touch(fe_worker *w, fe_conn *c)
+void fe_conn_touch(fe_worker *w, fe_conn *c)
 {
     if (w->server->cfg.idle_timeout_ms <= 0 || is_aborting(c) || c->ws_upgrading)
         return;
@@ -155,7 +155,7 @@ static void account_memory(fe_worker *w, size_t before, size_t after)
 static size_t held(const fe_conn *c)
 {
     size_t decoder = c->ws_state && c->ws_state->upgraded ? fe_ws_decoder_held(&c->ws_state->dec) : 0;
-    return c->out.capacity + c->partial_line.capacity + decoder;
+    return c->out.capacity + c->sending.capacity + c->partial_line.capacity + decoder;
 }
 
 /* Sends what is queued, then FIN, then closes for reason. */
@@ -242,6 +242,7 @@ void fe_conn_free(fe_worker *w, fe_conn *c)
 {
     account_memory(w, held(c), 0);
     fe_buf_free(&c->out);
+    fe_buf_free(&c->sending);
     fe_buf_free(&c->partial_line);
     if (c->ws_state) {
         if (c->ws_state->upgraded)
@@ -259,9 +260,10 @@ static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     size_t limit = s->cfg.max_pending_output;
-    if (c->out.len >= limit)
+    size_t queued = c->out.len + c->sending.len + c->direct; /* io_uring: its send in flight too */
+    if (queued >= limit)
         return 0;
-    size_t room = limit - c->out.len;
+    size_t room = limit - queued;
     if (line_mode(w))
         room /= 1 + s->line_format.suffix_len;
     return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
@@ -335,7 +337,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
      * pending partial line frees only when its newline is read, so it may
      * go on filling the room it already holds (the newline may be next),
      * but not grow: then it waits like the others. */
-    if (c->out.capacity > 0) {
+    if (c->out.capacity > 0 || c->sending.capacity > 0) {
         *how = FE_BUDGET_WAIT_MEMORY;
         return 0;
     }
@@ -361,7 +363,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_SOCKET;
         return 0;
     }
-    if (!line_mode(w) && !c->ws) {
+    if (!line_mode(w) && !c->ws && !w->no_peek) {
         *how = FE_BUDGET_PEEK;
         return want;
     }
@@ -426,7 +428,7 @@ bool fe_conn_ws_idle(fe_worker *w, fe_conn *c)
         return false;
     fe_counter_add(&w->ws_closes[fe_ws_close_slot(FE_WS_CLOSE_GOING_AWAY)], 1);
     finish(c, FE_CLOSE_IDLE);
-    touch(w, c); /* to the tail: another idle period before it is cut off unflushed */
+    fe_conn_touch(w, c); /* to the tail: another idle period before it is cut off unflushed */
     return true;
 }
 
@@ -510,7 +512,7 @@ int fe_conn_input_general(fe_worker *w, fe_conn *c, const char *buf, size_t n, s
 {
     if (c->lingering)
         return 0; /* after our FIN, input is discarded, not echoed: not activity */
-    touch(w, c);
+    fe_conn_touch(w, c);
     fe_counter_add(&w->bytes_received, (uint64_t)n);
     c->bytes_in += (uint64_t)n;
     if (sent > 0) {
@@ -641,10 +643,27 @@ void fe_conn_sent(fe_worker *w, fe_conn *c, size_t sent)
         return;
     fe_counter_add(&w->bytes_sent, (uint64_t)sent);
     c->bytes_out += (uint64_t)sent;
-    size_t before = c->out.capacity;
-    fe_buf_consume(&c->out, sent);
-    account_memory(w, before, c->out.capacity);
-    touch(w, c); /* a slow reader that is reading is not idle */
+    fe_buf *from = c->sending.len > 0 ? &c->sending : &c->out;
+    size_t before = from->capacity;
+    fe_buf_consume(from, sent);
+    account_memory(w, before, from->capacity);
+    fe_conn_touch(w, c); /* a slow reader that is reading is not idle */
+}
+
+int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t n)
+{
+    size_t before = c->sending.capacity;
+    if (fe_buf_append(&c->sending, rest, n) != 0)
+        return -1;
+    account_memory(w, before, c->sending.capacity);
+    c->direct = 0;
+    return 0;
+}
+
+void fe_conn_take_output(fe_conn *c)
+{
+    c->sending = c->out;
+    c->out = (fe_buf){0};
 }
 
 void fe_conn_socket_full(fe_worker *w, fe_conn *c)
@@ -693,7 +712,7 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         *interest = 0;
         return FE_STEP_WAIT;
     }
-    bool unsent = c->out.len > 0 || c->tls_unsent;
+    bool unsent = c->out.len > 0 || c->tls_unsent || c->sending.len > 0 || c->direct > 0;
     if (!unsent && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         *reason = c->finishing ? (enum fe_close_reason)c->finish_reason

@@ -65,6 +65,15 @@ struct fe_conn {
     uint8_t finish_reason; /* enum fe_close_reason, once finishing */
     bool ws_upgrading;    /* ws: its request head has not all arrived (w->ws_upgrading) */
     struct fe_ws_conn *ws_state; /* ws: the request parse, then the frame decoder */
+    /* io_uring (fe_loop_uring.c): its one send in flight carries either
+     * `direct` bytes straight from a provided buffer, or `sending`, queued
+     * output taken out of `out` so that nothing moves it while the kernel
+     * reads it. Both are output not yet sent, ahead of `out`. */
+    fe_buf sending;
+    uint32_t direct;
+    uint16_t send_bid;    /* the provided buffer a direct send goes out of */
+    uint8_t uring_refs;   /* completions the kernel still owes that name c */
+    uint8_t uring_flags;  /* fe_loop_uring.c's FE_URING_* */
 };
 
 /* What the memory budget allows a connection's next read. */
@@ -164,6 +173,40 @@ static inline bool fe_conn_echoes_directly(const fe_worker *w, const fe_conn *c)
     return w->server->cfg.framing == FE_FRAMING_RAW && c->out.len == 0 && !c->lingering && !c->ws;
 }
 
+void fe_conn_touch(fe_worker *w, fe_conn *c);
+
+/* io_uring: n bytes arrived (fe_conn_echoes_directly held) and go straight
+ * back in a send the backend now has in flight from where they arrived:
+ * counted as received now, and as sent by fe_conn_sent_direct. */
+static inline void fe_conn_received_direct(fe_worker *w, fe_conn *c, size_t n)
+{
+    fe_counter_add(&w->bytes_received, (uint64_t)n);
+    c->bytes_in += (uint64_t)n;
+    c->direct = (uint32_t)n;
+    if (w->server->cfg.idle_timeout_ms > 0)
+        fe_conn_touch(w, c);
+}
+
+/* io_uring: sent bytes of the direct send went out. */
+static inline void fe_conn_sent_direct(fe_worker *w, fe_conn *c, size_t sent)
+{
+    fe_counter_add(&w->bytes_sent, (uint64_t)sent);
+    c->bytes_out += (uint64_t)sent;
+    c->direct -= (uint32_t)sent;
+    if (w->server->cfg.idle_timeout_ms > 0)
+        fe_conn_touch(w, c);
+}
+
+/* io_uring: the rest of a direct send, which the socket did not take, is
+ * kept (copied into c->sending, which must be empty) to go out first; the
+ * provided buffer it was in can then be reused. Returns 0, or -1 when out
+ * of memory (the connection must close). */
+int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t n);
+
+/* io_uring: moves the queued output into c->sending (which must be empty)
+ * for the send about to start; new output queues in c->out meanwhile. */
+void fe_conn_take_output(fe_conn *c);
+
 /* Whether input just framed left output to send at once (line mode, ws). */
 static inline bool fe_conn_framed_output(const fe_worker *w, const fe_conn *c)
 {
@@ -205,7 +248,7 @@ void fe_conn_handshake_done(fe_worker *w, fe_conn *c, const char *subject, bool 
 /* The peer finished sending (FIN). Returns 0, or -1 with *reason. */
 int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason);
 
-/* sent bytes of the queued output went out. */
+/* sent bytes of the queued output went out (of c->sending first, under io_uring). */
 void fe_conn_sent(fe_worker *w, fe_conn *c, size_t sent);
 
 /* The socket took none of an echo while the budget is spent (PEEK): wait

@@ -119,6 +119,11 @@ typedef struct fe_worker {
     struct fe_udp_batch *udp_batch;
     fe_udp_log udp_log;  /* per-source tallies, with access events and UDP */
     bool udp_log_ready;
+    /* The backend cannot peek (io_uring): while the budget is spent, a raw
+     * connection that holds nothing reads what its socket can send at once,
+     * as line mode does, instead of peeking. */
+    bool no_peek;
+    struct fe_uring *uring; /* io_uring: this worker's ring and buffers (fe_uring.h) */
 } fe_worker;
 
 struct fe_server {
@@ -213,8 +218,10 @@ enum { FE_UDP_RATE_SOURCES = 65536 };
 /* Monotonic clock in nanoseconds. */
 int64_t fe_now_ns(void);
 
-/* Worker thread entry point (the backend: fe_loop_epoll.c). arg is the fe_worker. */
-void *fe_worker_main(void *arg);
+/* Worker thread entry points, one per backend (fe_loop_epoll.c,
+ * fe_loop_uring.c). arg is the fe_worker. */
+void *fe_worker_main_epoll(void *arg);
+void *fe_worker_main_uring(void *arg);
 
 /* Acceptor thread entry point (fe_acceptor.c). arg is the fe_server. */
 /* The most connections that leave `reserve` fds (at most a quarter of

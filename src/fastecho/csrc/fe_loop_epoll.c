@@ -18,7 +18,7 @@
  * from the socket (which epoll will never report) served from a pending
  * list after each batch of events, as redis does.
  */
-#include "fe_conn.h"
+#include "fe_worker_loop.h"
 #include "fe_tls.h"
 #include "fe_transport.h"
 #include "fe_udp.h"
@@ -27,10 +27,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-enum {
-    FE_MAX_EVENTS = 256,
-    FE_ADOPT_BATCH = 64,
-};
+enum { FE_MAX_EVENTS = 256 };
 
 static uint32_t epoll_interest(uint32_t want)
 {
@@ -160,20 +157,6 @@ static void adopt(fe_worker *w, const fe_handoff *h)
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, c->fd, &ev) != 0)
         close_conn(w, c, FE_CLOSE_RESET);
-}
-
-static void adopt_queued(fe_worker *w)
-{
-    fe_handoff batch[FE_ADOPT_BATCH];
-    size_t n;
-    while ((n = fe_queue_pop_batch(&w->inbox, batch, FE_ADOPT_BATCH)) > 0) {
-        for (size_t i = 0; i < n; i++) {
-            if (w->closing) /* too late to serve it */
-                fe_conn_drop_handoff(w, &batch[i], FE_CLOSE_SHUTDOWN);
-            else
-                adopt(w, &batch[i]);
-        }
-    }
 }
 
 /* Sends queued output until done or the socket is full. Returns -1 when
@@ -420,18 +403,6 @@ FE_ECHO_PATH void handle(fe_worker *w, fe_conn *c, uint32_t events)
         handle_with(w, c, events, false);
 }
 
-/* Looks again at connections waiting for the memory budget. */
-static void retry_budget_waits(fe_worker *w)
-{
-    fe_conn *c = w->active.head;
-    while (c && w->budget_blocked > 0) {
-        fe_conn *next = c->next;
-        if (c->budget_wait)
-            settle(w, c);
-        c = next;
-    }
-}
-
 /* Serves the TLS connections whose input OpenSSL holds: one read each, as
  * for a readiness event (those that still hold more go round again). */
 static void serve_tls_pending(fe_worker *w)
@@ -441,100 +412,6 @@ static void serve_tls_pending(fe_worker *w)
         pending_remove(w, c);
         handle_tls(w, c, EPOLLIN); /* only TLS connections are pending */
     }
-}
-
-static void close_expired(fe_worker *w)
-{
-    enum fe_close_reason reason;
-    fe_conn *c;
-    while ((c = fe_conn_expired(w, &reason)) != NULL) {
-        if (reason == FE_CLOSE_IDLE && fe_conn_ws_idle(w, c))
-            settle(w, c); /* its close frame goes out first */
-        else
-            close_conn(w, c, reason);
-    }
-}
-
-/* Closes the connections still awaiting their PROXY header, TLS handshake
- * or WebSocket request: at a stop, nothing they sent is owed an echo. */
-static void close_unserved(fe_worker *w)
-{
-    fe_conn_list *lists[] = {&w->proxy_waiting, &w->handshaking, &w->ws_upgrading};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        while (lists[i]->head)
-            close_conn(w, lists[i]->head, FE_CLOSE_SHUTDOWN);
-    }
-}
-
-/* The stop began: ws connections are told "going away" (close 1001) at
- * once, then finish as they would after any close frame. */
-static void send_going_away(fe_worker *w)
-{
-    w->going_away = true;
-    fe_conn *c = w->active.head;
-    while (c) {
-        fe_conn *next = c->next;
-        if (c->ws) {
-            fe_conn_ws_going_away(w, c);
-            settle(w, c);
-        }
-        c = next;
-    }
-}
-
-/* Past the drain deadline: stop echoing; each connection flushes what it
- * already received, sends FIN and lingers until the close deadline. */
-static void enter_closing(fe_worker *w)
-{
-    w->closing = true;
-    close_unserved(w); /* nothing received yet that is owed an echo */
-    fe_conn *c = w->active.head;
-    while (c) {
-        fe_conn *next = c->next;
-        settle(w, c);
-        c = next;
-    }
-}
-
-static void close_all(fe_worker *w)
-{
-    close_unserved(w);
-    while (w->active.head)
-        close_conn(w, w->active.head, fe_conn_stop_reason(w->active.head));
-    while (w->aborting.head)
-        close_conn(w, w->aborting.head, fe_conn_stop_reason(w->aborting.head));
-}
-
-/* Whether this worker needs the clock after each wake-up: only for timers
- * and access events, so the plain echo path never reads it. */
-static bool needs_clock(const fe_worker *w)
-{
-    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->ws_upgrading.head != NULL ||
-           w->budget_blocked > 0 ||
-           w->udp_log.window_start_ns != 0 ||
-           atomic_load(&w->server->state) != FE_RUNNING;
-}
-
-static int wait_timeout_ms(const fe_worker *w)
-{
-    const fe_server *s = w->server;
-    /* With no timer running (the plain echo loop), there is none to look at. */
-    int64_t ms = needs_clock(w) ? fe_conn_next_timer_ms(w) : -1;
-    /* Only a UDP access-log window open (which needs the clock too) has a deadline. */
-    int64_t log_ms = w->udp_log.window_start_ns != 0 ? fe_udp_log_ms_left(w) : -1;
-    if (log_ms >= 0 && (ms < 0 || log_ms < ms))
-        ms = log_ms;
-    if (w->tls_pending_count > 0)
-        return 0; /* input is waiting in OpenSSL */
-    if (atomic_load(&s->state) != FE_RUNNING) {
-        int64_t deadline = w->closing ? atomic_load(&s->close_deadline_ns)
-                                      : atomic_load(&s->drain_deadline_ns);
-        int64_t stop = deadline <= w->now_ns ? 0 : (deadline - w->now_ns + 999999) / 1000000;
-        if (ms < 0 || stop < ms)
-            ms = stop;
-    }
-    return ms < 0 ? -1 : ms > 1000 ? 1000 : (int)ms;
 }
 
 /* UDP sockets are told apart from connections in epoll's data by their
@@ -562,19 +439,25 @@ static void watch_udp(fe_worker *w)
     }
 }
 
-void *fe_worker_main(void *arg)
+static const fe_backend epoll_backend = {
+    .adopt = adopt,
+    .settle = settle,
+    .close = close_conn,
+    .serve_pending = serve_tls_pending,
+};
+
+void *fe_worker_main_epoll(void *arg)
 {
     fe_worker *w = arg;
-    fe_server *s = w->server;
     struct epoll_event events[FE_MAX_EVENTS];
     w->now_ns = fe_now_ns();
     watch_udp(w);
 
     for (;;) {
-        int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, wait_timeout_ms(w));
+        int n = epoll_wait(w->epoll_fd, events, FE_MAX_EVENTS, fe_worker_wait_ms(w));
         if (n < 0 && errno != EINTR)
             break; /* EBADF/EINVAL: our own epoll fd is gone; cannot happen */
-        bool clock_read = needs_clock(w);
+        bool clock_read = fe_worker_needs_clock(w);
         if (clock_read)
             w->now_ns = fe_now_ns();
         for (int i = 0; i < n; i++) {
@@ -584,7 +467,7 @@ void *fe_worker_main(void *arg)
                 uint64_t ignored;
                 while (read(w->wake_fd, &ignored, sizeof ignored) < 0 && errno == EINTR) {
                 }
-                adopt_queued(w);
+                fe_worker_adopt_queued(w, &epoll_backend);
             } else if ((u = udp_untag(ptr)) != NULL) {
                 if (u->fd >= 0)
                     fe_udp_serve(w, u);
@@ -592,47 +475,9 @@ void *fe_worker_main(void *arg)
                 handle(w, ptr, events[i].events);
             }
         }
-        /* A timer that started in this batch (a connection now awaiting its
-         * PROXY header, or the budget) is measured from now, not from a
-         * wake-up that needed no clock. */
-        if (!clock_read && needs_clock(w))
-            w->now_ns = fe_now_ns();
-        if (w->tls_pending_count > 0)
-            serve_tls_pending(w);
-        if (w->udp_log.window_start_ns != 0)
-            fe_udp_log_flush_due(w, false);
-        if (s->cfg.idle_timeout_ms > 0 || w->aborting.head || w->proxy_waiting.head || w->handshaking.head ||
-            w->ws_upgrading.head)
-            close_expired(w);
-        if (w->budget_blocked > 0 && fe_conn_budget_retry_due(w))
-            retry_budget_waits(w);
-        if (atomic_load(&s->state) == FE_RUNNING)
-            continue;
-
-        /* Stopping. UDP reading ends at once (each batch was sent as it
-         * was read, so nothing is pending). The acceptor was joined before
-         * the state changed, so everything it ever queued is visible now;
-         * adopt it (or close it, once closing) before deciding whether this
-         * worker is finished. */
-        if (!w->going_away) { /* once: the stop's first look */
-            fe_udp_log_flush_due(w, true);
-            fe_udp_close(w);
-        }
-        adopt_queued(w);
-        if (!w->going_away)
-            send_going_away(w);
-        if (!w->closing && w->now_ns >= atomic_load(&s->drain_deadline_ns))
-            enter_closing(w);
-        if (w->closing && w->now_ns >= atomic_load(&s->close_deadline_ns))
-            close_all(w);
-        if (w->conn_count == 0)
+        if (fe_worker_after_batch(w, &epoll_backend, clock_read))
             break;
     }
-
-    close_all(w);
-    pthread_mutex_lock(&s->control_lock);
-    s->workers_running--;
-    pthread_cond_broadcast(&s->workers_exited_cond);
-    pthread_mutex_unlock(&s->control_lock);
+    fe_worker_exit(w, &epoll_backend);
     return NULL;
 }

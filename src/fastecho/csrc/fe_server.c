@@ -1,12 +1,13 @@
 /*
  * fe_server.c - the server's lifecycle: config, create, start (the workers
- * of fe_loop_epoll.c and the acceptor of fe_acceptor.c), graceful stop,
+ * of fe_loop_epoll.c or fe_loop_uring.c, and the acceptor of fe_acceptor.c), graceful stop,
  * wait, counters, access events, destroy.
  */
 #include "fe_internal.h"
 #include "fe_sock.h"
 #include "fe_tls.h"
 #include "fe_udp.h"
+#include "fe_uring.h"
 #include "fe_ws.h"
 
 #include <errno.h>
@@ -118,6 +119,8 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     bool line = cfg->framing == FE_FRAMING_LINE;
     if (cfg->framing != FE_FRAMING_RAW && !line)
         return fail(err, errlen, 0, "unknown framing %d", (int)cfg->framing);
+    if (cfg->io_backend != FE_IO_EPOLL && cfg->io_backend != FE_IO_URING)
+        return fail(err, errlen, 0, "unknown io backend %d", (int)cfg->io_backend);
     if (line && cfg->suffix_len > 0 && cfg->suffix == NULL)
         return fail(err, errlen, 0, "suffix_len is set but suffix is NULL");
     if (line && cfg->suffix_len > 4096)
@@ -179,6 +182,7 @@ static void release_workers(fe_server *s)
         fe_worker *w = &s->workers[i];
         fe_udp_close(w); /* a no-op unless the workers never ran */
         fe_udp_free(w);
+        fe_uring_worker_free(w);
         if (w->epoll_fd >= 0)
             close(w->epoll_fd);
         if (w->wake_fd >= 0)
@@ -310,6 +314,18 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
                 what = "epoll_ctl";
         }
     }
+    if (what == NULL && cfg->io_backend == FE_IO_URING) {
+        /* In the caller's thread, so that a refusal (a seccomp profile,
+         * kernel.io_uring_disabled, a locked-memory limit) is reported here. */
+        for (int i = 0; i < cfg->threads; i++) {
+            if (fe_uring_worker_init(&s->workers[i], err, errlen) != 0) {
+                int e = errno;
+                free_server(s);
+                errno = e;
+                return -1;
+            }
+        }
+    }
     if (what) {
         int e = errno;
         free_server(s);
@@ -393,6 +409,11 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
                         fe_tls_available() ? "a tls listener needs a certificate (fe_server_set_tls)"
                                            : "a tls listener needs TLS, and this build has none");
         }
+        if (s->cfg.io_backend == FE_IO_URING && (listeners[i].tls || listeners[i].ws || listeners[i].udp)) {
+            pthread_mutex_unlock(&s->control_lock);
+            return fail(err, errlen, ENOTSUP, "the io_uring backend serves tcp listeners, not %s ones (use the epoll backend)",
+                        listeners[i].udp ? "udp" : listeners[i].ws ? (listeners[i].tls ? "wss" : "ws") : "tls");
+        }
         if (listeners[i].ws && (listeners[i].udp || !fe_ws_available() || s->cfg.framing != FE_FRAMING_RAW)) {
             pthread_mutex_unlock(&s->control_lock);
             return fail(err, errlen, fe_ws_available() ? EINVAL : ENOTSUP,
@@ -427,7 +448,8 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
     for (int i = 0; rc == 0 && i < s->worker_count; i++) {
         fe_worker *w = &s->workers[i];
         snprintf(name, sizeof name, "fe-worker-%u", (unsigned)i % 10000u);
-        rc = spawn(&w->thread, &s->cfg, fe_worker_main, w, name);
+        rc = spawn(&w->thread, &s->cfg, s->cfg.io_backend == FE_IO_URING ? fe_worker_main_uring : fe_worker_main_epoll,
+                   w, name);
         if (rc == 0) {
             w->thread_started = true;
             s->workers_running++;

@@ -16,6 +16,12 @@ cdef extern from "fe.h" nogil:
         FE_FRAMING_RAW
         FE_FRAMING_LINE
 
+    enum fe_io_backend:
+        FE_IO_EPOLL
+        FE_IO_URING
+
+    int fe_io_uring_check(char *why, size_t whylen)
+
     ctypedef struct fe_listener:
         int fd
         bint proxy
@@ -121,6 +127,7 @@ cdef extern from "fe.h" nogil:
         uint64_t ws_max_message
         size_t ws_max_header
         int64_t ws_handshake_timeout_ms
+        fe_io_backend io_backend
 
     ctypedef struct fe_stats:
         uint64_t connections_accepted

@@ -1,0 +1,758 @@
+/*
+ * fe_loop_uring.c - the io_uring backend: one worker's whole main loop,
+ * completion-driven, beside the epoll one (fe_loop_epoll.c). The same
+ * state machine (fe_conn.h) decides what each connection does; only how
+ * its bytes move differs:
+ *
+ * - One ring per worker, with SINGLE_ISSUER and DEFER_TASKRUN where the
+ *   kernel has them: completions are produced only when this thread asks
+ *   for them, in the one io_uring_enter per loop that also submits.
+ * - Receives are multishot, into a ring of provided buffers the worker
+ *   owns (64 of read_buffer_size bytes, fewer past 4 MiB): an idle connection
+ *   owns no buffer, as under epoll. A read that must be smaller than a
+ *   buffer (near the output cap or the memory budget, or a PROXY header,
+ *   which must not swallow what follows it) is a single-shot receive of
+ *   exactly that many bytes.
+ * - At most one send in flight per connection, so echoed bytes can never
+ *   be reordered. Bytes that arrive with nothing queued go straight back
+ *   out of the provided buffer they arrived in, with MSG_DONTWAIT: a send
+ *   the socket cannot take at once completes short instead of waiting, and
+ *   its rest is copied out (c->sending) so the buffer returns to the pool
+ *   at once; no slow reader ever holds one. Bytes that arrive while a send
+ *   is in flight queue in c->out, which moves to c->sending, where nothing
+ *   reallocates it, for the next send.
+ * - A connection closed while the kernel still holds operations that name
+ *   it (counted in c->uring_refs) is released at once (counted, its close
+ *   event sent, its limits freed), has those operations cancelled, and is
+ *   freed, its fd closed, only when the last completion has come back.
+ *
+ * TLS, WebSocket and UDP listeners are not served here: fe_server_start
+ * refuses them under this backend.
+ */
+#include "fe_transport.h"
+#include "fe_uring.h"
+#include "fe_worker_loop.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef FE_WITH_URING
+
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+enum {
+    FE_URING_ENTRIES = 1024,    /* submission queue */
+    FE_URING_CQ_ENTRIES = 8192, /* completions: multishot receives post many */
+    FE_URING_BUFFERS_MAX = 64,  /* provided buffers per worker (a power of two) ... */
+    FE_URING_POOL_BYTES = 4 << 20, /* ... fewer when read_buffer_size is past 64 KiB */
+    FE_URING_GROUP = 0,         /* their buffer group */
+    FE_QUIESCE_TRIES = 1000,    /* at exit, 10 ms waits for the last completions */
+};
+
+/* What a completion is for: the low bits of its user_data, above a
+ * connection's address (calloc'ed: 16-byte aligned). */
+enum {
+    OP_WAKE = 0, /* the worker's eventfd (no connection) */
+    OP_RECV = 1,
+    OP_SEND = 2,
+    OP_CANCEL = 3,
+    OP_POLL_OUT = 4, /* the budget waits for the socket to drain */
+    OP_MASK = 15,
+};
+
+/* c->uring_flags */
+enum {
+    FE_URING_RECV = 1,      /* a receive is armed */
+    FE_URING_MULTISHOT = 2, /* ... and it is multishot */
+    FE_URING_CANCELING = 4, /* a cancel of that receive is on its way */
+    FE_URING_SEND = 8,      /* a send is in flight */
+    FE_URING_POLL_OUT = 16, /* a writability poll is armed */
+    FE_URING_STARVED = 32,  /* its receive ran out of buffers: armed again after the batch */
+    FE_URING_CLOSED = 64,   /* released: freed when uring_refs reaches 0 */
+};
+
+struct fe_uring {
+    struct io_uring ring;
+    bool ring_ready;
+    struct io_uring_buf_ring *br;
+    size_t br_bytes;
+    char *bufs;
+    size_t buf_size;
+    unsigned buf_count; /* a power of two */
+    /* Released connections whose completions are still due (prev/next). */
+    fe_conn_list closed;
+    /* Connections whose receive ended for want of a buffer, linked through
+     * pending_next (epoll's TLS list, unused here: no TLS under io_uring). */
+    fe_conn *starved;
+};
+
+static inline uint64_t tag(fe_conn *c, unsigned op)
+{
+    return (uint64_t)(uintptr_t)c | op;
+}
+
+static inline char *buffer(const struct fe_uring *u, unsigned bid)
+{
+    return u->bufs + (size_t)bid * u->buf_size;
+}
+
+/* Gives a provided buffer back to the kernel's pool. */
+static inline void recycle(struct fe_uring *u, unsigned bid)
+{
+    io_uring_buf_ring_add(u->br, buffer(u, bid), (unsigned)u->buf_size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(u->buf_count), 0);
+    io_uring_buf_ring_advance(u->br, 1);
+}
+
+/* A submission entry; when the queue is full, what is in it is submitted
+ * first. NULL only if the kernel refuses the submission. */
+static inline struct io_uring_sqe *sqe_get(struct fe_uring *u)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (sqe == NULL && io_uring_submit(&u->ring) >= 0)
+        sqe = io_uring_get_sqe(&u->ring);
+    return sqe;
+}
+
+/* ---------------------------------------------------------------- closing */
+
+static void list_add(fe_conn_list *list, fe_conn *c)
+{
+    c->prev = list->tail;
+    c->next = NULL;
+    if (list->tail)
+        list->tail->next = c;
+    else
+        list->head = c;
+    list->tail = c;
+}
+
+static void list_del(fe_conn_list *list, fe_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        list->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        list->tail = c->prev;
+}
+
+/* Frees a released connection once the kernel owes it nothing more. */
+static void free_if_done(fe_worker *w, fe_conn *c)
+{
+    if (c->uring_refs > 0)
+        return;
+    list_del(&w->uring->closed, c);
+    close(c->fd);
+    fe_conn_free(w, c);
+}
+
+static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
+{
+    struct fe_uring *u = w->uring;
+    fe_conn_release(w, c, reason);
+    c->uring_flags |= FE_URING_CLOSED;
+    list_add(&u->closed, c);
+    if (c->uring_refs == 0) {
+        free_if_done(w, c);
+        return;
+    }
+    /* Everything still in flight on its fd: the fd stays open (and its
+     * number taken) until the last of them has come back. */
+    struct io_uring_sqe *sqe = sqe_get(u);
+    if (sqe == NULL)
+        return; /* then they come back by themselves, at the latest at exit */
+    io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
+    c->uring_refs++;
+}
+
+/* ---------------------------------------------------------------- arming */
+
+/* Arms c's receive: multishot when a whole buffer fits within the output
+ * cap and the budget, else one receive of exactly the room there is. */
+static bool arm_recv(fe_worker *w, fe_conn *c)
+{
+    struct fe_uring *u = w->uring;
+    enum fe_budget_verdict how;
+    size_t room = c->awaiting_proxy ? fe_conn_proxy_room(w, c) : fe_conn_read_room(w, c, &how);
+    if (room == 0)
+        return true;
+    struct io_uring_sqe *sqe = sqe_get(u);
+    if (sqe == NULL)
+        return false;
+    if (room >= u->buf_size && !c->awaiting_proxy) {
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+        c->uring_flags |= FE_URING_RECV | FE_URING_MULTISHOT;
+    } else {
+        io_uring_prep_recv(sqe, c->fd, NULL, room, 0);
+        c->uring_flags = (uint8_t)((c->uring_flags | FE_URING_RECV) & ~FE_URING_MULTISHOT);
+    }
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = FE_URING_GROUP;
+    io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
+    c->uring_refs++;
+    return true;
+}
+
+static bool cancel_recv(fe_worker *w, fe_conn *c)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL)
+        return false;
+    io_uring_prep_cancel64(sqe, tag(c, OP_RECV), 0);
+    io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
+    c->uring_flags |= FE_URING_CANCELING;
+    c->uring_refs++;
+    return true;
+}
+
+/* Starts one send of buf (n bytes); dontwait: complete short rather than wait. */
+static inline bool start_send(fe_worker *w, fe_conn *c, const char *buf, size_t n, bool dontwait)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL)
+        return false;
+    io_uring_prep_send(sqe, c->fd, buf, n, MSG_NOSIGNAL | (dontwait ? MSG_DONTWAIT : 0));
+    io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
+    c->uring_flags |= FE_URING_SEND;
+    c->uring_refs++;
+    return true;
+}
+
+static bool arm_poll_out(fe_worker *w, fe_conn *c)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL)
+        return false;
+    io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
+    io_uring_sqe_set_data64(sqe, tag(c, OP_POLL_OUT));
+    c->uring_flags |= FE_URING_POLL_OUT;
+    c->uring_refs++;
+    return true;
+}
+
+/* Whether c is on the bare echo path, where a completion needs no look
+ * at the state machine: plain (fe_conn_plain) and not stopping. */
+static inline bool bare(const fe_worker *w, const fe_conn *c)
+{
+    return !w->closing && fe_conn_plain(w, c);
+}
+
+/* Whether c's multishot receive may stay armed: a whole buffer still fits
+ * within the output cap and the budget (else the next receive is sized). */
+static bool multishot_fits(const fe_worker *w, const fe_conn *c)
+{
+    enum fe_budget_verdict how;
+    return bare(w, c) || fe_conn_read_room(w, c, &how) >= w->uring->buf_size;
+}
+
+/* Acts on what c wants next: FIN, close, the next send, and whether its
+ * receive stays armed. Returns false if c was closed. */
+static bool settle(fe_worker *w, fe_conn *c)
+{
+    uint32_t want = 0;
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    for (;;) {
+        enum fe_conn_step step = fe_conn_next(w, c, &want, &reason);
+        if (step == FE_STEP_LINGER) {
+            /* FIN, then linger reading until the peer closes (see the
+             * epoll backend: a close with unread input would send RST). */
+            fe_tp_plain_shutdown(c->fd);
+            fe_conn_lingering(w, c);
+            continue;
+        }
+        if (step == FE_STEP_FINISH && !c->lingering)
+            fe_tp_plain_shutdown(c->fd);
+        if (step != FE_STEP_WAIT) {
+            close_conn(w, c, reason);
+            return false;
+        }
+        break;
+    }
+    uint8_t f = c->uring_flags;
+    bool ok = true;
+    if (!(f & FE_URING_SEND)) {
+        if (c->sending.len == 0 && c->out.len > 0)
+            fe_conn_take_output(c);
+        if (c->sending.len > 0)
+            ok = start_send(w, c, c->sending.data + c->sending.start, c->sending.len, false);
+        else if ((want & FE_WANT_WRITE) && !(f & FE_URING_POLL_OUT))
+            ok = arm_poll_out(w, c); /* the budget waits for the socket to drain */
+    }
+    bool reading = want & FE_WANT_READ;
+    if (ok && reading && !(f & (FE_URING_RECV | FE_URING_STARVED))) {
+        ok = arm_recv(w, c);
+    } else if (ok && (f & FE_URING_RECV) && !(f & FE_URING_CANCELING) &&
+               (!reading || ((f & FE_URING_MULTISHOT) && !multishot_fits(w, c)))) {
+        /* Done reading, or at the cap or the budget: its multishot receive
+         * would overshoot them (what it already delivered is still taken). */
+        ok = cancel_recv(w, c);
+    }
+    if (!ok) {
+        close_conn(w, c, FE_CLOSE_NO_MEMORY); /* the ring refused a submission */
+        return false;
+    }
+    return true;
+}
+
+/* ---------------------------------------------------------------- completions */
+
+/* n bytes arrived in provided buffer bid: straight back out of it when
+ * nothing is queued, else queued (or framed, or discarded) by the state
+ * machine. Returns -1 with *reason when c must close. */
+static inline int input(fe_worker *w, fe_conn *c, unsigned bid, size_t n, enum fe_close_reason *reason)
+{
+    struct fe_uring *u = w->uring;
+    char *data = buffer(u, bid);
+    if (!(c->uring_flags & FE_URING_SEND) && c->sending.len == 0 && fe_conn_echoes_directly(w, c)) {
+        fe_conn_received_direct(w, c, n);
+        c->send_bid = (uint16_t)bid;
+        if (start_send(w, c, data, n, true))
+            return 0;
+        *reason = FE_CLOSE_NO_MEMORY;
+        c->direct = 0;
+        recycle(u, bid);
+        return -1;
+    }
+    int rc = fe_conn_input(w, c, data, n, 0, reason);
+    recycle(u, bid);
+    return rc;
+}
+
+/* A PROXY header's bytes (a single-shot receive of at most the rest of the
+ * longest header); bytes after a whole header are the client's first. */
+static int proxy_input(fe_worker *w, fe_conn *c, unsigned bid, size_t n, enum fe_close_reason *reason)
+{
+    struct fe_uring *u = w->uring;
+    size_t consume = 0;
+    *reason = FE_CLOSE_RESET;
+    int rc = fe_conn_proxy_input(w, c, buffer(u, bid), n, &consume, reason);
+    if (rc == 0 && consume < n)
+        rc = fe_conn_input(w, c, buffer(u, bid) + consume, n - consume, 0, reason);
+    recycle(u, bid);
+    return rc;
+}
+
+static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
+{
+    struct fe_uring *u = w->uring;
+    bool has_buffer = cqe->flags & IORING_CQE_F_BUFFER;
+    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        c->uring_flags &= (uint8_t)~(FE_URING_RECV | FE_URING_MULTISHOT);
+        c->uring_refs--;
+    }
+    if (c->uring_flags & FE_URING_CLOSED) {
+        if (has_buffer)
+            recycle(u, bid);
+        free_if_done(w, c);
+        return;
+    }
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    int res = cqe->res;
+    int rc = 0;
+    if (res > 0 && has_buffer) {
+        rc = c->awaiting_proxy ? proxy_input(w, c, bid, (size_t)res, &reason)
+                               : input(w, c, bid, (size_t)res, &reason);
+    } else if (res == 0) {
+        if (has_buffer)
+            recycle(u, bid);
+        rc = fe_conn_peer_eof(w, c, &reason);
+        if (rc == 0 && c->awaiting_proxy) { /* it never finished its header */
+            reason = FE_CLOSE_PROXY_INVALID;
+            rc = -1;
+        }
+    } else if (res == -ENOBUFS) {
+        /* The pool is empty for now (buffers return as this batch's sends
+         * complete): armed again after the batch. */
+        if (!(c->uring_flags & FE_URING_STARVED)) {
+            c->uring_flags |= FE_URING_STARVED;
+            c->pending_next = u->starved;
+            u->starved = c;
+        }
+        return;
+    } else if (res != -ECANCELED) {
+        rc = -1; /* ECONNRESET and other socket errors: nothing to save */
+        reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+    }
+    if (rc != 0)
+        close_conn(w, c, reason);
+    else if (!(cqe->flags & IORING_CQE_F_MORE) || !bare(w, c))
+        settle(w, c); /* a multishot receive still armed on a plain connection needs nothing */
+}
+
+static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
+{
+    struct fe_uring *u = w->uring;
+    c->uring_flags &= (uint8_t)~FE_URING_SEND;
+    c->uring_refs--;
+    int res = cqe->res;
+    bool direct = c->direct > 0;
+    if (c->uring_flags & FE_URING_CLOSED) {
+        if (direct)
+            recycle(u, c->send_bid);
+        free_if_done(w, c);
+        return;
+    }
+    enum fe_close_reason reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+    if (direct) {
+        size_t sent = res > 0 ? (size_t)res : 0;
+        if (res < 0 && res != -EAGAIN) {
+            recycle(u, c->send_bid);
+            c->direct = 0;
+            close_conn(w, c, reason);
+            return;
+        }
+        if (sent > 0)
+            fe_conn_sent_direct(w, c, sent);
+        /* The socket took less than all: keep the rest, free the buffer. */
+        int kept = c->direct > 0 ? fe_conn_keep_direct_rest(w, c, buffer(u, c->send_bid) + sent, c->direct) : 0;
+        recycle(u, c->send_bid);
+        if (kept != 0) {
+            c->direct = 0;
+            close_conn(w, c, FE_CLOSE_NO_MEMORY);
+            return;
+        }
+        if (c->sending.len == 0 && bare(w, c) && (c->uring_flags & FE_URING_RECV))
+            return; /* the echo is out and the receive still armed: the bare loop */
+    } else {
+        if (res < 0) {
+            close_conn(w, c, reason);
+            return;
+        }
+        fe_conn_sent(w, c, (size_t)res);
+    }
+    settle(w, c);
+}
+
+static void on_poll_out(fe_worker *w, fe_conn *c)
+{
+    c->uring_flags &= (uint8_t)~FE_URING_POLL_OUT;
+    c->uring_refs--;
+    if (c->uring_flags & FE_URING_CLOSED) {
+        free_if_done(w, c);
+        return;
+    }
+    if (c->space_wait)
+        fe_conn_socket_drained(c);
+    settle(w, c);
+}
+
+static void on_cancel(fe_worker *w, fe_conn *c)
+{
+    c->uring_refs--;
+    if (c->uring_flags & FE_URING_CLOSED) {
+        free_if_done(w, c);
+        return;
+    }
+    c->uring_flags &= (uint8_t)~FE_URING_CANCELING;
+    if (!(c->uring_flags & FE_URING_RECV))
+        settle(w, c); /* the receive is gone: arm what is wanted now */
+}
+
+/* Arms the receives that ran out of buffers, now that the batch gave back
+ * the buffers its sends were using. */
+static void serve_starved(fe_worker *w)
+{
+    struct fe_uring *u = w->uring;
+    fe_conn *c = u->starved;
+    u->starved = NULL;
+    while (c) {
+        fe_conn *next = c->pending_next;
+        c->pending_next = NULL;
+        c->uring_flags &= (uint8_t)~FE_URING_STARVED;
+        if (!(c->uring_flags & FE_URING_CLOSED))
+            settle(w, c);
+        c = next;
+    }
+}
+
+static bool arm_wake(fe_worker *w)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL)
+        return false;
+    io_uring_prep_poll_multishot(sqe, w->wake_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, OP_WAKE);
+    return true;
+}
+
+static void adopt(fe_worker *w, const fe_handoff *h);
+
+static const fe_backend uring_backend;
+
+/* Acts on one completion. adopting: whether a wake-up adopts new
+ * connections (not once the worker is exiting). */
+static inline void dispatch(fe_worker *w, const struct io_uring_cqe *cqe, bool adopting)
+{
+    uint64_t data = io_uring_cqe_get_data64(cqe);
+    fe_conn *c = (fe_conn *)(uintptr_t)(data & ~(uint64_t)OP_MASK);
+    switch (data & OP_MASK) {
+    case OP_RECV:
+        on_recv(w, c, cqe);
+        break;
+    case OP_SEND:
+        on_send(w, c, cqe);
+        break;
+    case OP_CANCEL:
+        on_cancel(w, c);
+        break;
+    case OP_POLL_OUT:
+        on_poll_out(w, c);
+        break;
+    default: /* OP_WAKE */
+        if (!adopting)
+            break;
+        {
+            uint64_t ignored;
+            while (read(w->wake_fd, &ignored, sizeof ignored) < 0 && errno == EINTR) {
+            }
+        }
+        if (!(cqe->flags & IORING_CQE_F_MORE))
+            arm_wake(w);
+        fe_worker_adopt_queued(w, &uring_backend);
+        break;
+    }
+}
+
+/* Submits what is queued and waits up to ms (-1: without limit) for at
+ * least one completion, reads the clock if timers need it (the result),
+ * then acts on every completion there is. */
+static bool run_once(fe_worker *w, int ms, bool adopting)
+{
+    struct fe_uring *u = w->uring;
+    struct io_uring_cqe *cqe;
+    struct __kernel_timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long long)(ms % 1000) * 1000000};
+    io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, ms >= 0 ? &ts : NULL, NULL);
+    /* -ETIME, -EINTR: nothing to act on; the loop looks at its timers. */
+    bool clock_read = fe_worker_needs_clock(w);
+    if (clock_read)
+        w->now_ns = fe_now_ns();
+    unsigned head, count = 0;
+    io_uring_for_each_cqe(&u->ring, head, cqe)
+    {
+        dispatch(w, cqe, adopting);
+        count++;
+    }
+    io_uring_cq_advance(&u->ring, count);
+    return clock_read;
+}
+
+static void adopt(fe_worker *w, const fe_handoff *h)
+{
+    fe_conn *c = fe_conn_create(w, h);
+    if (c == NULL) {
+        fe_conn_drop_handoff(w, h, FE_CLOSE_NO_MEMORY);
+        return;
+    }
+    settle(w, c); /* the client speaks first: its receive is armed */
+}
+
+/* At exit: every connection is released; waits for the completions that
+ * still name one, so that each is freed (and its fd closed) safely. */
+static void quiesce(fe_worker *w)
+{
+    for (int i = 0; i < FE_QUIESCE_TRIES && w->uring->closed.head; i++)
+        run_once(w, 10, false);
+    /* Whatever is left (a kernel that never answered) is freed after the
+     * ring is gone: fe_uring_worker_free. */
+}
+
+static const fe_backend uring_backend = {
+    .adopt = adopt,
+    .settle = settle,
+    .close = close_conn,
+    .quiesce = quiesce,
+};
+
+void *fe_worker_main_uring(void *arg)
+{
+    fe_worker *w = arg;
+    struct fe_uring *u = w->uring;
+    w->now_ns = fe_now_ns();
+    /* This thread becomes the ring's only submitter. */
+    if (io_uring_enable_rings(&u->ring) == 0 && arm_wake(w)) {
+        for (;;) {
+            bool clock_read = run_once(w, fe_worker_wait_ms(w), true);
+            if (u->starved)
+                serve_starved(w);
+            if (fe_worker_after_batch(w, &uring_backend, clock_read))
+                break;
+        }
+    }
+    fe_worker_exit(w, &uring_backend);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static int setup_ring(struct io_uring *ring, unsigned extra_flags)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | extra_flags;
+    p.cq_entries = FE_URING_CQ_ENTRIES;
+    int rc = io_uring_queue_init_params(FE_URING_ENTRIES, ring, &p);
+    if (rc == -EINVAL) { /* a kernel before 6.1: without SINGLE_ISSUER and DEFER_TASKRUN */
+        memset(&p, 0, sizeof p);
+        p.flags = IORING_SETUP_CQSIZE | extra_flags;
+        p.cq_entries = FE_URING_CQ_ENTRIES;
+        rc = io_uring_queue_init_params(FE_URING_ENTRIES, ring, &p);
+    }
+    return rc;
+}
+
+int fe_io_uring_check(char *why, size_t whylen)
+{
+    struct io_uring ring;
+    int rc = setup_ring(&ring, 0);
+    if (rc < 0) {
+        snprintf(why, whylen, "io_uring_setup: %s%s", strerror(-rc),
+                 rc == -EPERM    ? " (refused by a seccomp profile or kernel.io_uring_disabled)"
+                 : rc == -ENOSYS ? " (this kernel has no io_uring)"
+                                 : "");
+        return -1;
+    }
+    const char *missing = NULL;
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&ring);
+    if (!(ring.features & IORING_FEAT_EXT_ARG) || !(ring.features & IORING_FEAT_FAST_POLL))
+        missing = "waiting with a timeout (IORING_FEAT_EXT_ARG) and fast poll, Linux 5.11+";
+    else if (probe == NULL || !io_uring_opcode_supported(probe, IORING_OP_SEND) ||
+             !io_uring_opcode_supported(probe, IORING_OP_RECV) ||
+             !io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL))
+        missing = "send, receive and cancel operations";
+    if (probe)
+        io_uring_free_probe(probe);
+    if (missing == NULL) {
+        /* Provided buffer rings (5.19) and multishot receives (6.0): the
+         * receive is refused with EINVAL on a kernel before them. */
+        struct io_uring_buf_reg reg = {0};
+        void *mem = NULL;
+        size_t bytes = sizeof(struct io_uring_buf) * 1;
+        if (posix_memalign(&mem, (size_t)sysconf(_SC_PAGESIZE), bytes) != 0) {
+            missing = "memory for a buffer ring";
+        } else {
+            reg.ring_addr = (uint64_t)(uintptr_t)mem;
+            reg.ring_entries = 1;
+            reg.bgid = FE_URING_GROUP;
+            if (io_uring_register_buf_ring(&ring, &reg, 0) != 0)
+                missing = "provided buffer rings, Linux 5.19+";
+            else
+                io_uring_unregister_buf_ring(&ring, FE_URING_GROUP);
+            free(mem);
+        }
+    }
+    io_uring_queue_exit(&ring);
+    if (missing) {
+        snprintf(why, whylen, "this kernel's io_uring lacks %s", missing);
+        return -1;
+    }
+    return 0;
+}
+
+int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
+{
+    struct fe_uring *u = calloc(1, sizeof *u);
+    if (u == NULL) {
+        snprintf(err, errlen, "allocating an io_uring");
+        return -1;
+    }
+    w->uring = u;
+    w->no_peek = true;
+    u->buf_size = w->server->cfg.read_buffer_size;
+    /* Disabled until the worker enables it: SINGLE_ISSUER then names the
+     * worker thread, not this one. */
+    int rc = setup_ring(&u->ring, IORING_SETUP_R_DISABLED);
+    if (rc < 0) {
+        errno = -rc;
+        snprintf(err, errlen, "io_uring_setup: %s", strerror(-rc));
+        return -1;
+    }
+    u->ring_ready = true;
+    u->buf_count = FE_URING_BUFFERS_MAX;
+    while (u->buf_count > 8 && u->buf_count * u->buf_size > FE_URING_POOL_BYTES)
+        u->buf_count /= 2;
+    u->br_bytes = sizeof(struct io_uring_buf) * u->buf_count;
+    void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    u->bufs = malloc(u->buf_size * u->buf_count);
+    if (br == MAP_FAILED || u->bufs == NULL) {
+        if (br != MAP_FAILED)
+            munmap(br, u->br_bytes);
+        errno = ENOMEM;
+        snprintf(err, errlen, "allocating io_uring buffers");
+        return -1;
+    }
+    u->br = br;
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uint64_t)(uintptr_t)br, .ring_entries = u->buf_count, .bgid = FE_URING_GROUP};
+    rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    if (rc != 0) {
+        munmap(br, u->br_bytes);
+        u->br = NULL;
+        errno = -rc;
+        snprintf(err, errlen, "registering io_uring buffers: %s", strerror(-rc));
+        return -1;
+    }
+    io_uring_buf_ring_init(u->br);
+    for (unsigned i = 0; i < u->buf_count; i++)
+        io_uring_buf_ring_add(u->br, buffer(u, i), (unsigned)u->buf_size, (unsigned short)i,
+                              io_uring_buf_ring_mask(u->buf_count), (int)i);
+    io_uring_buf_ring_advance(u->br, (int)u->buf_count);
+    return 0;
+}
+
+void fe_uring_worker_free(fe_worker *w)
+{
+    struct fe_uring *u = w->uring;
+    if (u == NULL)
+        return;
+    if (u->ring_ready)
+        io_uring_queue_exit(&u->ring); /* cancels and waits for what was in flight */
+    while (u->closed.head) {        /* only if the kernel never answered at exit */
+        fe_conn *c = u->closed.head;
+        list_del(&u->closed, c);
+        close(c->fd);
+        fe_conn_free(w, c);
+    }
+    if (u->br)
+        munmap(u->br, u->br_bytes);
+    free(u->bufs);
+    free(u);
+    w->uring = NULL;
+}
+
+#else /* !FE_WITH_URING */
+
+int fe_io_uring_check(char *why, size_t whylen)
+{
+    snprintf(why, whylen, "this fastecho was built without liburing (FASTECHO_WITH_URING=OFF)");
+    return -1;
+}
+
+int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
+{
+    (void)w;
+    errno = ENOSYS;
+    return fe_io_uring_check(err, errlen);
+}
+
+void fe_uring_worker_free(fe_worker *w)
+{
+    (void)w;
+}
+
+void *fe_worker_main_uring(void *arg)
+{
+    (void)arg;
+    return NULL;
+}
+
+#endif /* FE_WITH_URING */
