@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import subprocess
 
 import pytest
 
+from fastecho import _core
 from helpers import HAPROXY, ServerProcess, free_port, listening, start_server, wait_until
 from pki import Pki, make_pki
 
 pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py tests fastecho's own plugin with it
+
+_NO_IO_URING = _core.io_uring_unavailable()
+
+
+@pytest.fixture(params=["epoll", pytest.param("io_uring", marks=pytest.mark.skipif(
+    _NO_IO_URING is not None, reason=f"io_uring: {_NO_IO_URING}"))])
+def io_backend(request, monkeypatch) -> str:
+    """Runs a test once per I/O backend (as uvloop runs its suite on two loops). A
+    module opts in with `pytestmark = pytest.mark.usefixtures("io_backend")`:
+    servers it starts (`fastecho serve`, EchoServer) take the backend from
+    FASTECHO_IO_BACKEND, and engines it makes with its own `Engine` name get it too."""
+    monkeypatch.setenv("FASTECHO_IO_BACKEND", request.param)
+    if hasattr(request.module, "Engine"):
+        monkeypatch.setattr(request.module, "Engine", functools.partial(_core.Engine, io_backend=request.param))
+    return request.param
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_listening_line_reports_real_port_and_threads():
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         line = read_line(proc, 15).decode()
-        match = re.fullmatch(r"fastecho listening on 127\.0\.0\.1:(\d+) \(3 threads\)\n", line)
+        match = re.fullmatch(r"fastecho listening on 127\.0\.0\.1:(\d+) \(3 threads, (epoll|io_uring)\)\n", line)
         assert match, line
         port = int(match[1])
         assert port != 0

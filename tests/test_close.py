@@ -5,7 +5,11 @@ import os
 import socket
 import struct
 
+import pytest
+
 from helpers import echo_roundtrip, proc_fd_count, recv_exactly, wait_until
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 
 def test_half_close_still_echoes_everything_then_server_closes(shared_server):

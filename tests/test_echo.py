@@ -10,7 +10,11 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from helpers import echo_roundtrip, recv_exactly
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

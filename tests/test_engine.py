@@ -14,6 +14,8 @@ from fastecho._core import Engine
 from fastecho.errors import ConfigError
 from helpers import closed_by_server, connect_from, echo_roundtrip, recv_exactly, wait_until
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
 
 @contextlib.contextmanager
 def running_engine(threads: int = 2, host: str = "127.0.0.1", **options):
@@ -173,6 +175,7 @@ def test_ipv6_loopback_is_served():
     {"allow": ["not a network"]},
 ])
 def test_bad_engine_options_raise_config_errors(options):
+    options = dict(options)  # the parameter is shared by every backend's run
     threads = options.pop("threads_override", 1)
     with pytest.raises((ConfigError, ValueError)):
         Engine(threads, **options)

@@ -11,7 +11,11 @@ import sys
 import time
 
 from fastecho._core import Engine
+import pytest
+
 from helpers import echo_roundtrip, proc_fd_count, proc_rss_kib, reap, wait_until
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 # "Forever" is 60 s at most, in case the test that should kill it never does.
 CLIENT_THAT_SENDS_FOREVER = """

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from helpers import echo_roundtrip, fd_starved_server, proc_cpu_seconds, proc_fd_count
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 
 def test_emfile_on_accept_backs_off_and_recovers(serve):

@@ -8,6 +8,8 @@ import pytest
 
 from helpers import closed_by_server, connect_from, echo_roundtrip, ipv6_loopback
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
 
 def test_max_connections_refuses_only_the_extra_connection(serve):
     server = serve("--threads", "2", "--max-connections", "2")

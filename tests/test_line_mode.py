@@ -4,7 +4,11 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from helpers import recv_exactly, run_cli
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 ORIGINAL = " server[echo]"
 

@@ -12,7 +12,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from helpers import proc_rss_kib, recv_exactly, scrape, wait_until
+
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
 MIB = 1 << 20
 BUDGET = 16 * MIB

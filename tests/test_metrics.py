@@ -9,6 +9,8 @@ import pytest
 
 from helpers import echo_roundtrip, listeners, recv_exactly, run_cli, scrape, start_server, wait_until
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
 METRICS_URL = r"metrics at (http://(\S+?):(\d+)/metrics)"
 
 

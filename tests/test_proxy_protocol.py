@@ -19,6 +19,8 @@ from helpers import (PROXY_V2_LOCAL, needs_haproxy, PROXY_V2_SIGNATURE, assert_o
                      connect_from, echo_roundtrip, ipv6_loopback, listeners, proxy_v1, proxy_v2, proxy_v2_tlv,
                      recv_exactly, run_cli, scrape, start_server, wait_until, with_crc32c)
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
 
 METRICS_URL = r"metrics at (http://\S+/metrics)"
 DURATION = r"duration=\d+\.\d{3}s"
@@ -138,7 +140,7 @@ def proxy_server(tmp_path_factory):
 def test_startup_line_names_every_listener_in_order_with_its_real_port(serve):
     server = serve("--listen", PROXY, "--listen", PLAIN, "--threads", "3", port=None)
     match = re.fullmatch(r"fastecho listening on 127\.0\.0\.1:(\d+) \(tcp\+proxy\), "
-                         r"127\.0\.0\.1:(\d+) \(tcp\) \(3 threads\)", server.listening_line)
+                         r"127\.0\.0\.1:(\d+) \(tcp\) \(3 threads, (?:epoll|io_uring)\)", server.listening_line)
     assert match, server.listening_line
     proxy_port, plain_port = int(match[1]), int(match[2])
     assert 0 not in (proxy_port, plain_port) and proxy_port != plain_port
@@ -154,12 +156,12 @@ def test_startup_line_names_every_listener_in_order_with_its_real_port(serve):
 def test_listeners_keep_the_order_given(serve):
     server = serve("--listen", PLAIN, "--listen", PROXY, "--threads", "1", port=None)
     assert [scheme for scheme, _, _ in listeners(server)] == ["tcp", "tcp+proxy"], server.listening_line
-    assert server.listening_line.endswith("(1 threads)"), server.listening_line
+    assert re.search(r"\(1 threads, (epoll|io_uring)\)$", server.listening_line), server.listening_line
 
 
 def test_a_single_plain_tcp_listener_keeps_the_old_startup_line(serve):
     server = serve("--listen", PLAIN, "--threads", "1", port=None)
-    assert re.fullmatch(r"fastecho listening on 127\.0\.0\.1:\d+ \(1 threads\)", server.listening_line), \
+    assert re.fullmatch(r"fastecho listening on 127\.0\.0\.1:\d+ \(1 threads, (epoll|io_uring)\)", server.listening_line), \
         server.listening_line
     with server.connect() as s:
         assert echo_roundtrip(s, b"old") == b"old"

@@ -13,6 +13,8 @@ import pytest
 from fastecho._core import Engine
 from helpers import echo_roundtrip, proc_fd_count, proc_thread_count, recv_exactly, wait_until
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
 
 class PingPongLoad:
     """Keeps `conns` connections doing 1 KiB ping-pong in a background thread."""

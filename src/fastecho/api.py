@@ -29,7 +29,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from fastecho import tls
+from fastecho import iobackend, tls
 from fastecho._core import Engine, TlsContext
 from fastecho.config import OPTION_BY_NAME, ServeConfig
 from fastecho.errors import ConfigError, ServeError
@@ -75,6 +75,7 @@ class EchoServer:
         self._tls: TlsContext | None = None
         self._bound: list[tuple[Listener, socket.socket]] = []
         self._stopped = False
+        self.io_backend: str | None = None  # the backend in effect, once started
 
     # ------------------------------------------------------------ life
 
@@ -88,7 +89,8 @@ class EchoServer:
             self._tls = tls.load_context(cfg) if cfg.serves_tls() else None
             bound = open_listeners(cfg, None)
             try:
-                engine = start_engine(cfg, bound, self._tls)
+                self.io_backend = iobackend.choose(cfg.io_backend, [listener for listener, _ in bound])
+                engine = start_engine(cfg, bound, self._tls, self.io_backend)
             except BaseException:
                 close_all([sock for _, sock in bound])
                 raise

@@ -24,6 +24,7 @@ from typing import Any
 from fastecho._core import LOOPBACK, WS_AVAILABLE, _defaults
 from fastecho.addresses import format_address
 from fastecho.errors import ConfigError
+from fastecho.iobackend import CHOICES as IO_BACKEND_CHOICES
 from fastecho.listeners import (SCHEMES, STREAM_SCHEMES, Listener, ListenerError, check_distinct, speaks_tls,
                                 speaks_ws)
 from fastecho.listeners import parse_url as parse_listener_url
@@ -268,6 +269,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "int", None, low=1, high=4096, metavar="N",
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
+    Option("io_backend", "choice", "auto", choices=IO_BACKEND_CHOICES, metavar="BACKEND",
+           help="How workers move bytes: epoll (readiness; serves every listener), io_uring "
+                "(completions; tcp and tcp+proxy listeners), or auto: io_uring when the kernel "
+                "allows it and every listener is one it serves, else epoll (with one log line)."),
     Option("reuse_port", "bool", False,
            help="Let other processes of the same user listen on the same addresses (SO_REUSEPORT), "
                 "for restarts that refuse nothing: start the new server with --reuse-port beside "
@@ -574,6 +579,7 @@ class ServeConfig:
     listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
+    io_backend: str = "auto"
     reuse_port: bool = False  # SO_REUSEPORT: another fastecho may serve the same addresses
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses

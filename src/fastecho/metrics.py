@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from fastecho.addresses import format_address
@@ -62,6 +62,8 @@ REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a lim
     "not_allowed": "rejected_not_allowed",
     "proxy_untrusted": "rejected_proxy_untrusted",
 })
+# fastecho_io_backend_info{backend="epoll"|"io_uring"} 1
+IO_BACKEND = ("fastecho_io_backend", "The I/O backend the workers run (--io-backend).")
 # Closes by reason: the reasons and their names are the C core's own table.
 CLOSES = ("fastecho_closes_total", "Connections closed, by reason.", "closes")
 # Per listener (label: its URL): connections accepted, and open now.
@@ -88,9 +90,11 @@ class EngineCollector:
     After the engine is closed, the last snapshot is served.
     """
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], listeners: Sequence[str] = ()) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], listeners: Sequence[str] = (),
+                 io_backend: str = "epoll") -> None:
         self._stats = stats
         self._listeners = list(listeners)  # URLs, in the engine's order
+        self._io_backend = io_backend
         self._last: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -106,6 +110,7 @@ class EngineCollector:
         stats = self.snapshot()
         if not stats:  # never scraped while the engine was up
             return
+        yield InfoMetricFamily(*IO_BACKEND, value={"backend": self._io_backend})
         for name, help_text, key in COUNTERS:
             yield CounterMetricFamily(name, help_text, value=stats[key])
         for name, help_text, key in GAUGES:
@@ -196,13 +201,14 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def start(host: str, port: int, stats: Callable[[], dict[str, Any]],
-          listeners: Sequence[str] = ()) -> MetricsServer:
+          listeners: Sequence[str] = (), io_backend: str = "epoll") -> MetricsServer:
     """Serve the engine's counters (plus process_* metrics) on host:port. ServeError if it cannot.
 
-    listeners: the engine's listener URLs, in its order, for the listener label.
+    listeners: the engine's listener URLs, in its order, for the listener label;
+    io_backend: the backend its workers run.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(stats, listeners))
+    registry.register(EngineCollector(stats, listeners, io_backend))
     ProcessCollector(registry=registry)
     httpd = HttpServer(listen(host, port), {
         "/metrics": lambda: (CONTENT_TYPE_LATEST, generate_latest(registry)),

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
-from fastecho import _core, logs, systemd, tls
+from fastecho import _core, iobackend, logs, systemd, tls
 from fastecho._core import Engine
 from fastecho.addresses import format_address
 from fastecho.config import ServeConfig
@@ -324,8 +324,9 @@ def failing_as(what: str) -> Iterator[None]:
         raise ServeError(f"{what}: {why}") from None
 
 
-def create_engine(cfg: ServeConfig) -> Engine:
-    """The C engine for cfg; a 0 or None setting leaves that feature off."""
+def create_engine(cfg: ServeConfig, io_backend: str = "epoll") -> Engine:
+    """The C engine for cfg, with io_backend (iobackend.choose's answer); a 0 or None
+    setting leaves that feature off."""
     suffix = None if cfg.suffix is None else cfg.suffix.encode("utf-8", "surrogateescape")
     return Engine(
         cfg.threads,
@@ -350,17 +351,19 @@ def create_engine(cfg: ServeConfig) -> Engine:
         ws_max_message=cfg.max_message,
         ws_max_header=cfg.max_header,
         ws_handshake_timeout=cfg.ws_handshake_timeout,
+        io_backend=io_backend,
     )
 
 
 def start_engine(cfg: ServeConfig, bound: list[tuple[Listener, socket.socket]],
-                 tls_context: _core.TlsContext | None) -> Engine:
-    """Checks the fd limit, then creates the engine for cfg and starts it on the bound
-    listeners (the caller keeps the sockets open until it has stopped). ServeError with
-    one line if it cannot."""
+                 tls_context: _core.TlsContext | None, io_backend: str) -> Engine:
+    """Checks the fd limit, then creates the engine for cfg (its workers running
+    io_backend, iobackend.choose's answer) and starts it on the bound listeners (the
+    caller keeps the sockets open until it has stopped). ServeError with one line if
+    it cannot."""
     check_fd_limit(cfg.threads, sum(listener.udp for listener, _ in bound))
     with failing_as("cannot create the engine"):
-        engine = create_engine(cfg)
+        engine = create_engine(cfg, io_backend)
     if tls_context is not None:
         engine.set_tls(tls_context)
     with failing_as("cannot start the engine"):
@@ -463,6 +466,7 @@ class Server:
         # KeyboardInterrupt was lost (see cli._StartupSigint).
         self.interrupted = interrupted
         self.engine: Engine | None = None
+        self.io_backend = "epoll"  # iobackend.choose's answer, once run() has started
         self.metrics = None
         self.drainer = None
         self._signals: list[int] = []
@@ -496,20 +500,21 @@ class Server:
         try:
             if self.interrupted is not None and self.interrupted():
                 raise KeyboardInterrupt  # before the handlers: the start-up is abandoned, not served
+            self.io_backend = iobackend.choose(cfg.io_backend, [listener for listener, _ in bound])
             if cfg.metrics_port is not None:
                 from fastecho import metrics
                 self.metrics = metrics.start(cfg.metrics_host, cfg.metrics_port, self._stats,
-                                             [listener.url for listener, _ in bound])
+                                             [listener.url for listener, _ in bound], self.io_backend)
                 log.info("metrics at %s", self.metrics.url)
             if cfg.user is not None:
                 drop_privileges(cfg.user, logs.open_files())
                 if self.pidfile is not None:
                     self.pidfile.check_removable(cfg.user)
-            self.engine = start_engine(cfg, bound, tls_context)
+            self.engine = start_engine(cfg, bound, tls_context, self.io_backend)
             if tls_context is not None:
                 log.info("TLS certificate: %s (%s)", tls_context.describe(), _core.TLS_LIBRARY)
             where = describe_listeners([listener for listener, _ in bound])
-            line = f"fastecho listening on {where} ({cfg.threads} threads)"
+            line = f"fastecho listening on {where} ({cfg.threads} threads, {self.io_backend})"
             print(line, file=self.out, flush=True)
             self._announce(where)
             if self.on_ready is not None:
@@ -544,7 +549,7 @@ class Server:
     def _announce(self, where: str) -> None:
         cfg = self.config
         mode = "byte-exact echo" if cfg.suffix is None else f"line mode, suffix {cfg.suffix!r}"
-        log.info("listening on %s (%d threads, %s)", where, cfg.threads, mode)
+        log.info("listening on %s (%d threads, %s, %s)", where, cfg.threads, self.io_backend, mode)
         systemd.notify(f"READY=1\nSTATUS=listening on {where}\nMAINPID={os.getpid()}")
 
     def _tick(self, wake: socket.socket) -> None:

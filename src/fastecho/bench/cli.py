@@ -19,7 +19,7 @@ import click
 
 from fastecho.bench import certs
 from fastecho.bench.harness import Plan, Workload, run_plan
-from fastecho.bench.servers import HOST, SERVERS, ServerSpec
+from fastecho.bench.servers import HOST, IO_BACKEND_SERVERS, SERVERS, ServerSpec
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MAX_SIZE = 16 * 2**20  # the load generator's LG_MAX_MESSAGE_SIZE
@@ -220,6 +220,24 @@ def _servers(text: str | None, transport: str, notes: list[str]) -> list[str]:
             _fail(f"--servers: {name} is not available{' with TLS' if tls else ''}: {reason}")
 
     return _named_servers(text, check_usable)
+
+
+def _servers_per_io_backend(servers: str | None, io_backends: str, transport: str) -> str:
+    """--servers with fastecho replaced by one server per backend --io-backend names
+    (every default server when --servers is not given)."""
+    backends = list(dict.fromkeys(b.strip() for b in io_backends.split(",") if b.strip()))
+    unknown = [b for b in backends if b not in IO_BACKEND_SERVERS]
+    if not backends or unknown:
+        _fail(f"--io-backend: give backends from {', '.join(IO_BACKEND_SERVERS)}"
+              + (f", not {unknown[0]!r}" if unknown else ""))
+    if transport != "tcp":
+        _fail("--io-backend applies to --transport tcp (io_uring serves plain TCP listeners)")
+    names = [n.strip() for n in (servers or ",".join(DEFAULT_SERVERS)).split(",") if n.strip()]
+    if "fastecho" not in names:
+        names.insert(0, "fastecho")
+    at = names.index("fastecho")
+    names[at:at + 1] = [IO_BACKEND_SERVERS[b] for b in backends]
+    return ",".join(names)
 
 
 def _check_tls_support() -> None:
@@ -476,12 +494,16 @@ def _run_with(plan: Plan, json_path: Path | None, plot_path: Path | None, argv: 
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write medians as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG of msgs/s and CPU/msg against connections (needs matplotlib).")
+@click.option("--io-backend", "io_backends", metavar="LIST",
+              help="fastecho's I/O backends to put side by side, comma-separated: epoll, io_uring "
+                   "(fastecho in the server list becomes " + ", ".join(IO_BACKEND_SERVERS.values())
+                   + "; --transport tcp only).")
 @click.option("--quick", is_flag=True, help="Smoke run, about 20 s: one short round of the default workloads.")
 def command(servers: str | None, transport: str, tls_version: str | None, handshakes: bool, conns: str | None,
             sizes: str | None, depth: int | None, udp_timeout: float | None, duration: float | None,
             warmup: float | None, rounds: int | None, threads: int | None, baseline_threads: int,
             server_cpus: str | None, client_cpus: str | None, json_path: Path | None, plot_path: Path | None,
-            quick: bool) -> int:
+            io_backends: str | None, quick: bool) -> int:
     """Compare fastecho with a Python baseline, asyncio, uvloop and a bare C
     epoll loop on loopback (with --transport tls: fastecho's TLS, HAProxy
     terminating TLS in front of fastecho, asyncio and uvloop; with
@@ -501,6 +523,8 @@ def command(servers: str | None, transport: str, tls_version: str | None, handsh
     if depth is None:
         depth = DEFAULT_UDP_DEPTH if transport == "udp" else DEFAULT_DEPTH
     notes: list[str] = []
+    if io_backends is not None:
+        servers = _servers_per_io_backend(servers, io_backends, transport)
     plan = build_plan(
         servers=servers,
         conns=conns if conns is not None else base.conns,

@@ -171,8 +171,24 @@ def _fastecho_tls_missing() -> str | None:
     return None
 
 
-def _fastecho_plain(threads: int, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "fastecho", "serve", "--host", HOST, "--port", "0", "--threads", str(threads)]
+def _fastecho_plain(threads: int, python: str = sys.executable, io_backend: str | None = None) -> list[str]:
+    """fastecho's plain TCP listener; io_backend None: --io-backend's default (auto)."""
+    backend = ["--io-backend", io_backend] if io_backend else []
+    return [python, "-m", "fastecho", "serve", "--host", HOST, "--port", "0", "--threads", str(threads), *backend]
+
+
+def _fastecho_io_uring_missing() -> str | None:
+    """Why this fastecho cannot run its io_uring backend here, or None when it can."""
+    reason = _FASTECHO_MISSING()
+    if reason:
+        return reason
+    from fastecho import _core
+
+    return _core.io_uring_unavailable()
+
+
+# Server names that pin fastecho to one I/O backend (--io-backend LIST puts them side by side).
+IO_BACKEND_SERVERS = {"epoll": "fastecho-epoll", "io_uring": "fastecho-io_uring"}
 
 
 def _fastecho_tls(threads: int, tls: TlsFiles, python: str = sys.executable) -> list[str]:
@@ -264,7 +280,7 @@ SERVERS: dict[str, ServerSpec] = {
     for spec in (
         ServerSpec(
             "fastecho",
-            "fastecho engine: C pthread pool + epoll",
+            "fastecho engine: C pthread pool, epoll or io_uring (--io-backend auto)",
             lambda threads, _: _fastecho_plain(threads),
             _FASTECHO_MISSING,
             tls_command=lambda threads, _, tls: _fastecho_tls(threads, tls),
@@ -284,6 +300,18 @@ SERVERS: dict[str, ServerSpec] = {
             client_tls=False,
             ws_command=lambda threads, _: _fastecho_plain(threads),
             client_ws=False,
+        ),
+        ServerSpec(
+            IO_BACKEND_SERVERS["epoll"],
+            "fastecho's TCP listener on its epoll backend (--io-backend epoll)",
+            lambda threads, _: _fastecho_plain(threads, io_backend="epoll"),
+            _FASTECHO_MISSING,
+        ),
+        ServerSpec(
+            IO_BACKEND_SERVERS["io_uring"],
+            "fastecho's TCP listener on its io_uring backend (--io-backend io_uring)",
+            lambda threads, _: _fastecho_plain(threads, io_backend="io_uring"),
+            _fastecho_io_uring_missing,
         ),
         ServerSpec(
             "haproxy",

@@ -363,7 +363,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
         *how = FE_BUDGET_WAIT_SOCKET;
         return 0;
     }
-    if (!line_mode(w) && !c->ws && !w->no_peek) {
+    if (!line_mode(w) && !c->ws) {
         *how = FE_BUDGET_PEEK;
         return want;
     }

@@ -119,10 +119,6 @@ typedef struct fe_worker {
     struct fe_udp_batch *udp_batch;
     fe_udp_log udp_log;  /* per-source tallies, with access events and UDP */
     bool udp_log_ready;
-    /* The backend cannot peek (io_uring): while the budget is spent, a raw
-     * connection that holds nothing reads what its socket can send at once,
-     * as line mode does, instead of peeking. */
-    bool no_peek;
     struct fe_uring *uring; /* io_uring: this worker's ring and buffers (fe_uring.h) */
 } fe_worker;
 

@@ -7,12 +7,21 @@
  * - One ring per worker, with SINGLE_ISSUER and DEFER_TASKRUN where the
  *   kernel has them: completions are produced only when this thread asks
  *   for them, in the one io_uring_enter per loop that also submits.
- * - Receives are multishot, into a ring of provided buffers the worker
- *   owns (64 of read_buffer_size bytes, fewer past 4 MiB): an idle connection
- *   owns no buffer, as under epoll. A read that must be smaller than a
- *   buffer (near the output cap or the memory budget, or a PROXY header,
- *   which must not swallow what follows it) is a single-shot receive of
- *   exactly that many bytes.
+ * - A plain connection (fe_conn_plain: raw, nothing queued, far from the
+ *   memory budget) receives with one multishot receive into a pool of
+ *   provided buffers the worker owns (fe_uring_pool_bytes: 1 MiB): an idle
+ *   connection owns no buffer, as under epoll. Every other connection (one
+ *   with output queued, near the budget, in line mode, awaiting a PROXY
+ *   header) waits for readability with a one-shot poll and then takes the
+ *   epoll backend's own read path (fe_echo_path.h), with its exact room,
+ *   its peeking once the budget is spent, and its PROXY header peeking;
+ *   it does so only while no send of its own is in flight.
+ * - A multishot receive may deliver more, in one batch, than the output
+ *   cap or the budget has room for once a connection stops being plain:
+ *   at most the worker's buffer pool, since a batch cannot take more
+ *   buffers than there are. The plain bound keeps that pool, for every
+ *   worker, below the budget, and every multishot receive of a worker is
+ *   cancelled as soon as memory passes it.
  * - At most one send in flight per connection, so echoed bytes can never
  *   be reordered. Bytes that arrive with nothing queued go straight back
  *   out of the provided buffer they arrived in, with MSG_DONTWAIT: a send
@@ -29,7 +38,7 @@
  * TLS, WebSocket and UDP listeners are not served here: fe_server_start
  * refuses them under this backend.
  */
-#include "fe_transport.h"
+#include "fe_echo_path.h"
 #include "fe_uring.h"
 #include "fe_worker_loop.h"
 
@@ -48,8 +57,8 @@
 enum {
     FE_URING_ENTRIES = 1024,    /* submission queue */
     FE_URING_CQ_ENTRIES = 8192, /* completions: multishot receives post many */
-    FE_URING_BUFFERS_MAX = 64,  /* provided buffers per worker (a power of two) ... */
-    FE_URING_POOL_BYTES = 4 << 20, /* ... fewer when read_buffer_size is past 64 KiB */
+    FE_URING_POOL_BYTES = 1 << 20, /* provided buffers per worker, in bytes ... */
+    FE_URING_BUFFER_MAX = 32 << 10, /* ... each at most this (and at most read_buffer_size) */
     FE_URING_GROUP = 0,         /* their buffer group */
     FE_QUIESCE_TRIES = 1000,    /* at exit, 10 ms waits for the last completions */
 };
@@ -62,18 +71,19 @@ enum {
     OP_SEND = 2,
     OP_CANCEL = 3,
     OP_POLL_OUT = 4, /* the budget waits for the socket to drain */
+    OP_POLL_IN = 5,  /* a connection off the plain path waits for input */
     OP_MASK = 15,
 };
 
 /* c->uring_flags */
 enum {
-    FE_URING_RECV = 1,      /* a receive is armed */
-    FE_URING_MULTISHOT = 2, /* ... and it is multishot */
+    FE_URING_RECV = 1,      /* its multishot receive is armed */
     FE_URING_CANCELING = 4, /* a cancel of that receive is on its way */
     FE_URING_SEND = 8,      /* a send is in flight */
     FE_URING_POLL_OUT = 16, /* a writability poll is armed */
     FE_URING_STARVED = 32,  /* its receive ran out of buffers: armed again after the batch */
     FE_URING_CLOSED = 64,   /* released: freed when uring_refs reaches 0 */
+    FE_URING_POLL_IN = 128, /* a readability poll is armed (not plain: fe_echo_path.h reads) */
 };
 
 struct fe_uring {
@@ -86,6 +96,7 @@ struct fe_uring {
     unsigned buf_count; /* a power of two */
     /* Released connections whose completions are still due (prev/next). */
     fe_conn_list closed;
+    size_t multishots; /* multishot receives armed */
     /* Connections whose receive ended for want of a buffer, linked through
      * pending_next (epoll's TLS list, unused here: no TLS under io_uring). */
     fe_conn *starved;
@@ -176,29 +187,20 @@ static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 
 /* ---------------------------------------------------------------- arming */
 
-/* Arms c's receive: multishot when a whole buffer fits within the output
- * cap and the budget, else one receive of exactly the room there is. */
+/* Arms c's multishot receive (c is plain). */
 static bool arm_recv(fe_worker *w, fe_conn *c)
 {
     struct fe_uring *u = w->uring;
-    enum fe_budget_verdict how;
-    size_t room = c->awaiting_proxy ? fe_conn_proxy_room(w, c) : fe_conn_read_room(w, c, &how);
-    if (room == 0)
-        return true;
     struct io_uring_sqe *sqe = sqe_get(u);
     if (sqe == NULL)
         return false;
-    if (room >= u->buf_size && !c->awaiting_proxy) {
-        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-        c->uring_flags |= FE_URING_RECV | FE_URING_MULTISHOT;
-    } else {
-        io_uring_prep_recv(sqe, c->fd, NULL, room, 0);
-        c->uring_flags = (uint8_t)((c->uring_flags | FE_URING_RECV) & ~FE_URING_MULTISHOT);
-    }
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = FE_URING_GROUP;
     io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
+    c->uring_flags |= FE_URING_RECV;
     c->uring_refs++;
+    u->multishots++;
     return true;
 }
 
@@ -227,14 +229,16 @@ static inline bool start_send(fe_worker *w, fe_conn *c, const char *buf, size_t 
     return true;
 }
 
-static bool arm_poll_out(fe_worker *w, fe_conn *c)
+/* Arms a one-shot poll for events (POLLIN or POLLOUT) on c. */
+static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
 {
     struct io_uring_sqe *sqe = sqe_get(w->uring);
     if (sqe == NULL)
         return false;
-    io_uring_prep_poll_add(sqe, c->fd, POLLOUT);
-    io_uring_sqe_set_data64(sqe, tag(c, OP_POLL_OUT));
-    c->uring_flags |= FE_URING_POLL_OUT;
+    bool in = events == POLLIN;
+    io_uring_prep_poll_add(sqe, c->fd, events);
+    io_uring_sqe_set_data64(sqe, tag(c, in ? OP_POLL_IN : OP_POLL_OUT));
+    c->uring_flags |= in ? FE_URING_POLL_IN : FE_URING_POLL_OUT;
     c->uring_refs++;
     return true;
 }
@@ -244,14 +248,6 @@ static bool arm_poll_out(fe_worker *w, fe_conn *c)
 static inline bool bare(const fe_worker *w, const fe_conn *c)
 {
     return !w->closing && fe_conn_plain(w, c);
-}
-
-/* Whether c's multishot receive may stay armed: a whole buffer still fits
- * within the output cap and the budget (else the next receive is sized). */
-static bool multishot_fits(const fe_worker *w, const fe_conn *c)
-{
-    enum fe_budget_verdict how;
-    return bare(w, c) || fe_conn_read_room(w, c, &how) >= w->uring->buf_size;
 }
 
 /* Acts on what c wants next: FIN, close, the next send, and whether its
@@ -285,15 +281,16 @@ static bool settle(fe_worker *w, fe_conn *c)
         if (c->sending.len > 0)
             ok = start_send(w, c, c->sending.data + c->sending.start, c->sending.len, false);
         else if ((want & FE_WANT_WRITE) && !(f & FE_URING_POLL_OUT))
-            ok = arm_poll_out(w, c); /* the budget waits for the socket to drain */
+            ok = arm_poll(w, c, POLLOUT); /* the budget waits for the socket to drain */
     }
-    bool reading = want & FE_WANT_READ;
-    if (ok && reading && !(f & (FE_URING_RECV | FE_URING_STARVED))) {
+    bool reading = want & FE_WANT_READ, plain = bare(w, c);
+    if (ok && reading && plain && !(f & (FE_URING_RECV | FE_URING_STARVED | FE_URING_POLL_IN)))
         ok = arm_recv(w, c);
-    } else if (ok && (f & FE_URING_RECV) && !(f & FE_URING_CANCELING) &&
-               (!reading || ((f & FE_URING_MULTISHOT) && !multishot_fits(w, c)))) {
-        /* Done reading, or at the cap or the budget: its multishot receive
-         * would overshoot them (what it already delivered is still taken). */
+    else if (ok && reading && !plain && !(f & (FE_URING_RECV | FE_URING_POLL_IN)))
+        ok = arm_poll(w, c, POLLIN);
+    if (ok && (f & FE_URING_RECV) && !(f & FE_URING_CANCELING) && (!reading || !plain)) {
+        /* Off the plain path: what its multishot receive already delivered
+         * is still taken, but no more. */
         ok = cancel_recv(w, c);
     }
     if (!ok) {
@@ -327,28 +324,15 @@ static inline int input(fe_worker *w, fe_conn *c, unsigned bid, size_t n, enum f
     return rc;
 }
 
-/* A PROXY header's bytes (a single-shot receive of at most the rest of the
- * longest header); bytes after a whole header are the client's first. */
-static int proxy_input(fe_worker *w, fe_conn *c, unsigned bid, size_t n, enum fe_close_reason *reason)
-{
-    struct fe_uring *u = w->uring;
-    size_t consume = 0;
-    *reason = FE_CLOSE_RESET;
-    int rc = fe_conn_proxy_input(w, c, buffer(u, bid), n, &consume, reason);
-    if (rc == 0 && consume < n)
-        rc = fe_conn_input(w, c, buffer(u, bid) + consume, n - consume, 0, reason);
-    recycle(u, bid);
-    return rc;
-}
-
 static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
 {
     struct fe_uring *u = w->uring;
     bool has_buffer = cqe->flags & IORING_CQE_F_BUFFER;
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
-        c->uring_flags &= (uint8_t)~(FE_URING_RECV | FE_URING_MULTISHOT);
+        c->uring_flags &= (uint8_t)~FE_URING_RECV;
         c->uring_refs--;
+        u->multishots--;
     }
     if (c->uring_flags & FE_URING_CLOSED) {
         if (has_buffer)
@@ -360,16 +344,11 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     int res = cqe->res;
     int rc = 0;
     if (res > 0 && has_buffer) {
-        rc = c->awaiting_proxy ? proxy_input(w, c, bid, (size_t)res, &reason)
-                               : input(w, c, bid, (size_t)res, &reason);
+        rc = input(w, c, bid, (size_t)res, &reason);
     } else if (res == 0) {
         if (has_buffer)
             recycle(u, bid);
         rc = fe_conn_peer_eof(w, c, &reason);
-        if (rc == 0 && c->awaiting_proxy) { /* it never finished its header */
-            reason = FE_CLOSE_PROXY_INVALID;
-            rc = -1;
-        }
     } else if (res == -ENOBUFS) {
         /* The pool is empty for now (buffers return as this batch's sends
          * complete): armed again after the batch. */
@@ -446,6 +425,26 @@ static void on_poll_out(fe_worker *w, fe_conn *c)
     settle(w, c);
 }
 
+/* Input (or an error, or the peer's FIN) for a connection off the plain
+ * path: one read, as the epoll backend reads; with a send of its own in
+ * flight, whose bytes go first, what it reads queues behind them. */
+static void on_poll_in(fe_worker *w, fe_conn *c)
+{
+    c->uring_flags &= (uint8_t)~FE_URING_POLL_IN;
+    c->uring_refs--;
+    if (c->uring_flags & FE_URING_CLOSED) {
+        free_if_done(w, c);
+        return;
+    }
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    bool may_write = !(c->uring_flags & FE_URING_SEND) && c->sending.len == 0;
+    if (read_and_echo(w, c, false, may_write, &reason) != 0) {
+        close_conn(w, c, reason);
+        return;
+    }
+    settle(w, c);
+}
+
 static void on_cancel(fe_worker *w, fe_conn *c)
 {
     c->uring_refs--;
@@ -472,6 +471,17 @@ static void serve_starved(fe_worker *w)
         if (!(c->uring_flags & FE_URING_CLOSED))
             settle(w, c);
         c = next;
+    }
+}
+
+/* Memory passed the plain bound: every multishot receive of this worker is
+ * cancelled, so that what they deliver past the budget stays within one
+ * batch (the buffer pool), however many connections are armed. */
+static void cancel_multishots(fe_worker *w)
+{
+    for (fe_conn *c = w->active.head; c && w->uring->multishots > 0; c = c->next) {
+        if ((c->uring_flags & (FE_URING_RECV | FE_URING_CANCELING)) == FE_URING_RECV && !cancel_recv(w, c))
+            return; /* the ring refused: the next batch tries again */
     }
 }
 
@@ -507,6 +517,9 @@ static inline void dispatch(fe_worker *w, const struct io_uring_cqe *cqe, bool a
         break;
     case OP_POLL_OUT:
         on_poll_out(w, c);
+        break;
+    case OP_POLL_IN:
+        on_poll_in(w, c);
         break;
     default: /* OP_WAKE */
         if (!adopting)
@@ -584,6 +597,9 @@ void *fe_worker_main_uring(void *arg)
             bool clock_read = run_once(w, fe_worker_wait_ms(w), true);
             if (u->starved)
                 serve_starved(w);
+            if (u->multishots > 0 &&
+                atomic_load_explicit(&w->server->memory_held, memory_order_relaxed) >= w->server->memory_plain_bound)
+                cancel_multishots(w);
             if (fe_worker_after_batch(w, &uring_backend, clock_read))
                 break;
         }
@@ -658,6 +674,11 @@ int fe_io_uring_check(char *why, size_t whylen)
     return 0;
 }
 
+size_t fe_uring_pool_bytes(void)
+{
+    return FE_URING_POOL_BYTES;
+}
+
 int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
 {
     struct fe_uring *u = calloc(1, sizeof *u);
@@ -666,8 +687,8 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
         return -1;
     }
     w->uring = u;
-    w->no_peek = true;
-    u->buf_size = w->server->cfg.read_buffer_size;
+    u->buf_size = w->server->cfg.read_buffer_size < FE_URING_BUFFER_MAX ? w->server->cfg.read_buffer_size
+                                                                        : FE_URING_BUFFER_MAX;
     /* Disabled until the worker enables it: SINGLE_ISSUER then names the
      * worker thread, not this one. */
     int rc = setup_ring(&u->ring, IORING_SETUP_R_DISABLED);
@@ -677,9 +698,9 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
         return -1;
     }
     u->ring_ready = true;
-    u->buf_count = FE_URING_BUFFERS_MAX;
-    while (u->buf_count > 8 && u->buf_count * u->buf_size > FE_URING_POOL_BYTES)
-        u->buf_count /= 2;
+    u->buf_count = 1;
+    while (u->buf_count * 2 * u->buf_size <= FE_URING_POOL_BYTES) /* a power of two */
+        u->buf_count *= 2;
     u->br_bytes = sizeof(struct io_uring_buf) * u->buf_count;
     void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     u->bufs = malloc(u->buf_size * u->buf_count);
@@ -735,6 +756,11 @@ int fe_io_uring_check(char *why, size_t whylen)
 {
     snprintf(why, whylen, "this fastecho was built without liburing (FASTECHO_WITH_URING=OFF)");
     return -1;
+}
+
+size_t fe_uring_pool_bytes(void)
+{
+    return 0;
 }
 
 int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
