@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from fastecho.bench import procstat
+
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
 LISTENING = re.compile(rb"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")
@@ -173,19 +175,8 @@ def proc_thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+proc_rss_kib = procstat.rss_kib
+proc_cpu_seconds = procstat.cpu_seconds
 
 
 def pid_alive(pid: int) -> bool:

@@ -533,9 +533,10 @@ def _wait_until_accepting(name: str, process: subprocess.Popen[bytes], port: int
 @contextmanager
 def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpus: set[int] | None = None,
                    start_timeout: float = START_TIMEOUT_S, tls: TlsFiles | None = None,
-                   udp: bool = False, ws: bool = False) -> Iterator[RunningServer]:
+                   udp: bool = False, ws: bool = False, extra_args: tuple[str, ...] = ()) -> Iterator[RunningServer]:
     """Start `spec` pinned to `cpus` (serving TLS with `tls`, when given,
-    echoing UDP with `udp`, or WebSocket with `ws`), wait for its port, then start its front, if any,
+    echoing UDP with `udp`, or WebSocket with `ws`; `extra_args` appended to
+    its command line), wait for its port, then start its front, if any,
     pinned the same and wait until it accepts; yield it, and always stop and
     reap every process on the way out (also on error and Ctrl-C), the front
     first.
@@ -561,6 +562,7 @@ def running_server(spec: ServerSpec, *, threads: int, baseline_threads: int, cpu
         if spec.command is None:
             raise ServerStartError(f"{spec.name} serves only {spec.serves_only}")
         argv = spec.command(threads, baseline_threads)
+    argv = [*argv, *extra_args]
     # The directory outlives the processes: the stack stops them first.
     with tempfile.TemporaryDirectory(prefix=f"fastecho-bench-{spec.name}-") as log_dir, ExitStack() as stack:
         process, stdout_path, stderr_path = _start(stack, spec.name, argv, cpus, Path(log_dir), "server")
