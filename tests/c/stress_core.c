@@ -13,7 +13,10 @@
  * upgrades, every kind of message, hostile clients, the memory budget and
  * a stop mid-message, every answer counted (see "WebSocket" below).
  *
- * Built and run by ci/sanitize.sh (usage: stress_core [plain|tls|udp|ws],
+ * The plain runs go again on the io_uring backend (FE_IO_URING), where
+ * this kernel and build allow it.
+ *
+ * Built and run by ci/sanitize.sh (usage: stress_core [plain|uring|tls|udp|ws],
  * to run only those). Exits 0 when every echoed byte matched and the counters add
  * up; prints each failure and exits 1 otherwise.
  */
@@ -1206,6 +1209,9 @@ static int check_bytes(const fe_stats *st, bool line_mode)
     return 0;
 }
 
+/* The backend the stream runs use (the plain runs go on both). */
+static enum fe_io_backend io_backend_run = FE_IO_EPOLL;
+
 static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
 {
     int64_t started = now_ms();
@@ -1215,6 +1221,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     fe_config cfg;
     fe_config_init(&cfg);
     cfg.threads = threads;
+    cfg.io_backend = io_backend_run;
     cfg.queue_capacity = queue_capacity; /* tiny: the acceptor must wait on the condvar */
     cfg.max_pending_output = 16 * 1024;  /* tiny: backpressure engages constantly */
     cfg.read_buffer_size = 4096;
@@ -3717,12 +3724,13 @@ static int udp_runs(void)
 int main(int argc, char **argv)
 {
     const char *only = argc < 2 ? NULL : argv[1];
-    if (only && strcmp(only, "plain") != 0 && strcmp(only, "tls") != 0 && strcmp(only, "udp") != 0 &&
-        strcmp(only, "ws") != 0) {
-        fprintf(stderr, "usage: stress_core [plain|tls|udp|ws]\n");
+    if (only && strcmp(only, "plain") != 0 && strcmp(only, "uring") != 0 && strcmp(only, "tls") != 0 &&
+        strcmp(only, "udp") != 0 && strcmp(only, "ws") != 0) {
+        fprintf(stderr, "usage: stress_core [plain|uring|tls|udp|ws]\n");
         return 2;
     }
     bool plain = !only || strcmp(only, "plain") == 0;
+    bool uring = !only || strcmp(only, "uring") == 0;
     bool tls = !only || strcmp(only, "tls") == 0;
     bool udp = !only || strcmp(only, "udp") == 0;
     bool ws = !only || strcmp(only, "ws") == 0;
@@ -3730,7 +3738,15 @@ int main(int argc, char **argv)
      * raise SIGPIPE over TLS; see start_server for the server's threads. */
     block_sigpipe();
 
-    if (plain) {
+    char why[256];
+    if (uring && fe_io_uring_check(why, sizeof why) != 0) {
+        printf("stress_core: no io_uring runs: %s\n", why);
+        uring = false;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        if (!(pass == 0 ? plain : uring))
+            continue;
+        io_backend_run = pass == 0 ? FE_IO_EPOLL : FE_IO_URING;
         if (run(4, 2, false, false) != 0 || run(1, 1, false, false) != 0 ||
             run(16, 4096, false, false) != 0 || run(3, 8, true, false) != 0 ||
             run(4, 64, false, true) != 0 || run(2, 64, true, true) != 0)
@@ -3740,6 +3756,7 @@ int main(int argc, char **argv)
             return 1;
         proxy_run = false;
     }
+    io_backend_run = FE_IO_EPOLL; /* TLS, ws and UDP are the epoll backend's */
 #ifdef FE_WITH_TLS
     if (tls) {
         /* TLS: raw, line mode and the memory budget; then behind PROXY

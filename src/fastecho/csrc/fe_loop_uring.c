@@ -354,6 +354,7 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
          * complete): armed again after the batch. */
         if (!(c->uring_flags & FE_URING_STARVED)) {
             c->uring_flags |= FE_URING_STARVED;
+            c->uring_refs++; /* the list's: a close meanwhile must not free c */
             c->pending_next = u->starved;
             u->starved = c;
         }
@@ -468,7 +469,10 @@ static void serve_starved(fe_worker *w)
         fe_conn *next = c->pending_next;
         c->pending_next = NULL;
         c->uring_flags &= (uint8_t)~FE_URING_STARVED;
-        if (!(c->uring_flags & FE_URING_CLOSED))
+        c->uring_refs--;
+        if (c->uring_flags & FE_URING_CLOSED)
+            free_if_done(w, c);
+        else
             settle(w, c);
         c = next;
     }
@@ -573,8 +577,12 @@ static void adopt(fe_worker *w, const fe_handoff *h)
  * still name one, so that each is freed (and its fd closed) safely. */
 static void quiesce(fe_worker *w)
 {
-    for (int i = 0; i < FE_QUIESCE_TRIES && w->uring->closed.head; i++)
-        run_once(w, 10, false);
+    for (int i = 0; i < FE_QUIESCE_TRIES && w->uring->closed.head; i++) {
+        if (w->uring->starved)
+            serve_starved(w); /* (every one is closed now: this frees them) */
+        else
+            run_once(w, 10, false);
+    }
     /* Whatever is left (a kernel that never answered) is freed after the
      * ring is gone: fe_uring_worker_free. */
 }
