@@ -1,10 +1,11 @@
 /*
  * fe.h - the public API of the fastecho C core.
  *
- * The core is pure POSIX C11 (Linux: epoll, eventfd, accept4) and knows
- * nothing about Python. One fe_server owns an acceptor thread and a pool of
- * worker threads; each worker runs its own epoll loop and keeps every
- * connection it is handed for that connection's whole life.
+ * The core is pure POSIX C11 (Linux: epoll or io_uring, eventfd, accept4)
+ * and knows nothing about Python. One fe_server owns an acceptor thread and
+ * a pool of worker threads; each worker runs its own event loop (epoll, or
+ * an io_uring ring: fe_config.io_backend) and keeps every connection it is
+ * handed for that connection's whole life.
  *
  * Lifecycle: fe_config_init -> fe_server_create -> fe_server_start ->
  * (fe_server_stats at any time) -> fe_server_shutdown -> fe_server_wait
@@ -30,7 +31,7 @@ typedef struct fe_server fe_server;
  * FE_FDS_PER_WORKER for each worker, all in fe_server_create, and at
  * fe_server_start one socket per worker for each UDP listener. Every
  * connection then costs one more. Callers check RLIMIT_NOFILE with these. */
-enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 3 }; /* epoll, eventfd, and an io_uring ring */
+enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2 }; /* an eventfd, and epoll or an io_uring ring */
 
 /* A client address. family is 4 or 6 (0: unknown); IPv4-mapped IPv6
  * addresses are reported as IPv4. addr holds 4 or 16 bytes, network order. */
@@ -354,7 +355,8 @@ typedef struct fe_stats {
  * 64 KiB if line mode is turned on), no access events, no limits, no memory
  * budget, no fd reserve; UDP: low source ports dropped, no rate limit,
  * datagrams up to 65535 bytes; WebSocket: any path and origin, messages up
- * to 16 MiB, request heads up to 8 KiB, a 10 s handshake timeout. */
+ * to 16 MiB, request heads up to 8 KiB, a 10 s handshake timeout; the
+ * epoll backend. */
 void fe_config_init(fe_config *cfg);
 
 /* Allocates a server from cfg (copied; the caller keeps ownership of cfg).

@@ -61,6 +61,7 @@ void fe_config_init(fe_config *cfg)
     cfg->thread_stack_size = 256u << 10;
     cfg->queue_capacity = 4096;
     cfg->framing = FE_FRAMING_RAW;
+    cfg->io_backend = FE_IO_EPOLL;
     cfg->suffix = NULL;
     cfg->suffix_len = 0;
     cfg->max_line = 64u << 10;
@@ -301,7 +302,8 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
         fe_worker *w = &s->workers[i];
         w->server = s;
         w->index = i;
-        if ((w->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        bool epoll = cfg->io_backend == FE_IO_EPOLL; /* io_uring: its ring stands for it */
+        if (epoll && (w->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
             what = "epoll_create1";
         else if ((w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
             what = "eventfd";
@@ -314,7 +316,7 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
         else {
             w->ring_ready = cfg->event_ring_size > 0;
             struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-            if (epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
+            if (epoll && epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
                 what = "epoll_ctl";
         }
     }
