@@ -13,6 +13,8 @@ import time
 
 import psutil
 import pytest
+
+from fastecho import _core
 from rich.console import Console
 
 from fastecho.bench import cli, report
@@ -62,6 +64,9 @@ def assert_one_line_usage_error(result: subprocess.CompletedProcess, *fragments:
         (["--threads", "0"], ["--threads"]),
         (["--rounds", "three"], ["--rounds"]),
         (["--no-such-flag"], ["--no-such-flag"]),
+        (["--io-backend", "kqueue"], ["--io-backend", "'kqueue'"]),
+        (["--io-backend", ","], ["--io-backend"]),
+        (["--io-backend", "epoll", "--transport", "udp"], ["--io-backend", "--transport tcp"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, fragments):
@@ -188,6 +193,18 @@ def test_json_has_one_row_per_server_and_workload_with_medians(tmp_path):
             assert run["msgs_per_s_vs_fastecho"] == run["cpu_per_msg_vs_fastecho"] == 1.0
         else:
             assert run["msgs_per_s_vs_fastecho"] > 0 and run["cpu_per_msg_vs_fastecho"] > 0
+
+
+def test_io_backend_puts_each_backend_of_fastecho_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    backends = "epoll" if _core.io_uring_unavailable() else "epoll,io_uring"
+    result = bench("--io-backend", backends, "--servers", "fastecho,reference", "--conns", "2", "--sizes", "64",
+                   "--rounds", "1", "--duration", "0.3", "--warmup", "0.05", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(out.read_text())["runs"]
+    expected = [f"fastecho-{b}" for b in backends.split(",")] + ["reference"]
+    assert [r["server"] for r in runs] == expected
+    assert all(r["status"] == "ok" and r["msgs_per_s"] > 0 for r in runs)
 
 
 def our_children() -> set[int]:

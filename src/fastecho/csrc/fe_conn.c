@@ -260,7 +260,9 @@ static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     size_t limit = s->cfg.max_pending_output;
-    size_t queued = c->out.len + c->sending.len + c->direct; /* io_uring: its send in flight too */
+    /* io_uring: its send in flight too, counted as the memory it holds until
+     * it is all sent (which it keeps, as a send may not move it). */
+    size_t queued = c->out.len + c->sending.capacity + c->direct;
     if (queued >= limit)
         return 0;
     size_t room = limit - queued;
@@ -327,7 +329,7 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
     *how = FE_BUDGET_OK;
     if (s->cfg.max_memory == 0)
         return want;
-    size_t budget = s->cfg.max_memory;
+    size_t budget = s->cfg.max_memory - s->memory_reserve;
     size_t now_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
     for (size_t n = want; n > 0 && now_held <= budget; n /= 2) { /* halving: only near the budget */
         if (worst_growth(w, c, n) <= budget - now_held)

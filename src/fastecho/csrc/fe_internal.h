@@ -172,6 +172,10 @@ struct fe_server {
     /* The plain echo path (fe_conn_plain) applies while memory_held is
      * below this: far enough from max_memory that no read can reach it. */
     size_t memory_plain_bound;
+    /* Of max_memory, what reads that check the budget leave free: io_uring
+     * keeps every worker's buffer pool free for the multishot receives
+     * armed while memory was below memory_plain_bound (0 under epoll). */
+    size_t memory_reserve;
     /* A plain connection's read room: min(max_pending_output, read buffer). */
     size_t plain_read_room;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */

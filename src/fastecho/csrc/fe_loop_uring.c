@@ -9,7 +9,7 @@
  *   for them, in the one io_uring_enter per loop that also submits.
  * - A plain connection (fe_conn_plain: raw, nothing queued, far from the
  *   memory budget) receives with one multishot receive into a pool of
- *   provided buffers the worker owns (fe_uring_pool_bytes: 1 MiB): an idle
+ *   provided buffers the worker owns (1 MiB): an idle
  *   connection owns no buffer, as under epoll. Every other connection (one
  *   with output queued, near the budget, in line mode, awaiting a PROXY
  *   header) waits for readability with a one-shot poll and then takes the
@@ -247,7 +247,7 @@ static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
  * at the state machine: plain (fe_conn_plain) and not stopping. */
 static inline bool bare(const fe_worker *w, const fe_conn *c)
 {
-    return !w->closing && fe_conn_plain(w, c);
+    return !w->closing && fe_conn_plain(w, c) && c->sending.len == 0;
 }
 
 /* Acts on what c wants next: FIN, close, the next send, and whether its
@@ -435,6 +435,10 @@ static void on_poll_in(fe_worker *w, fe_conn *c)
     c->uring_refs--;
     if (c->uring_flags & FE_URING_CLOSED) {
         free_if_done(w, c);
+        return;
+    }
+    if (w->closing && !c->lingering) {
+        settle(w, c); /* past the drain deadline: what it sends now is not echoed */
         return;
     }
     enum fe_close_reason reason = FE_CLOSE_RESET;
@@ -682,9 +686,23 @@ int fe_io_uring_check(char *why, size_t whylen)
     return 0;
 }
 
-size_t fe_uring_pool_bytes(void)
+/* The provided buffers' size and count for cfg (a power of two). */
+static void pool_shape(const fe_config *cfg, size_t *size, unsigned *count)
 {
-    return FE_URING_POOL_BYTES;
+    *size = cfg->read_buffer_size < FE_URING_BUFFER_MAX ? cfg->read_buffer_size : FE_URING_BUFFER_MAX;
+    *count = 1;
+    while (*count * 2 * *size <= FE_URING_POOL_BYTES)
+        *count *= 2;
+}
+
+size_t fe_uring_pool_growth(const fe_config *cfg)
+{
+    size_t size;
+    unsigned count;
+    pool_shape(cfg, &size, &count);
+    /* Each buffer's bytes may land in a buffer of their own that grows by
+     * doubling from 4 KiB (fe_buf). */
+    return (size_t)count * (2 * size > 4096 ? 2 * size : 4096);
 }
 
 int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
@@ -695,8 +713,7 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
         return -1;
     }
     w->uring = u;
-    u->buf_size = w->server->cfg.read_buffer_size < FE_URING_BUFFER_MAX ? w->server->cfg.read_buffer_size
-                                                                        : FE_URING_BUFFER_MAX;
+    pool_shape(&w->server->cfg, &u->buf_size, &u->buf_count);
     /* Disabled until the worker enables it: SINGLE_ISSUER then names the
      * worker thread, not this one. */
     int rc = setup_ring(&u->ring, IORING_SETUP_R_DISABLED);
@@ -706,9 +723,6 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
         return -1;
     }
     u->ring_ready = true;
-    u->buf_count = 1;
-    while (u->buf_count * 2 * u->buf_size <= FE_URING_POOL_BYTES) /* a power of two */
-        u->buf_count *= 2;
     u->br_bytes = sizeof(struct io_uring_buf) * u->buf_count;
     void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     u->bufs = malloc(u->buf_size * u->buf_count);
@@ -766,8 +780,9 @@ int fe_io_uring_check(char *why, size_t whylen)
     return -1;
 }
 
-size_t fe_uring_pool_bytes(void)
+size_t fe_uring_pool_growth(const fe_config *cfg)
 {
+    (void)cfg;
     return 0;
 }
 

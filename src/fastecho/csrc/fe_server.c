@@ -247,9 +247,14 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
      * 2 * plain_read_room + 4 KiB (fe_buf doubles from 4 KiB). */
     size_t plain_growth = 2 * s->plain_read_room + 4096;
     /* io_uring: each worker's multishot receives may deliver its whole
-     * buffer pool in the batch in which memory passes the bound. */
-    if (cfg->io_backend == FE_IO_URING)
-        plain_growth += fe_uring_pool_bytes() * (size_t)cfg->threads;
+     * buffer pool in the batch in which memory passes the bound, on top of
+     * what the reads that check the budget took: that much stays free. */
+    if (cfg->io_backend == FE_IO_URING) {
+        s->memory_reserve = fe_uring_pool_growth(cfg) * (size_t)cfg->threads;
+        if (s->memory_reserve > cfg->max_memory)
+            s->memory_reserve = cfg->max_memory;
+        plain_growth += s->memory_reserve;
+    }
     s->memory_plain_bound = cfg->max_memory == 0 ? SIZE_MAX
                             : cfg->max_memory >= plain_growth ? cfg->max_memory - plain_growth + 1
                                                               : 0;

@@ -13,9 +13,10 @@
  * provided buffers. Returns 0, or -1 with errno and a message in err. */
 int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen);
 
-/* The most bytes of provided buffers each io_uring worker holds: what its
- * multishot receives can deliver in one batch, past any limit. */
-size_t fe_uring_pool_bytes(void);
+/* The most buffer capacity one io_uring worker's multishot receives can add
+ * in one batch, past any limit: its whole pool of provided buffers (1 MiB),
+ * each buffer's bytes copied into a buffer of their own. */
+size_t fe_uring_pool_growth(const fe_config *cfg);
 
 /* Frees what fe_uring_worker_init made (w->uring NULL: no-op). Only once
  * the worker thread has exited, or never ran. */
