@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import signal
+from collections.abc import Iterator
 import subprocess
 
 import pytest
@@ -17,17 +18,19 @@ pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py tests fastecho's ow
 _NO_IO_URING = _core.io_uring_unavailable()
 
 
-@pytest.fixture(params=["epoll", pytest.param("io_uring", marks=pytest.mark.skipif(
+@pytest.fixture(scope="module", params=["epoll", pytest.param("io_uring", marks=pytest.mark.skipif(
     _NO_IO_URING is not None, reason=f"io_uring: {_NO_IO_URING}"))])
-def io_backend(request, monkeypatch) -> str:
-    """Runs a test once per I/O backend (as uvloop runs its suite on two loops). A
-    module opts in with `pytestmark = pytest.mark.usefixtures("io_backend")`:
-    servers it starts (`fastecho serve`, EchoServer) take the backend from
-    FASTECHO_IO_BACKEND, and engines it makes with its own `Engine` name get it too."""
-    monkeypatch.setenv("FASTECHO_IO_BACKEND", request.param)
-    if hasattr(request.module, "Engine"):
-        monkeypatch.setattr(request.module, "Engine", functools.partial(_core.Engine, io_backend=request.param))
-    return request.param
+def io_backend(request) -> Iterator[str]:
+    """Runs a module's tests once per I/O backend (as uvloop runs its suite on two
+    loops). A module opts in with `pytestmark = pytest.mark.usefixtures("io_backend")`:
+    servers it starts (`fastecho serve`, also a module's shared_server, which this
+    comes before) take the backend from FASTECHO_IO_BACKEND, and engines it makes
+    with its own `Engine` name get it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASTECHO_IO_BACKEND", request.param)
+        if hasattr(request.module, "Engine"):
+            patch.setattr(request.module, "Engine", functools.partial(_core.Engine, io_backend=request.param))
+        yield request.param
 
 
 @pytest.fixture
@@ -47,9 +50,11 @@ def serve(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    """One server for tests that only need echo, to keep the suite fast."""
+def shared_server(tmp_path_factory, io_backend):
+    """One server for tests that only need echo, to keep the suite fast; one per
+    I/O backend, so the tests that use it run on each."""
     server = start_server(tmp_path_factory.mktemp("shared"), "--threads", "4")
+    assert server.listening_line.endswith(f", {io_backend})"), server.listening_line
     yield server
     assert server.stop() == 0
 

@@ -142,8 +142,14 @@ def start_server(tmp_path, *args: str, prefix: list[str] | None = None,
         with open(stderr_path, encoding="utf-8", errors="replace") as f:
             raise AssertionError(f"server did not start: {line!r} {f.read()}")
     host = (match["v6"] or match["v4"]).decode()
-    return ServerProcess(proc, host, int(match["port"]), stderr_path,
-                         listening_line=line.decode(errors="replace").strip())
+    server = ServerProcess(proc, host, int(match["port"]), stderr_path,
+                           listening_line=line.decode(errors="replace").strip())
+    # Under the io_backend fixture the server runs the backend it names: the
+    # parametrization tests what it says it tests.
+    asked = (child_env(env) or os.environ).get("FASTECHO_IO_BACKEND")
+    if asked in ("epoll", "io_uring") and "--io-backend" not in args and prefix is None:
+        assert server.listening_line.endswith(f", {asked})"), server.listening_line
+    return server
 
 
 def echo_roundtrip(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:

@@ -120,7 +120,7 @@ def unproxied_close_pattern(port: int, reason: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def proxy_server(tmp_path_factory):
+def proxy_server(tmp_path_factory, io_backend):
     """One server with a tcp+proxy and a tcp listener, for the cases that need nothing else.
 
     --proxy-timeout 30: a connection closed within a few seconds was closed for its header,

@@ -71,7 +71,8 @@ struct fe_conn {
      * reads it. Both are output not yet sent, ahead of `out`. */
     fe_buf sending;
     uint32_t direct;
-    uint16_t send_bid;    /* the provided buffer a direct send goes out of */
+    uint16_t send_bid;    /* the provided buffer a direct send goes out of, */
+    uint32_t send_off;    /* from this offset in it */
     uint8_t uring_refs;   /* completions the kernel still owes that name c */
     uint8_t uring_flags;  /* fe_loop_uring.c's FE_URING_* */
 };

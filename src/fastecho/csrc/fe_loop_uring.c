@@ -50,6 +50,15 @@
 
 #include <liburing.h>
 #include <poll.h>
+
+/* Incremental consumption of provided buffers (Linux 6.12), newer than
+ * Debian's liburing 2.3 headers: the kernel's uapi values. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -86,8 +95,20 @@ enum {
     FE_URING_POLL_IN = 128, /* a readability poll is armed (not plain: fe_echo_path.h reads) */
 };
 
+/* What the worker knows of one provided buffer. With incremental
+ * consumption the kernel fills one buffer with the receives of several
+ * connections, one after the other; it is given back once the kernel is done
+ * with it and no send still goes out of it. */
+struct fe_pbuf {
+    uint32_t used;     /* bytes the kernel has filled, from its start */
+    uint16_t users;    /* regions of it still in use (a direct send) */
+    bool kernel_done;  /* the kernel has moved on to the next buffer */
+};
+
 struct fe_uring {
     struct io_uring ring;
+    struct fe_pbuf *pbufs; /* buf_count of them */
+    bool incremental;      /* IOU_PBUF_RING_INC: receives fill buffers incrementally */
     bool ring_ready;
     struct io_uring_buf_ring *br;
     size_t br_bytes;
@@ -112,9 +133,28 @@ static inline char *buffer(const struct fe_uring *u, unsigned bid)
     return u->bufs + (size_t)bid * u->buf_size;
 }
 
-/* Gives a provided buffer back to the kernel's pool. */
-static inline void recycle(struct fe_uring *u, unsigned bid)
+/* The res bytes a receive completion delivered into buffer bid, taken
+ * for use until release(): where they start. */
+static inline char *take(struct fe_uring *u, unsigned bid, int res, uint32_t cqe_flags)
 {
+    struct fe_pbuf *b = &u->pbufs[bid];
+    char *data = buffer(u, bid) + b->used;
+    b->used += (uint32_t)res;
+    b->users++;
+    if (!(cqe_flags & IORING_CQE_F_BUF_MORE))
+        b->kernel_done = true;
+    return data;
+}
+
+/* Ends one use of buffer bid; the last one gives it back to the kernel's
+ * pool, once the kernel is done filling it. */
+static inline void release(struct fe_uring *u, unsigned bid)
+{
+    struct fe_pbuf *b = &u->pbufs[bid];
+    if (--b->users > 0 || !b->kernel_done)
+        return;
+    b->used = 0;
+    b->kernel_done = false;
     io_uring_buf_ring_add(u->br, buffer(u, bid), (unsigned)u->buf_size, (unsigned short)bid,
                           io_uring_buf_ring_mask(u->buf_count), 0);
     io_uring_buf_ring_advance(u->br, 1);
@@ -302,25 +342,26 @@ static bool settle(fe_worker *w, fe_conn *c)
 
 /* ---------------------------------------------------------------- completions */
 
-/* n bytes arrived in provided buffer bid: straight back out of it when
- * nothing is queued, else queued (or framed, or discarded) by the state
- * machine. Returns -1 with *reason when c must close. */
-static inline int input(fe_worker *w, fe_conn *c, unsigned bid, size_t n, enum fe_close_reason *reason)
+/* n bytes arrived at data, in provided buffer bid (taken): straight back
+ * out of it when nothing is queued, else queued (or framed, or discarded)
+ * by the state machine. Returns -1 with *reason when c must close. */
+static inline int input(fe_worker *w, fe_conn *c, unsigned bid, char *data, size_t n,
+                        enum fe_close_reason *reason)
 {
     struct fe_uring *u = w->uring;
-    char *data = buffer(u, bid);
     if (!(c->uring_flags & FE_URING_SEND) && c->sending.len == 0 && fe_conn_echoes_directly(w, c)) {
         fe_conn_received_direct(w, c, n);
         c->send_bid = (uint16_t)bid;
+        c->send_off = (uint32_t)(data - buffer(u, bid));
         if (start_send(w, c, data, n, true))
-            return 0;
+            return 0; /* the buffer is released when the send is back */
         *reason = FE_CLOSE_NO_MEMORY;
         c->direct = 0;
-        recycle(u, bid);
+        release(u, bid);
         return -1;
     }
     int rc = fe_conn_input(w, c, data, n, 0, reason);
-    recycle(u, bid);
+    release(u, bid);
     return rc;
 }
 
@@ -329,6 +370,8 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     struct fe_uring *u = w->uring;
     bool has_buffer = cqe->flags & IORING_CQE_F_BUFFER;
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    int res = cqe->res;
+    char *data = has_buffer ? take(u, bid, res > 0 ? res : 0, cqe->flags) : NULL;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
         c->uring_flags &= (uint8_t)~FE_URING_RECV;
         c->uring_refs--;
@@ -336,18 +379,17 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     }
     if (c->uring_flags & FE_URING_CLOSED) {
         if (has_buffer)
-            recycle(u, bid);
+            release(u, bid);
         free_if_done(w, c);
         return;
     }
     enum fe_close_reason reason = FE_CLOSE_RESET;
-    int res = cqe->res;
     int rc = 0;
     if (res > 0 && has_buffer) {
-        rc = input(w, c, bid, (size_t)res, &reason);
+        rc = input(w, c, bid, data, (size_t)res, &reason);
     } else if (res == 0) {
         if (has_buffer)
-            recycle(u, bid);
+            release(u, bid);
         rc = fe_conn_peer_eof(w, c, &reason);
     } else if (res == -ENOBUFS) {
         /* The pool is empty for now (buffers return as this batch's sends
@@ -378,7 +420,7 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     bool direct = c->direct > 0;
     if (c->uring_flags & FE_URING_CLOSED) {
         if (direct)
-            recycle(u, c->send_bid);
+            release(u, c->send_bid);
         free_if_done(w, c);
         return;
     }
@@ -386,7 +428,7 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     if (direct) {
         size_t sent = res > 0 ? (size_t)res : 0;
         if (res < 0 && res != -EAGAIN) {
-            recycle(u, c->send_bid);
+            release(u, c->send_bid);
             c->direct = 0;
             close_conn(w, c, reason);
             return;
@@ -394,8 +436,9 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
         if (sent > 0)
             fe_conn_sent_direct(w, c, sent);
         /* The socket took less than all: keep the rest, free the buffer. */
-        int kept = c->direct > 0 ? fe_conn_keep_direct_rest(w, c, buffer(u, c->send_bid) + sent, c->direct) : 0;
-        recycle(u, c->send_bid);
+        const char *rest = buffer(u, c->send_bid) + c->send_off + sent;
+        int kept = c->direct > 0 ? fe_conn_keep_direct_rest(w, c, rest, c->direct) : 0;
+        release(u, c->send_bid);
         if (kept != 0) {
             c->direct = 0;
             close_conn(w, c, FE_CLOSE_NO_MEMORY);
@@ -726,7 +769,8 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
     u->br_bytes = sizeof(struct io_uring_buf) * u->buf_count;
     void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     u->bufs = malloc(u->buf_size * u->buf_count);
-    if (br == MAP_FAILED || u->bufs == NULL) {
+    u->pbufs = calloc(u->buf_count, sizeof *u->pbufs);
+    if (br == MAP_FAILED || u->bufs == NULL || u->pbufs == NULL) {
         if (br != MAP_FAILED)
             munmap(br, u->br_bytes);
         errno = ENOMEM;
@@ -736,7 +780,17 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
     u->br = br;
     struct io_uring_buf_reg reg = {
         .ring_addr = (uint64_t)(uintptr_t)br, .ring_entries = u->buf_count, .bgid = FE_URING_GROUP};
+    /* Incremental consumption where the kernel has it (6.12): a buffer then
+     * takes the receives of many connections, so a pool far smaller than
+     * the connections ready in one batch does not run dry. (liburing 2.3
+     * names the flags field `pad`.) */
+    reg.pad = IOU_PBUF_RING_INC;
     rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    u->incremental = rc == 0;
+    if (rc == -EINVAL) {
+        reg.pad = 0;
+        rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    }
     if (rc != 0) {
         munmap(br, u->br_bytes);
         u->br = NULL;
@@ -768,6 +822,7 @@ void fe_uring_worker_free(fe_worker *w)
     if (u->br)
         munmap(u->br, u->br_bytes);
     free(u->bufs);
+    free(u->pbufs);
     free(u);
     w->uring = NULL;
 }
