@@ -73,6 +73,7 @@ struct fe_conn {
     uint32_t direct;
     uint16_t send_bid;    /* the provided buffer a direct send goes out of, */
     uint32_t send_off;    /* from this offset in it */
+    uint32_t fixed;       /* its slot in the ring's file table (UINT32_MAX: none) */
     uint8_t uring_refs;   /* completions the kernel still owes that name c */
     uint8_t uring_flags;  /* fe_loop_uring.c's FE_URING_* */
 };

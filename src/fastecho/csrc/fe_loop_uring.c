@@ -61,6 +61,7 @@
 #endif
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 enum {
@@ -70,7 +71,12 @@ enum {
     FE_URING_BUFFER_MAX = 32 << 10, /* ... each at most this (and at most read_buffer_size) */
     FE_URING_GROUP = 0,         /* their buffer group */
     FE_QUIESCE_TRIES = 1000,    /* at exit, 10 ms waits for the last completions */
+    /* Registered file slots per worker (at most RLIMIT_NOFILE): each costs
+     * the kernel 8 bytes; connections past them use their fds as they are. */
+    FE_URING_FILES = 65536,
 };
+
+#define FE_URING_NO_SLOT UINT32_MAX
 
 /* What a completion is for: the low bits of its user_data, above a
  * connection's address (calloc'ed: 16-byte aligned). */
@@ -118,6 +124,12 @@ struct fe_uring {
     /* Released connections whose completions are still due (prev/next). */
     fe_conn_list closed;
     size_t multishots; /* multishot receives armed */
+    /* The ring's file table: operations on a registered socket skip the
+     * kernel's fd lookup (and its reference count) every time. */
+    uint32_t slots;         /* registered slots (0: none could be) */
+    uint32_t next_slot;     /* slots below it have been handed out */
+    uint32_t *free_slots;   /* ... and these given back */
+    uint32_t free_count, free_capacity;
     /* Connections whose receive ended for want of a buffer, linked through
      * pending_next (epoll's TLS list, unused here: no TLS under io_uring). */
     fe_conn *starved;
@@ -158,6 +170,45 @@ static inline void release(struct fe_uring *u, unsigned bid)
     io_uring_buf_ring_add(u->br, buffer(u, bid), (unsigned)u->buf_size, (unsigned short)bid,
                           io_uring_buf_ring_mask(u->buf_count), 0);
     io_uring_buf_ring_advance(u->br, 1);
+}
+
+/* Points sqe (prepared with c->fd) at c's registered slot, if it has one. */
+static inline void target(struct io_uring_sqe *sqe, const fe_conn *c)
+{
+    if (c->fixed != FE_URING_NO_SLOT) {
+        sqe->fd = (int)c->fixed;
+        sqe->flags |= IOSQE_FIXED_FILE;
+    }
+}
+
+/* Registers c's socket in a free slot of the file table; without one (all
+ * taken, or the kernel refused), c uses its fd. */
+static void register_file(struct fe_uring *u, fe_conn *c)
+{
+    c->fixed = FE_URING_NO_SLOT;
+    uint32_t slot;
+    if (u->free_count > 0)
+        slot = u->free_slots[--u->free_count];
+    else if (u->next_slot < u->slots)
+        slot = u->next_slot++;
+    else
+        return;
+    if (io_uring_register_files_update(&u->ring, slot, &c->fd, 1) == 1)
+        c->fixed = slot;
+    else
+        u->free_slots[u->free_count++] = slot; /* (room: it was just taken from there or is new) */
+}
+
+/* Empties c's slot (the table holds a reference to the socket, which a
+ * close of the fd alone would leave open) and makes it free again. */
+static void unregister_file(struct fe_uring *u, fe_conn *c)
+{
+    if (c->fixed == FE_URING_NO_SLOT)
+        return;
+    int none = -1;
+    io_uring_register_files_update(&u->ring, c->fixed, &none, 1);
+    u->free_slots[u->free_count++] = c->fixed;
+    c->fixed = FE_URING_NO_SLOT;
 }
 
 /* A submission entry; when the queue is full, what is in it is submitted
@@ -201,6 +252,7 @@ static void free_if_done(fe_worker *w, fe_conn *c)
     if (c->uring_refs > 0)
         return;
     list_del(&w->uring->closed, c);
+    unregister_file(w->uring, c);
     close(c->fd);
     fe_conn_free(w, c);
 }
@@ -220,7 +272,9 @@ static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
     struct io_uring_sqe *sqe = sqe_get(u);
     if (sqe == NULL)
         return; /* then they come back by themselves, at the latest at exit */
-    io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+    bool fixed = c->fixed != FE_URING_NO_SLOT;
+    io_uring_prep_cancel_fd(sqe, fixed ? (int)c->fixed : c->fd,
+                            IORING_ASYNC_CANCEL_ALL | (fixed ? IORING_ASYNC_CANCEL_FD_FIXED : 0));
     io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
     c->uring_refs++;
 }
@@ -235,6 +289,7 @@ static bool arm_recv(fe_worker *w, fe_conn *c)
     if (sqe == NULL)
         return false;
     io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    target(sqe, c);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = FE_URING_GROUP;
     io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
@@ -263,6 +318,7 @@ static inline bool start_send(fe_worker *w, fe_conn *c, const char *buf, size_t 
     if (sqe == NULL)
         return false;
     io_uring_prep_send(sqe, c->fd, buf, n, MSG_NOSIGNAL | (dontwait ? MSG_DONTWAIT : 0));
+    target(sqe, c);
     io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
     c->uring_flags |= FE_URING_SEND;
     c->uring_refs++;
@@ -277,6 +333,7 @@ static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
         return false;
     bool in = events == POLLIN;
     io_uring_prep_poll_add(sqe, c->fd, events);
+    target(sqe, c);
     io_uring_sqe_set_data64(sqe, tag(c, in ? OP_POLL_IN : OP_POLL_OUT));
     c->uring_flags |= in ? FE_URING_POLL_IN : FE_URING_POLL_OUT;
     c->uring_refs++;
@@ -617,6 +674,7 @@ static void adopt(fe_worker *w, const fe_handoff *h)
         fe_conn_drop_handoff(w, h, FE_CLOSE_NO_MEMORY);
         return;
     }
+    register_file(w->uring, c);
     settle(w, c); /* the client speaks first: its receive is armed */
 }
 
@@ -646,8 +704,12 @@ void *fe_worker_main_uring(void *arg)
     fe_worker *w = arg;
     struct fe_uring *u = w->uring;
     w->now_ns = fe_now_ns();
-    /* This thread becomes the ring's only submitter. */
-    if (io_uring_enable_rings(&u->ring) == 0 && arm_wake(w)) {
+    /* This thread becomes the ring's only submitter, and then registers
+     * (a SINGLE_ISSUER ring takes registrations from it alone). */
+    bool enabled = io_uring_enable_rings(&u->ring) == 0;
+    if (enabled && io_uring_register_files_sparse(&u->ring, u->slots) != 0)
+        u->slots = 0; /* every connection uses its fd */
+    if (enabled && arm_wake(w)) {
         for (;;) {
             bool clock_read = run_once(w, fe_worker_wait_ms(w), true);
             if (u->starved)
@@ -757,6 +819,10 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
     }
     w->uring = u;
     pool_shape(&w->server->cfg, &u->buf_size, &u->buf_count);
+    struct rlimit nofile;
+    u->slots = FE_URING_FILES;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < u->slots)
+        u->slots = (uint32_t)nofile.rlim_cur;
     /* Disabled until the worker enables it: SINGLE_ISSUER then names the
      * worker thread, not this one. */
     int rc = setup_ring(&u->ring, IORING_SETUP_R_DISABLED);
@@ -770,7 +836,9 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
     void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     u->bufs = malloc(u->buf_size * u->buf_count);
     u->pbufs = calloc(u->buf_count, sizeof *u->pbufs);
-    if (br == MAP_FAILED || u->bufs == NULL || u->pbufs == NULL) {
+    /* Untouched until slots come back: no memory held for idle slots. */
+    u->free_slots = malloc(sizeof *u->free_slots * (u->slots ? u->slots : 1));
+    if (br == MAP_FAILED || u->bufs == NULL || u->pbufs == NULL || u->free_slots == NULL) {
         if (br != MAP_FAILED)
             munmap(br, u->br_bytes);
         errno = ENOMEM;
@@ -815,7 +883,7 @@ void fe_uring_worker_free(fe_worker *w)
         io_uring_queue_exit(&u->ring); /* cancels and waits for what was in flight */
     while (u->closed.head) {        /* only if the kernel never answered at exit */
         fe_conn *c = u->closed.head;
-        list_del(&u->closed, c);
+        list_del(&u->closed, c); /* (its slot went with the ring) */
         close(c->fd);
         fe_conn_free(w, c);
     }
@@ -823,6 +891,7 @@ void fe_uring_worker_free(fe_worker *w)
         munmap(u->br, u->br_bytes);
     free(u->bufs);
     free(u->pbufs);
+    free(u->free_slots);
     free(u);
     w->uring = NULL;
 }
