@@ -1,13 +1,16 @@
-"""Runs a command under a seccomp filter that refuses io_uring_setup with EPERM,
-as a container runtime's default profile does (Docker's, since 25.0):
+"""Runs a command under a seccomp filter that refuses an io_uring system call,
+as a container runtime's default profile does (Docker's, since 25.0, refuses
+io_uring_setup with EPERM):
 
-    python tests/no_io_uring.py COMMAND [ARG...]
+    python tests/no_io_uring.py [--call setup|register] [--errno EPERM|ENOSYS] COMMAND [ARG...]
 
-The filter is installed in this process and survives the exec (with
-no_new_privs set, as the kernel requires of an unprivileged filter), so the
-command and everything it starts see io_uring refused; every other system
-call is allowed. The program is four classic-BPF instructions, built here
-because nothing in the test dependencies installs one.
+--call register refuses io_uring_register instead, which is how a kernel
+without provided buffer rings looks to the engine's check. The filter is
+installed in this process and survives the exec (with no_new_privs set, as
+the kernel requires of an unprivileged filter), so the command and
+everything it starts see the call refused; every other system call is
+allowed. The program is four classic-BPF instructions, built here because
+nothing in the test dependencies installs one.
 """
 from __future__ import annotations
 
@@ -23,9 +26,9 @@ PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
-# io_uring_setup has the same number on every architecture Linux added it to
-# after the syscall tables were unified (x86_64, aarch64, ...).
-NR_IO_URING_SETUP = 425
+# The io_uring calls have the same numbers on every architecture Linux added
+# them to after the syscall tables were unified (x86_64, aarch64, ...).
+CALLS = {"setup": 425, "register": 427}
 BPF_LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 BPF_RET_K = 0x06  # BPF_RET | BPF_K
@@ -36,11 +39,11 @@ def instruction(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def refuse_io_uring() -> None:
+def refuse(call: int, errno_value: int) -> None:
     program = b"".join([
         instruction(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
-        instruction(BPF_JEQ_K, 0, 1, NR_IO_URING_SETUP),
-        instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM),
+        instruction(BPF_JEQ_K, 0, 1, call),
+        instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno_value),
         instruction(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ])
     filters = ctypes.create_string_buffer(program)
@@ -57,7 +60,14 @@ def refuse_io_uring() -> None:
 
 
 if __name__ == "__main__":
-    if platform.system() != "Linux" or len(sys.argv) < 2:
-        sys.exit("usage (Linux): python tests/no_io_uring.py COMMAND [ARG...]")
-    refuse_io_uring()
-    os.execvp(sys.argv[1], sys.argv[1:])
+    args = sys.argv[1:]
+    options = {"--call": "setup", "--errno": "EPERM"}
+    while args and args[0] in options and len(args) > 1:
+        options[args[0]] = args[1]
+        args = args[2:]
+    if platform.system() != "Linux" or not args or options["--call"] not in CALLS \
+            or options["--errno"] not in ("EPERM", "ENOSYS"):
+        sys.exit("usage (Linux): python tests/no_io_uring.py [--call setup|register] "
+                 "[--errno EPERM|ENOSYS] COMMAND [ARG...]")
+    refuse(CALLS[options["--call"]], getattr(errno, options["--errno"]))
+    os.execvp(args[0], args)

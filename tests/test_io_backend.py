@@ -6,6 +6,7 @@ default profile does.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from helpers import assert_one_line_error, echo_roundtrip, run_cli, scrape
 from pki import tls_args
 
 NO_IO_URING = [sys.executable, str(Path(__file__).with_name("no_io_uring.py"))]
+IO_URING_DISABLED = "/proc/sys/kernel/io_uring_disabled"
 WHY_NOT = _core.io_uring_unavailable()
 needs_io_uring = pytest.mark.skipif(WHY_NOT is not None, reason=f"io_uring: {WHY_NOT}")
 
@@ -39,6 +41,35 @@ def test_seccomp_refusal_falls_back_to_epoll_with_one_line(serve):
     assert server.stderr().count("io backend:") == 1
     with server.connect() as sock:
         assert echo_roundtrip(sock, b"x" * 5000) == b"x" * 5000
+
+
+@pytest.mark.parametrize("refusal, why", [
+    (["--errno", "ENOSYS"], r"io_uring_setup: Function not implemented \(this kernel has no io_uring\)"),
+    # io_uring_register refused: the engine's probe of the opcodes fails first.
+    (["--call", "register"], r"this kernel's io_uring lacks send, receive and cancel operations"),
+], ids=["no-io_uring-in-the-kernel", "no-provided-buffer-rings"])
+def test_a_kernel_without_io_uring_or_its_features_falls_back_to_epoll(serve, refusal, why):
+    server = serve("--threads", "1", prefix=[*NO_IO_URING, *refusal])
+    assert server.listening_line.endswith("(1 threads, epoll)")
+    server.wait_for_stderr(rf"io backend: epoll \({why}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(IO_URING_DISABLED, os.W_OK),
+                    reason=f"needs root to set {IO_URING_DISABLED}")
+def test_kernel_io_uring_disabled_falls_back_to_epoll(serve):
+    with open(IO_URING_DISABLED) as f:
+        before = f.read().strip()
+    try:
+        with open(IO_URING_DISABLED, "w") as f:
+            f.write("2")  # io_uring refused to every process
+        server = serve("--threads", "1", env={"FASTECHO_IO_BACKEND": None})
+    finally:
+        with open(IO_URING_DISABLED, "w") as f:
+            f.write(before)
+    assert server.listening_line.endswith("(1 threads, epoll)")
+    server.wait_for_stderr(r"io backend: epoll \(io_uring_setup: Operation not permitted")
+    with server.connect() as sock:
+        assert echo_roundtrip(sock, b"still served") == b"still served"
 
 
 def test_seccomp_refusal_of_an_explicit_io_uring_is_one_line_exit_1():
