@@ -12,7 +12,7 @@ TLS_AVAILABLE: bool
 TLS_LIBRARY: str
 WS_AVAILABLE: bool
 
-def _defaults() -> dict[str, int | float]: ...
+def _defaults() -> dict[str, int | float | bool]: ...
 def io_uring_unavailable() -> str | None: ...
 
 class TlsContext:
@@ -50,6 +50,7 @@ class Engine:
         ws_max_header: int = 0,
         ws_handshake_timeout: float = 0.0,
         io_backend: str = "epoll",
+        splice: bool | None = None,
     ) -> None: ...
     def set_tls(self, context: TlsContext) -> None: ...
     def start(

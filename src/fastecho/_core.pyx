@@ -14,7 +14,7 @@ from libc.string cimport memcpy
 import ipaddress
 
 from fastecho.includes.fe cimport (
-    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_EVENT_UDP, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FRAMING_LINE,
+    FE_CLOSE_REASON_COUNT, FE_CLOSE_TLS_HANDSHAKE, FE_EVENT_OPEN, FE_EVENT_UDP, FE_UDP_DROP_COUNT, fe_udp_drop_name, FE_FDS_PER_SERVER, FE_FDS_PER_WORKER, FE_FDS_PER_PIPE, FE_SPLICE_POOL_PIPES, FE_FRAMING_LINE,
     FE_IO_EPOLL, FE_IO_URING, fe_io_uring_check,
     FE_MAX_LISTENERS, fe_cidr, fe_close_reason_name, fe_listener, fe_config, fe_config_init, fe_event, fe_peer, fe_server,
     fe_server_acceptor_error, fe_server_create, fe_server_destroy,
@@ -126,6 +126,9 @@ def _defaults():
         "ws_handshake_timeout": cfg.ws_handshake_timeout_ms / 1000,
         "fds_per_server": FE_FDS_PER_SERVER,
         "fds_per_worker": FE_FDS_PER_WORKER,
+        "splice": cfg.splice,
+        "fds_per_pipe": FE_FDS_PER_PIPE,
+        "splice_pool_pipes": FE_SPLICE_POOL_PIPES,
     }
 
 
@@ -202,7 +205,8 @@ cdef class Engine:
                   double tls_handshake_timeout=0.0, bint udp_allow_low_ports=False,
                   unsigned int udp_rate=0, size_t udp_max_datagram=0,
                   bytes ws_path=None, ws_allow_origins=(), unsigned long long ws_max_message=0,
-                  size_t ws_max_header=0, double ws_handshake_timeout=0.0, str io_backend="epoll"):
+                  size_t ws_max_header=0, double ws_handshake_timeout=0.0, str io_backend="epoll",
+                  splice=None):
         cdef fe_config cfg
         cdef char err[ERRLEN]
         cdef int rc
@@ -232,6 +236,8 @@ cdef class Engine:
             cfg.idle_timeout_ms = 1  # shorter than the core's 1 ms tick, but never 0 ("off")
         cfg.max_memory = max_memory
         cfg.fd_reserve = fd_reserve
+        if splice is not None:  # None: the core's default
+            cfg.splice = bool(splice)
         if proxy_timeout:  # 0: the core's default
             cfg.proxy_timeout_ms = max(_milliseconds(proxy_timeout), 1)
         if tls_handshake_timeout:
@@ -368,6 +374,8 @@ cdef class Engine:
             "memory_budget_waits": s.memory_budget_waits,
             "tls_handshakes": s.tls_handshakes,
             "tls_resumed": s.tls_resumed,
+            "splice_bytes": s.splice_bytes,
+            "splice_pipes": s.splice_pipes,
             "tls_handshake_failures": s.closes[<int>FE_CLOSE_TLS_HANDSHAKE],
             "closes": {CLOSE_REASONS[i]: s.closes[i] for i in range(1, FE_CLOSE_REASON_COUNT)},
             # Per listener, in start()'s order: (accepted, closed).

@@ -52,6 +52,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"  # the config file, when --config is not give
 LOG_LEVELS = ("debug", "normal", "warning", "error", "fatal")
 _LEVEL_ALIASES = {"info": "normal", "warn": "warning", "critical": "fatal"}
 LOG_TIME_FORMATS = ("unix", "iso")
+SWITCHES = ("on", "off")
+# The engine's own default, as --splice spells it.
+SPLICE_DEFAULT = "on" if ENGINE["splice"] else "off"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -287,6 +290,13 @@ OPTIONS: tuple[Option, ...] = (
                 "a connection that would pass it is not read until memory frees "
                 "(default: a quarter of RAM or of the container's memory limit; "
                 "in line mode at least 4 x --max-line)."),
+    Option("splice", "choice", SPLICE_DEFAULT, choices=SWITCHES, metavar="on|off",
+           help="Echo bulk transfers on plain TCP listeners through a pipe with splice(2), so their "
+                "bytes never enter user space: a connection switches after a read that fills the "
+                "read buffer, and back to copying once its reads are small again. Each such "
+                "connection holds two more fds and a pipe of up to --max-pending-output "
+                "(at most 1 MiB), counted against --max-memory. off: always copy. The epoll "
+                "backend's: under io_uring every connection copies."),
     # Logging
     Option("log_level", "choice", "normal", choices=LOG_LEVELS, metavar="LEVEL",
            help="Lowest level logged: debug, normal, warning, error or fatal."),
@@ -584,6 +594,7 @@ class ServeConfig:
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses
     max_memory: int = field(default_factory=default_max_memory)  # all connections' buffers
+    splice: str = SPLICE_DEFAULT  # "on": bulk echo through pipes (splice(2)); "off": always copy
     log_level: str = "normal"
     log_dir: str | None = None
     log_time: str = "unix"

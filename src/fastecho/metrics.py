@@ -46,6 +46,9 @@ COUNTERS = (
      "memory_budget_waits"),
     ("fastecho_tls_handshakes_total", "TLS handshakes completed.", "tls_handshakes"),
     ("fastecho_tls_resumed_total", "TLS handshakes that resumed a session (a ticket).", "tls_resumed"),
+    ("fastecho_splice_bytes_total",
+     "Bytes echoed through a pipe with splice(2), never copied to user space (also in "
+     "fastecho_bytes_sent_total).", "splice_bytes"),
     ("fastecho_tls_handshake_failures_total",
      "TLS handshakes that failed: not TLS, no acceptable client certificate, no common version "
      "or cipher (also in fastecho_closes_total{reason=\"tls-handshake\"}).", "tls_handshake_failures"),
@@ -54,6 +57,9 @@ GAUGES = (
     ("fastecho_connections_active", "Connections open now.", "connections_active"),
     ("fastecho_memory_held_bytes",
      "Bytes of buffered output and partial lines held now, against --max-memory.", "memory_held"),
+    ("fastecho_splice_pipes",
+     "Pipes open now for splice: held by bulk connections, or kept empty for reuse (2 fds each).",
+     "splice_pipes"),
 )
 # One counter with a reason label for each way a connection is refused.
 REJECTED = ("fastecho_connections_rejected_total", "Connections refused by a limit.", {

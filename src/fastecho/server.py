@@ -339,6 +339,7 @@ def create_engine(cfg: ServeConfig, io_backend: str = "epoll") -> Engine:
         idle_timeout=cfg.idle_timeout,
         allow=list(cfg.allow),
         max_memory=cfg.max_memory,
+        splice=cfg.splice == "on",
         fd_reserve=FD_RESERVE,
         proxy_from=list(cfg.proxy_from),
         proxy_timeout=cfg.proxy_timeout,

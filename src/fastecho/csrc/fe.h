@@ -30,8 +30,14 @@ typedef struct fe_server fe_server;
 /* File descriptors the core opens: FE_FDS_PER_SERVER for the server plus
  * FE_FDS_PER_WORKER for each worker, all in fe_server_create, and at
  * fe_server_start one socket per worker for each UDP listener. Every
- * connection then costs one more. Callers check RLIMIT_NOFILE with these. */
-enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2 }; /* an eventfd, and epoll or an io_uring ring */
+ * connection then costs one more, and FE_FDS_PER_PIPE more while it echoes
+ * through a pipe (fe_config.splice); each worker also keeps up to
+ * FE_SPLICE_POOL_PIPES empty pipes for its next bulk connection (a new one
+ * costs three system calls; a few cover connections that take turns, more
+ * would only hold fds). Pipes are made only while they leave fd_reserve
+ * free. Callers check RLIMIT_NOFILE with these. */
+enum { FE_FDS_PER_SERVER = 1, FE_FDS_PER_WORKER = 2, /* an eventfd, and epoll or an io_uring ring */
+       FE_FDS_PER_PIPE = 2, FE_SPLICE_POOL_PIPES = 8 };
 
 /* A client address. family is 4 or 6 (0: unknown); IPv4-mapped IPv6
  * addresses are reported as IPv4. addr holds 4 or 16 bytes, network order. */
@@ -257,6 +263,15 @@ typedef struct fe_config {
      * this reserve reach RLIMIT_NOFILE. At most a quarter of the limit is
      * kept, so that a small limit still serves. 0 keeps none. */
     size_t fd_reserve;
+    /* Bulk echo without copying: a plain raw TCP connection whose read
+     * fills the whole read buffer (or its output cap, if smaller) echoes
+     * through a pipe of its own with splice(2) from then on, and goes back
+     * to copying after a few short reads with the pipe empty. The pipe is
+     * at most max_pending_output (and 1 MiB); its size counts against
+     * max_memory, and its two fds against fd_reserve, while a connection
+     * holds it. Without a pipe to be had, the connection keeps copying. Not
+     * for TLS, ws or line mode. On by default. */
+    bool splice;
 
     /* PROXY protocol, for listeners with proxy set. A connection to one
      * from a peer outside proxy_from (copied; count 0 trusts nobody) is
@@ -329,6 +344,8 @@ typedef struct fe_stats {
     uint64_t memory_budget_waits;      /* times a connection stopped being read for max_memory */
     uint64_t tls_handshakes;           /* TLS handshakes completed */
     uint64_t tls_resumed;              /* of those, resumed sessions (tickets) */
+    uint64_t splice_bytes;             /* of bytes_sent, those echoed through pipes (splice) */
+    uint64_t splice_pipes;             /* pipes open now, held by connections or kept for reuse */
     uint64_t closes[FE_CLOSE_REASON_COUNT]; /* connections closed, by reason */
     /* Per listener, in fe_server_start's order (listener_count of them):
      * connections accepted (admitted) and closed, as above. */
@@ -353,7 +370,7 @@ typedef struct fe_stats {
 /* Fills cfg with the defaults: threads 1, 1 MiB output cap, 64 KiB read
  * buffer, 256 KiB stacks, queue capacity 4096, raw framing (max_line
  * 64 KiB if line mode is turned on), no access events, no limits, no memory
- * budget, no fd reserve; UDP: low source ports dropped, no rate limit,
+ * budget, no fd reserve, splice on; UDP: low source ports dropped, no rate limit,
  * datagrams up to 65535 bytes; WebSocket: any path and origin, messages up
  * to 16 MiB, request heads up to 8 KiB, a 10 s handshake timeout; the
  * epoll backend. */

@@ -8,6 +8,7 @@
  */
 #include "fe_internal.h"
 #include "fe_sock.h"
+#include "fe_splice.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -128,6 +129,12 @@ uint64_t fe_fd_connection_limit(size_t reserve)
     return limit > used ? limit - used : 0;
 }
 
+uint64_t fe_connection_fds(fe_server *s)
+{
+    return atomic_load_explicit(&s->open_connections, memory_order_relaxed) +
+           FE_FDS_PER_PIPE * atomic_load_explicit(&s->splice_pipes, memory_order_relaxed);
+}
+
 /* The pause after the acceptor runs out of a resource: doubling, capped. */
 static int next_backoff_ms(int backoff_ms)
 {
@@ -142,10 +149,11 @@ static int accept_batch(fe_server *s, size_t index)
 {
     const fe_listener *listener = &s->listeners[index];
     for (int n = 0; n < FE_ACCEPT_BATCH && !atomic_load(&s->stop_accepting); n++) {
-        if (atomic_load_explicit(&s->open_connections, memory_order_relaxed) >=
-            s->fd_connection_limit) {
+        if (fe_connection_fds(s) >= s->fd_connection_limit) {
             /* Another connection would eat into the caller's reserve of
-             * fds: wait as at EMFILE, with clients in the backlog. */
+             * fds: wait as at EMFILE, with clients in the backlog. Pipes
+             * count too: a worker takes one only within the same limit,
+             * and gives it back once its connection stops echoing bulk. */
             fe_counter_add(&s->accept_fd_exhausted, 1);
             return 1;
         }

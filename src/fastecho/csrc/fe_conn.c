@@ -5,6 +5,7 @@
  */
 #include "fe_conn.h"
 #include "fe_proxy.h"
+#include "fe_splice.h"
 #include "fe_ws.h"
 
 #include <linux/sockios.h>
@@ -21,6 +22,10 @@ enum {
     /* While connections wait for the memory budget: how often their worker
      * looks again (memory freed on another worker wakes nobody here). */
     FE_BUDGET_RETRY_MS = 10,
+    /* A spliced connection gives its pipe back, once the pipe is empty,
+     * after this many splice reads in a row shorter than the read room:
+     * the tail of a bulk message is one or two, small messages are all. */
+    FE_SPLICE_SHORT_READS = 4,
     /* Room for line mode's error line ("error: line longer than N bytes\n"). */
     FE_LINE_ERROR_MAX = 96,
     /* A ws feed's output past its input (fe_ws_frame.h's bound), plus a
@@ -238,8 +243,20 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
     set_budget_wait(w, c, FE_BUDGET_OK);
 }
 
+/* c gives its pipe back (to the pool, if empty) and copies from now on. */
+static void splice_end(fe_worker *w, fe_conn *c)
+{
+    account_memory(w, c->pipe->capacity, 0);
+    fe_splice_pipe_put(w, c->pipe, c->piped == 0);
+    c->pipe = NULL;
+    c->piped = 0;
+    c->spliced = false;
+}
+
 void fe_conn_free(fe_worker *w, fe_conn *c)
 {
+    if (c->spliced) /* a pipe with bytes left in it is closed, never pooled */
+        splice_end(w, c);
     account_memory(w, held(c), 0);
     fe_buf_free(&c->out);
     fe_buf_free(&c->sending);
@@ -386,6 +403,13 @@ size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_b
     *how = FE_BUDGET_OK;
     if (c->lingering) /* input after our FIN is discarded: it needs no room */
         return w->server->cfg.read_buffer_size;
+    if (c->spliced) {
+        /* The pipe's memory is held already, and it holds at most the
+         * cap. It fills only while nothing is queued, and empties before
+         * it fills again: bytes leave in the order they came. */
+        *how = FE_BUDGET_SPLICE;
+        return c->out.len == 0 && c->piped == 0 ? c->pipe->capacity : 0;
+    }
     size_t room = cap_room(w, c);
     if (c->ws_upgrading) {
         /* Never past the longest request head: the parser answers 400 on
@@ -639,6 +663,50 @@ int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     return 0;
 }
 
+void fe_conn_splice_begin(fe_worker *w, fe_conn *c)
+{
+    fe_server *s = w->server;
+    if (c->tls || c->ws || c->spliced || c->peer_eof || c->lingering || c->finishing || w->closing)
+        return;
+    size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
+    size_t budget = s->cfg.max_memory;
+    if (budget != 0 && (now_held > budget || budget - now_held < s->splice_pipe_size))
+        return; /* near the budget a pipe would hold what copying waits for */
+    fe_pipe *p = fe_splice_pipe_get(w);
+    if (p == NULL)
+        return;
+    account_memory(w, 0, p->capacity);
+    c->pipe = p;
+    c->piped = 0;
+    c->splice_short = 0;
+    c->spliced = true;
+}
+
+void fe_conn_spliced_in(fe_worker *w, fe_conn *c, size_t n)
+{
+    fe_conn_touch(w, c);
+    fe_counter_add(&w->bytes_received, (uint64_t)n);
+    c->bytes_in += (uint64_t)n;
+    c->piped += (uint32_t)n; /* n <= the pipe's capacity, at most 1 MiB */
+    if (n >= w->server->splice_read_room)
+        c->splice_short = 0;
+    else if (c->splice_short < FE_SPLICE_SHORT_READS)
+        c->splice_short++;
+}
+
+void fe_conn_spliced_out(fe_worker *w, fe_conn *c, size_t n)
+{
+    if (n == 0)
+        return;
+    fe_conn_touch(w, c); /* a slow reader that is reading is not idle */
+    fe_counter_add(&w->bytes_sent, (uint64_t)n);
+    fe_counter_add(&w->splice_bytes, (uint64_t)n);
+    c->bytes_out += (uint64_t)n;
+    c->piped -= (uint32_t)n;
+    if (c->piped == 0 && c->splice_short >= FE_SPLICE_SHORT_READS)
+        splice_end(w, c);
+}
+
 void fe_conn_sent(fe_worker *w, fe_conn *c, size_t sent)
 {
     if (sent == 0)
@@ -714,7 +782,7 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         *interest = 0;
         return FE_STEP_WAIT;
     }
-    bool unsent = c->out.len > 0 || c->tls_unsent || c->sending.len > 0 || c->direct > 0;
+    bool unsent = c->out.len > 0 || c->tls_unsent || c->sending.len > 0 || c->direct > 0 || c->piped > 0;
     if (!unsent && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */
         *reason = c->finishing ? (enum fe_close_reason)c->finish_reason

@@ -17,6 +17,8 @@
 
 #include "fe_internal.h"
 
+#include <stddef.h>
+
 /* Field order matters: everything the echo path touches per message sits
  * in the first 64-byte cache line; list links, timestamps and the peer are
  * only needed on open, close, and when timeouts or the budget are at work. */
@@ -35,9 +37,11 @@ struct fe_conn {
             bool space_wait;     /* budget spent, holds nothing: not read until its socket drains */
             bool awaiting_proxy; /* +proxy: its PROXY header has not all arrived (w->proxy_waiting) */
             bool handshaking;    /* TLS: the handshake has not finished (w->handshaking) */
-            bool tls_unsent;     /* TLS, budget spent: OpenSSL holds a peeked record half-sent
+            /* Two flags in one byte, so that the word still covers every flag. */
+            bool tls_unsent : 1; /* TLS, budget spent: OpenSSL holds a peeked record half-sent
                                     (tls_unsent_len bytes, still unread): like queued output,
                                     it goes out, with the same bytes, before anything else */
+            bool spliced : 1;    /* plain, bulk: echoes through its pipe (c->pipe, fe_splice.h) */
             bool ws;             /* a ws listener's: HTTP upgrade, then frames (ws_state) */
         };
         uint64_t not_plain;
@@ -76,7 +80,13 @@ struct fe_conn {
     uint32_t fixed;       /* its slot in the ring's file table (UINT32_MAX: none) */
     uint8_t uring_refs;   /* completions the kernel still owes that name c */
     uint8_t uring_flags;  /* fe_loop_uring.c's FE_URING_* */
+    uint8_t splice_short; /* spliced: splice reads in a row shorter than the read room */
+    uint32_t piped;       /* spliced: bytes in its pipe (at most the pipe's capacity) */
+    struct fe_pipe *pipe; /* spliced: its pipe, whose bytes are queued output */
 };
+/* One compare of not_plain must cover every flag of the union. */
+_Static_assert(offsetof(struct fe_conn, out) == offsetof(struct fe_conn, not_plain) + sizeof(uint64_t),
+               "fe_conn's flags outgrew the word that reads them all");
 
 /* What the memory budget allows a connection's next read. */
 enum fe_budget_verdict {
@@ -86,6 +96,8 @@ enum fe_budget_verdict {
                               (peek, send, then fe_conn_input what was sent) */
     FE_BUDGET_WAIT_MEMORY, /* holds buffers: wait until memory frees anywhere */
     FE_BUDGET_WAIT_SOCKET, /* holds nothing: wait until its socket drains */
+    FE_BUDGET_SPLICE,      /* spliced: read into its pipe (fe_conn_spliced_in), whose
+                              memory is held already, up to the room granted */
 };
 
 /* Interest the backend registers for a connection (fe_conn_next). */
@@ -118,7 +130,7 @@ void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason);
 void fe_conn_free(fe_worker *w, fe_conn *c);
 
 /* The plain case: raw framing, nothing queued, no pending state (FIN,
- * linger, budget wait, PROXY header, TLS handshake), and the memory budget too far away
+ * linger, budget wait, PROXY header, TLS handshake, a pipe), and the memory budget too far away
  * for one read to reach it. The functions below handle it inline, so that
  * the backend's echo path stays a bare loop; everything else takes their
  * general versions in fe_conn.c. */
@@ -208,6 +220,19 @@ int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t 
 /* io_uring: moves the queued output into c->sending (which must be empty)
  * for the send about to start; new output queues in c->out meanwhile. */
 void fe_conn_take_output(fe_conn *c);
+
+/* A read just filled the whole read room (s->splice_read_room): c echoes
+ * through a pipe from now on, if it may (plain raw TCP, not finishing, the
+ * memory budget and the fd reserve allow a pipe). Bytes c->out holds go
+ * first. Otherwise nothing changes: c keeps copying. */
+void fe_conn_splice_begin(fe_worker *w, fe_conn *c);
+
+/* Spliced: n bytes came from the socket into c's pipe. */
+void fe_conn_spliced_in(fe_worker *w, fe_conn *c, size_t n);
+
+/* Spliced: n bytes went from c's pipe to the socket. Once the pipe is empty
+ * after several short reads in a row, c gives it back and copies again. */
+void fe_conn_spliced_out(fe_worker *w, fe_conn *c, size_t n);
 
 /* Whether input just framed left output to send at once (line mode, ws). */
 static inline bool fe_conn_framed_output(const fe_worker *w, const fe_conn *c)

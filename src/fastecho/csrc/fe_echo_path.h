@@ -14,6 +14,7 @@
 #define FE_ECHO_PATH_H
 
 #include "fe_conn.h"
+#include "fe_splice.h"
 #include "fe_transport.h"
 
 /* The functions on the echo path take `tls`, which is always a constant
@@ -85,6 +86,19 @@ FE_ECHO_PATH int flush(fe_worker *w, fe_conn *c, bool tls)
     return 0;
 }
 
+/* Spliced: sends what c's pipe holds, unless c->out still holds bytes
+ * that came before them. Returns -1 when the connection is broken. */
+static inline int splice_flush(fe_worker *w, fe_conn *c)
+{
+    if (c->out.len > 0 || c->piped == 0)
+        return 0;
+    ssize_t n = fe_splice_out(c->pipe, c->fd, c->piped);
+    if (n < 0)
+        return -1;
+    fe_conn_spliced_out(w, c, (size_t)n);
+    return 0;
+}
+
 /* A read that brought no bytes (n <= 0): 0 to wait (nothing arrived, or
  * the peer's FIN, now recorded), -1 to close. */
 static inline int read_ended(fe_worker *w, fe_conn *c, ssize_t n, enum fe_close_reason *reason)
@@ -129,6 +143,19 @@ static inline int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close
     return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
 }
 
+/* Spliced (fe_splice.h; the epoll backend's): one read of up to want bytes
+ * into the pipe, echoed at once as far as the socket takes them; the rest
+ * waits in the pipe for writability, and reading waits until the pipe is
+ * empty. Returns -1 when the connection must be closed. */
+static inline int splice_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close_reason *reason)
+{
+    ssize_t n = fe_splice_in(c->fd, c->pipe, want);
+    if (n <= 0)
+        return read_ended(w, c, n, reason);
+    fe_conn_spliced_in(w, c, (size_t)n);
+    return splice_flush(w, c);
+}
+
 /* A read of a connection still awaiting its PROXY header. It peeks, and
  * consumes only the header's bytes: what follows stays in the kernel and is
  * read as echo input, within the cap and the budget. Returns -1 when the
@@ -163,6 +190,8 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, bool may_writ
         return may_write ? peek_echo(w, c, want, reason) : 0;
     if (want == 0)
         return 0; /* at the cap or the budget: fe_conn_next turns reading off */
+    if (!tls && how == FE_BUDGET_SPLICE)
+        return may_write ? splice_echo(w, c, want, reason) : 0;
     ssize_t n = conn_read(c, tls, w->read_buffer, want);
     if (n <= 0)
         return read_ended(w, c, n, reason);
@@ -175,8 +204,13 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, bool may_writ
     }
     if (fe_conn_input(w, c, w->read_buffer, (size_t)n, sent, reason) != 0)
         return -1;
-    if (!may_write || !fe_conn_framed_output(w, c))
+    if (!may_write || !fe_conn_framed_output(w, c)) {
+        /* Bulk: the socket had at least a whole read room queued. The one
+         * compare the copying path pays for splice (0: off, or io_uring). */
+        if (!tls && (size_t)n == w->server->splice_read_room)
+            fe_conn_splice_begin(w, c);
         return 0;
+    }
     /* Line mode, ws: send what was just framed. */
     *reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
     return flush(w, c, tls);

@@ -80,6 +80,7 @@ typedef struct fe_worker {
     fe_counter ws_messages;
     fe_counter ws_pings;
     fe_counter ws_closes[FE_WS_CLOSE_SLOTS];
+    fe_counter splice_bytes; /* echoed through pipes (fe_splice.h), also in bytes_sent */
 
     _Alignas(64) struct fe_server *server;
     int index;
@@ -120,6 +121,8 @@ typedef struct fe_worker {
     fe_udp_log udp_log;  /* per-source tallies, with access events and UDP */
     bool udp_log_ready;
     struct fe_uring *uring; /* io_uring: this worker's ring and buffers (fe_uring.h) */
+    struct fe_pipe *pipe_pool; /* splice: empty pipes to reuse (fe_splice.c) */
+    size_t pipe_pool_count;
 } fe_worker;
 
 struct fe_server {
@@ -155,15 +158,19 @@ struct fe_server {
     fe_counter accept_fd_exhausted;
     fe_counter listener_accepted[FE_MAX_LISTENERS];
     fe_counter listener_refused[FE_MAX_LISTENERS]; /* accepted, then closed unserved at stop */
-    /* The acceptor pauses while this many connections are open, to keep
-     * cfg.fd_reserve fds free; UINT64_MAX when no reserve is kept. Set at
-     * start from RLIMIT_NOFILE and the fds open then. */
+    /* The acceptor pauses while connections and their pipes hold this
+     * many fds (fe_connection_fds), to keep cfg.fd_reserve fds free;
+     * UINT64_MAX when no reserve is kept. Set at start from RLIMIT_NOFILE
+     * and the fds open then. */
     uint64_t fd_connection_limit;
     uint64_t *assigned;             /* per worker; the acceptor's private tally */
 
     /* Connections open now: the acceptor adds, workers subtract. One atomic
      * add per connection open and close, never per message. */
     _Atomic uint64_t open_connections;
+    /* Pipes open now, held by connections or pooled (fe_splice.c), beside
+     * open_connections: written as rarely, read with it by the acceptor. */
+    _Atomic uint64_t splice_pipes;
     /* Bytes of buffer capacity held by every connection together, for
      * cfg.max_memory. Written only when a buffer is allocated, grows or is
      * freed (never on the plain echo path, which buffers nothing); read
@@ -178,6 +185,11 @@ struct fe_server {
     size_t memory_reserve;
     /* A plain connection's read room: min(max_pending_output, read buffer). */
     size_t plain_read_room;
+    /* splice (fe_splice.h): the pipe size asked for, and the read that
+     * moves a connection onto a pipe (one that fills plain_read_room); 0
+     * for both when splice is off. */
+    size_t splice_pipe_size;
+    size_t splice_read_room;
     fe_ip_table ip_table; /* when cfg.max_connections_per_ip > 0 */
     /* The certificate new TLS sessions are made from (an SSL_CTX; NULL
      * until fe_server_set_tls), replaced on rotation under tls_lock. */
@@ -227,6 +239,9 @@ void *fe_worker_main_uring(void *arg);
 /* The most connections that leave `reserve` fds (at most a quarter of
  * RLIMIT_NOFILE) free, counting the fds open now; UINT64_MAX for none. */
 uint64_t fe_fd_connection_limit(size_t reserve);
+/* The fds connections hold now: one each, and FE_FDS_PER_PIPE for each
+ * pipe, held by a connection or pooled (what fd_connection_limit caps). */
+uint64_t fe_connection_fds(fe_server *s);
 void *fe_acceptor_main(void *arg);
 
 /* Wakes a worker or the acceptor: adds 1 to its eventfd. Never blocks

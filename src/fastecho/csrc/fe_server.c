@@ -5,6 +5,7 @@
  */
 #include "fe_internal.h"
 #include "fe_sock.h"
+#include "fe_splice.h"
 #include "fe_tls.h"
 #include "fe_udp.h"
 #include "fe_uring.h"
@@ -90,6 +91,7 @@ void fe_config_init(fe_config *cfg)
     cfg->ws_handshake_timeout_ms = 10000;
     cfg->max_memory = 0;
     cfg->fd_reserve = 0;
+    cfg->splice = true;
 }
 
 static int validate_ranges(const char *name, const fe_cidr *ranges, size_t count, char *err,
@@ -184,6 +186,7 @@ static void release_workers(fe_server *s)
         fe_udp_close(w); /* a no-op unless the workers never ran */
         fe_udp_free(w);
         fe_uring_worker_free(w);
+        fe_splice_pool_free(w);
         if (w->epoll_fd >= 0)
             close(w->epoll_fd);
         if (w->wake_fd >= 0)
@@ -259,6 +262,9 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
                             : cfg->max_memory >= plain_growth ? cfg->max_memory - plain_growth + 1
                                                               : 0;
     s->fd_connection_limit = UINT64_MAX;
+    s->splice_pipe_size = fe_splice_pipe_size(cfg);
+    s->splice_read_room = s->splice_pipe_size ? s->plain_read_room : 0;
+    atomic_init(&s->splice_pipes, 0);
 
     const char *what = NULL;
     /* aligned_alloc: fe_worker keeps its counters on their own cache line. */
@@ -557,7 +563,7 @@ static void udp_stats(const fe_server *s, size_t l, fe_stats *out)
 void fe_server_stats(const fe_server *s, fe_stats *out)
 {
     uint64_t received = 0, sent = 0, closed = 0, too_long = 0, dropped = 0, waits = 0;
-    uint64_t handshakes = 0, resumed = 0;
+    uint64_t handshakes = 0, resumed = 0, spliced = 0;
     uint64_t closes[FE_CLOSE_REASON_COUNT] = {0};
     memset(out->ws_http, 0, sizeof out->ws_http);
     memset(out->ws_closes, 0, sizeof out->ws_closes);
@@ -573,6 +579,7 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
         waits += fe_counter_read(&w->budget_waits);
         handshakes += fe_counter_read(&w->tls_handshakes);
         resumed += fe_counter_read(&w->tls_resumed);
+        spliced += fe_counter_read(&w->splice_bytes);
         for (int k = 0; k < FE_WS_HTTP_COUNT; k++)
             out->ws_http[k] += fe_counter_read(&w->ws_http[k]);
         for (int k = 0; k < FE_WS_CLOSE_SLOTS; k++)
@@ -607,6 +614,8 @@ void fe_server_stats(const fe_server *s, fe_stats *out)
     out->memory_budget_waits = waits;
     out->tls_handshakes = handshakes;
     out->tls_resumed = resumed;
+    out->splice_bytes = spliced;
+    out->splice_pipes = atomic_load_explicit(&((fe_server *)s)->splice_pipes, memory_order_relaxed);
     /* Closed before accepted, as for the totals above. */
     out->listener_count = atomic_load(&((fe_server *)s)->listener_count);
     for (size_t l = 0; l < out->listener_count; l++) {

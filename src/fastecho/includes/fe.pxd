@@ -10,6 +10,8 @@ cdef extern from "fe.h" nogil:
     enum:
         FE_FDS_PER_SERVER
         FE_FDS_PER_WORKER
+        FE_FDS_PER_PIPE
+        FE_SPLICE_POOL_PIPES
         FE_MAX_LISTENERS
 
     enum fe_framing:
@@ -112,6 +114,7 @@ cdef extern from "fe.h" nogil:
         size_t allow_count
         size_t max_memory
         size_t fd_reserve
+        bint splice
         const fe_cidr *proxy_from
         size_t proxy_from_count
         int64_t proxy_timeout_ms
@@ -148,6 +151,8 @@ cdef extern from "fe.h" nogil:
         uint64_t memory_budget_waits
         uint64_t tls_handshakes
         uint64_t tls_resumed
+        uint64_t splice_bytes
+        uint64_t splice_pipes
         uint64_t closes[FE_CLOSE_REASON_COUNT]
         size_t listener_count
         uint64_t listener_accepted[FE_MAX_LISTENERS]
