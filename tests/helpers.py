@@ -221,6 +221,20 @@ def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
     return samples
 
 
+METRICS_URL = r"metrics at (http://\S+/metrics)"  # the server's log line (started with --metrics-port)
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    return scrape(server.wait_for_stderr(METRICS_URL)[1]).get(name, 0)
+
+
+def fds_besides_pipes(server: ServerProcess) -> int:
+    """The server's open fds less those of its splice pipes (held or pooled; 2 fds each)."""
+    fds = proc_fd_count(server.pid)
+    return fds - 2 * int(metric(server, "fastecho_splice_pipes"))
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     """Poll predicate until it is true or timeout passes; returns its last value."""
     deadline = time.monotonic() + timeout
@@ -353,6 +367,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """True if a new server could listen on 127.0.0.1:port (connections may sit in TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+    return True
 
 
 def listening(port: int) -> bool:

@@ -12,8 +12,9 @@ pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll an
 MIB = 1 << 20
 
 
-def test_client_sending_64_mib_without_reading_is_throttled_and_others_still_served(serve):
-    server = serve("--threads", "2", "--max-pending-output", str(1 * MIB))
+@pytest.mark.parametrize("splice", ["on", "off"])
+def test_client_sending_64_mib_without_reading_is_throttled_and_others_still_served(serve, splice):
+    server = serve("--threads", "2", "--max-pending-output", str(1 * MIB), "--splice", splice)
     baseline_kib = proc_rss_kib(server.pid)
     chunk = b"x" * (256 * 1024)
     total = 64 * MIB

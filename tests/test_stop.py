@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fastecho._core import Engine
-from helpers import echo_roundtrip, proc_fd_count, proc_thread_count, recv_exactly, wait_until
+from helpers import echo_roundtrip, port_is_free, proc_fd_count, proc_thread_count, recv_exactly, wait_until
 
 pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
@@ -64,18 +64,6 @@ class PingPongLoad:
             s.close()
 
 
-def _port_is_free(port: int) -> bool:
-    """True if a new server could listen there (connections may sit in TIME_WAIT)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            s.listen()
-        except OSError:
-            return False
-    return True
-
-
 def test_sigterm_under_load_exits_zero_and_frees_the_port(serve):
     server = serve("--threads", "4", "--grace", "2")
     load = PingPongLoad(server.host, server.port, conns=200)
@@ -86,7 +74,7 @@ def test_sigterm_under_load_exits_zero_and_frees_the_port(serve):
     finally:
         load.stop()
     assert not load.errors, load.errors[:3]
-    assert _port_is_free(server.port)
+    assert port_is_free(server.port)
 
 
 def test_drain_keeps_serving_open_connections_until_they_close(serve):

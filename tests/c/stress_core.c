@@ -16,6 +16,9 @@
  * The plain runs go again on the io_uring backend (FE_IO_URING), where
  * this kernel and build allow it.
  *
+ * Raw echo runs with splice (bulk through pipes, the default; epoll only)
+ * and without.
+ *
  * Built and run by ci/sanitize.sh (usage: stress_core [plain|uring|tls|udp|ws],
  * to run only those). Exits 0 when every echoed byte matched and the counters add
  * up; prints each failure and exits 1 otherwise.
@@ -71,6 +74,9 @@ static bool tls_run;
 static atomic_uint proxied_clients;
 static atomic_int failures;
 static atomic_bool stop_stats_reader;
+/* Copy runs: splice off, so that raw echo copies every byte (on, bulk
+ * connections echo through pipes). */
+static bool copy_run;
 /* Line mode runs: lines of at most TEST_MAX_LINE come back with the suffix. */
 static bool line_mode_run;
 static const char line_suffix[] = " server[echo]";
@@ -915,12 +921,44 @@ static int echo_exchange(client *c, unsigned int *seed, size_t size)
     return 0;
 }
 
+/* Small pieces sent back to back without reading, then a large one, then
+ * the whole echo read. The server's echo of the small pieces waits in its
+ * output buffer (the socket is full) when the large piece fills a read and
+ * the connection starts echoing through a pipe (splice): the buffered bytes
+ * must still come back first. 72 KiB in all, which the server's receive
+ * buffer and ours take while nothing is read, so no send blocks for good. */
+static int pipelined_exchange(client *c, unsigned int *seed)
+{
+    enum { SMALL_BYTES = 24 * 1024, LARGE_BYTES = 48 * 1024, PIECE_MAX = 3000 };
+    size_t size = SMALL_BYTES + LARGE_BYTES;
+    unsigned char *out = malloc(size), *in = malloc(size);
+    int rc = out && in ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < size; i++)
+        out[i] = (unsigned char)rand_r(seed);
+    for (size_t sent = 0, piece; rc == 0 && sent < SMALL_BYTES; sent += piece) {
+        piece = 1 + (size_t)rand_r(seed) % PIECE_MAX;
+        piece = piece < SMALL_BYTES - sent ? piece : SMALL_BYTES - sent;
+        rc = client_send(c, out + sent, piece);
+    }
+    if (rc == 0)
+        rc = client_send(c, out + SMALL_BYTES, LARGE_BYTES);
+    if (rc == 0)
+        rc = client_recv(c, in, size);
+    int same = rc == 0 && memcmp(out, in, size) == 0;
+    free(out);
+    free(in);
+    CHECK(same, "pipelined: the echo of %zu bytes was lost, corrupted or reordered", size);
+    atomic_fetch_add(&verified_in, size);
+    atomic_fetch_add(&verified_out, size);
+    return 0;
+}
+
 static int one_round(unsigned int *seed)
 {
     client c;
     if (client_open(&c, seed) != 0)
         return -1;
-    int kind = rand_r(seed) % 4;
+    int kind = rand_r(seed) % 5;
     int rc = 0;
     if (kind == 0) { /* ordinary exchange, then a clean close (over TLS, with or without close_notify) */
         rc = echo_exchange(&c, seed, 1 + (size_t)rand_r(seed) % 300000);
@@ -952,11 +990,14 @@ static int one_round(unsigned int *seed)
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         client_close(&c, false);
-    } else { /* send a lot, never read, and leave */
+    } else if (kind == 3) { /* send a lot, never read, and leave */
         unsigned char junk[60000];
         memset(junk, 'q', sizeof junk);
         client_send(&c, junk, sizeof junk);
         client_close(&c, false);
+    } else { /* bulk behind small pieces whose echo is still queued */
+        rc = pipelined_exchange(&c, seed);
+        client_close(&c, rand_r(seed) % 2 == 0);
     }
     return rc;
 }
@@ -1211,10 +1252,12 @@ static int check_bytes(const fe_stats *st, bool line_mode)
 
 /* The backend the stream runs use (the plain runs go on both). */
 static enum fe_io_backend io_backend_run = FE_IO_EPOLL;
+static int count_fds(void);
 
 static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
 {
     int64_t started = now_ms();
+    int fds_before = count_fds();
     line_mode_run = line_mode;
     atomic_store(&verified_in, 0);
     atomic_store(&verified_out, 0);
@@ -1225,6 +1268,7 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     cfg.queue_capacity = queue_capacity; /* tiny: the acceptor must wait on the condvar */
     cfg.max_pending_output = 16 * 1024;  /* tiny: backpressure engages constantly */
     cfg.read_buffer_size = 4096;
+    cfg.splice = !copy_run;
     /* Behind a proxy the clients are 198.51.x.x: allow everyone then. */
     fe_cidr loopback = {.family = 4, .prefix_len = proxy_run ? 0 : 8, .addr = {127}};
     if (line_mode) { /* and every optional feature that costs nothing here */
@@ -1338,15 +1382,27 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     fe_stats st;
     fe_server_stats(srv, &st);
     fe_server_destroy(srv);
-    printf("%s%s%s%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu (%.1f s)\n",
+    printf("%s%s%s%s%s threads=%d queue=%zu accepted=%llu closed=%llu active=%llu in=%llu out=%llu spliced=%llu "
+           "(%.1f s)\n",
            line_mode ? "line" : "echo", budget ? "+budget" : "", tls_run ? "+tls" : "", proxy_run ? "+proxy" : "",
+           copy_run ? "+copy" : "",
            threads, queue_capacity,
            (unsigned long long)st.connections_accepted,
            (unsigned long long)st.connections_closed, (unsigned long long)st.connections_active,
            (unsigned long long)st.bytes_received, (unsigned long long)st.bytes_sent,
-           (double)(now_ms() - started) / 1000);
+           (unsigned long long)st.splice_bytes, (double)(now_ms() - started) / 1000);
     check_stopped(&st);
     check_bytes(&st, line_mode);
+    /* Raw echo over plain TCP moves bulk through pipes, unless splice is off. */
+    bool splices = !line_mode && !tls_run && !copy_run && io_backend_run == FE_IO_EPOLL;
+    EXPECT(splices ? st.splice_bytes > 0 : st.splice_bytes == 0, "%llu bytes spliced",
+           (unsigned long long)st.splice_bytes);
+    /* Read before destroy: only the workers' pools hold pipes by then. */
+    EXPECT(st.splice_pipes <= (uint64_t)threads * FE_SPLICE_POOL_PIPES, "%llu pipes open with no connection",
+           (unsigned long long)st.splice_pipes);
+    /* Every socket, pipe and pooled pipe closed. */
+    int fds_after = count_fds();
+    EXPECT(fds_after == fds_before, "fds leaked: %d before, %d after", fds_before, fds_after);
 #ifdef FE_WITH_TLS
     if (tls_run)
         tls_check(&st);
@@ -3755,6 +3811,12 @@ int main(int argc, char **argv)
         if (run(4, 8, false, false) != 0 || run(3, 8, true, false) != 0)
             return 1;
         proxy_run = false;
+        /* epoll with splice off: raw echo copying every byte, short writes
+         * and the cap at every size (io_uring copies anyway). */
+        copy_run = pass == 0;
+        if (copy_run && (run(4, 2, false, false) != 0 || run(4, 64, false, true) != 0))
+            return 1;
+        copy_run = false;
     }
     io_backend_run = FE_IO_EPOLL; /* TLS, ws and UDP are the epoll backend's */
 #ifdef FE_WITH_TLS
