@@ -314,6 +314,13 @@ SERVERS: dict[str, ServerSpec] = {
             _fastecho_io_uring_missing,
         ),
         ServerSpec(
+            "fastecho-copy",
+            "fastecho's epoll backend with --splice off: bulk copied through user space as small "
+            "messages are, to set against fastecho-epoll's splice",
+            lambda threads, _: [*_fastecho_plain(threads, io_backend="epoll"), "--splice", "off"],
+            _FASTECHO_MISSING,
+        ),
+        ServerSpec(
             "haproxy",
             "HAProxy (mode tcp) in front of fastecho's plain listener; with TLS, HAProxy terminates it",
             lambda threads, _: _fastecho_plain(threads),
