@@ -2,7 +2,7 @@
 
 CPU time on a shared 2-CPU VM is noisy; an instruction count is not. This
 runs ``PYTHON -m fastecho serve --threads 1`` under
-``valgrind --tool=callgrind --toggle-collect=fe_worker_main`` (only the
+``valgrind --tool=callgrind --toggle-collect=fe_worker_main*`` (only the
 worker loop and what it calls are counted: libc's recv/send wrappers, not
 the kernel), drives it with the C load generator until MESSAGES echoes are
 verified, stops it with SIGTERM, and divides the worker's instructions by
@@ -17,7 +17,6 @@ Arguments after ``--`` go to ``fastecho serve``. Needs valgrind.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
@@ -39,7 +38,7 @@ STOP_TIMEOUT_S = 120.0
 def start(python: str, out: Path, serve_args: list[str]) -> tuple[subprocess.Popen[bytes], int, Path]:
     """The server under callgrind, and its port once it listens."""
     stderr_path = out.with_suffix(".stderr")
-    command = ["valgrind", "--tool=callgrind", "--toggle-collect=fe_worker_main",
+    command = ["valgrind", "--tool=callgrind", "--toggle-collect=fe_worker_main*",
                f"--callgrind-out-file={out}", python, "-m", "fastecho", "serve", "--host", HOST,
                "--port", "0", "--threads", "1", "--metrics-port", "0", *serve_args]
     stderr = stderr_path.open("wb")
@@ -110,7 +109,7 @@ def main(argv: list[str]) -> int:
     messages = received / args.size if received else result["messages"]
     print(f"{args.conns} conns x {args.size} B, depth {args.depth}: {instructions} instructions in "
           f"fe_worker_main for {messages:.0f} messages = {instructions / messages:.1f} per message "
-          f"({os.path.basename(args.python)} {' '.join(args.serve_args)})".rstrip())
+          f"({' '.join([args.python, *args.serve_args])})")
     return 0
 
 
