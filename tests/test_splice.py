@@ -1,6 +1,6 @@
-"""Bulk echo through pipes (--splice): byte-exact whichever way the bytes go, memory and fds
-within their limits, and half-close, reset and stop as with copying. Each test runs with
-splice on and with it off, where the same behaviour must hold."""
+"""Bulk echo through pipes (--splice, the epoll backend's): byte-exact whichever way the
+bytes go, memory and fds within their limits, and half-close, reset and stop as with
+copying. Each test runs with splice on and with it off, where the same behaviour must hold."""
 from __future__ import annotations
 
 import os
@@ -25,7 +25,9 @@ SPLICE = pytest.mark.parametrize("splice", ["on", "off"])
 
 
 def start(serve, splice: str, *args: str, threads: int = 1):
-    return serve("--threads", str(threads), "--splice", splice, "--metrics-port", "0", *args)
+    """A server on the epoll backend, whose splice this is (io_uring always copies)."""
+    return serve("--io-backend", "epoll", "--threads", str(threads), "--splice", splice, "--metrics-port", "0",
+                 *args)
 
 
 def stream(sock: socket.socket, pieces: list[bytes], timeout: float, pause: float = 0.0) -> bytes:
