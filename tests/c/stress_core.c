@@ -884,6 +884,19 @@ static void maybe_key_update(client *c, unsigned int *seed)
 
 /* ---------------------------------------------------------------- rounds */
 
+/* The end of an exchange: what came back (in) must be what was sent (out)
+ * once rc is 0; both are freed, and the bytes count as verified. */
+static int echo_matched(unsigned char *out, unsigned char *in, size_t size, int rc, const char *what)
+{
+    int same = rc == 0 && memcmp(out, in, size) == 0;
+    free(out);
+    free(in);
+    CHECK(same, "%s: the echo of %zu bytes was lost, corrupted or reordered", what, size);
+    atomic_fetch_add(&verified_in, size);
+    atomic_fetch_add(&verified_out, size);
+    return 0;
+}
+
 /* Sends payload in pieces and reads it all back: more than the server's
  * output cap and read buffer, so short writes and backpressure happen. */
 static int echo_exchange(client *c, unsigned int *seed, size_t size)
@@ -912,13 +925,7 @@ static int echo_exchange(client *c, unsigned int *seed, size_t size)
             rc = client_recv(c, in + got, want);
         got += want;
     }
-    int same = rc == 0 && memcmp(out, in, size) == 0;
-    free(out);
-    free(in);
-    CHECK(same, "echo of %zu bytes was lost or corrupted", size);
-    atomic_fetch_add(&verified_in, size);
-    atomic_fetch_add(&verified_out, size);
-    return 0;
+    return echo_matched(out, in, size, rc, "exchange");
 }
 
 /* Small pieces sent back to back without reading, then a large one, then
@@ -944,13 +951,7 @@ static int pipelined_exchange(client *c, unsigned int *seed)
         rc = client_send(c, out + SMALL_BYTES, LARGE_BYTES);
     if (rc == 0)
         rc = client_recv(c, in, size);
-    int same = rc == 0 && memcmp(out, in, size) == 0;
-    free(out);
-    free(in);
-    CHECK(same, "pipelined: the echo of %zu bytes was lost, corrupted or reordered", size);
-    atomic_fetch_add(&verified_in, size);
-    atomic_fetch_add(&verified_out, size);
-    return 0;
+    return echo_matched(out, in, size, rc, "pipelined");
 }
 
 static int one_round(unsigned int *seed)
