@@ -108,8 +108,8 @@ def main(argv: list[str]) -> int:
     # flight when the load generator stopped counting.
     messages = received / args.size if received else result["messages"]
     print(f"{args.conns} conns x {args.size} B, depth {args.depth}: {instructions} instructions in "
-          f"the worker loop (fe_worker_main*) for {messages:.0f} messages = {instructions / messages:.1f} per message "
-          f"({' '.join([args.python, *args.serve_args])})")
+          f"the worker loop (fe_worker_main*) for {messages:.0f} messages = "
+          f"{instructions / messages:.1f} per message ({' '.join([args.python, *args.serve_args])})")
     return 0
 
 
