@@ -25,7 +25,8 @@ needs_io_uring = pytest.mark.skipif(WHY_NOT is not None, reason=f"io_uring: {WHY
 
 @needs_io_uring
 def test_auto_takes_io_uring_and_says_so_everywhere(serve):
-    server = serve("--threads", "2", "--metrics-port", "0", env={"FASTECHO_IO_BACKEND": None})
+    server = serve("--threads", "2", "--metrics-port", "0", "--io-backend", "auto",
+                   env={"FASTECHO_IO_BACKEND": None})
     assert server.listening_line.endswith("(2 threads, io_uring)")
     with server.connect() as sock:
         assert echo_roundtrip(sock, b"hello") == b"hello"
@@ -49,7 +50,7 @@ def test_seccomp_refusal_falls_back_to_epoll_with_one_line(serve):
     (["--call", "register"], r"this kernel's io_uring lacks send, receive and cancel operations"),
 ], ids=["no-io_uring-in-the-kernel", "no-provided-buffer-rings"])
 def test_a_kernel_without_io_uring_or_its_features_falls_back_to_epoll(serve, refusal, why):
-    server = serve("--threads", "1", prefix=[*NO_IO_URING, *refusal])
+    server = serve("--threads", "1", "--io-backend", "auto", prefix=[*NO_IO_URING, *refusal])
     assert server.listening_line.endswith("(1 threads, epoll)")
     server.wait_for_stderr(rf"io backend: epoll \({why}")
 
@@ -62,7 +63,7 @@ def test_kernel_io_uring_disabled_falls_back_to_epoll(serve):
     try:
         with open(IO_URING_DISABLED, "w") as f:
             f.write("2")  # io_uring refused to every process
-        server = serve("--threads", "1", env={"FASTECHO_IO_BACKEND": None})
+        server = serve("--threads", "1", "--io-backend", "auto", env={"FASTECHO_IO_BACKEND": None})
     finally:
         with open(IO_URING_DISABLED, "w") as f:
             f.write(before)
@@ -83,7 +84,7 @@ def test_seccomp_refusal_of_an_explicit_io_uring_is_one_line_exit_1():
 def test_auto_serves_listeners_io_uring_does_not_with_epoll(serve, pki, scheme):
     tls = tls_args(pki) if scheme == "tls" else ()
     server = serve("--threads", "1", "--listen", "tcp://127.0.0.1:0", "--listen", f"{scheme}://127.0.0.1:0",
-                   *tls, port=None, env={"FASTECHO_IO_BACKEND": None})
+                   *tls, "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
     assert server.listening_line.endswith("(1 threads, epoll)")
     server.wait_for_stderr(rf"io backend: epoll \(io_uring serves tcp listeners, not {scheme}://127\.0\.0\.1:\d+\)")
 
@@ -104,7 +105,7 @@ def test_print_config_and_bad_values():
     result = run_cli("serve", "--print-config", "--io-backend", "epoll")
     assert 'io_backend = "epoll"' in result.stdout.decode()
     result = run_cli("serve", "--print-config", env={"FASTECHO_IO_BACKEND": None})
-    assert 'io_backend = "auto"' in result.stdout.decode()
+    assert 'io_backend = "epoll"' in result.stdout.decode()  # the default
     assert_one_line_error(run_cli("serve", "--io-backend", "uring"), 2, "must be one of auto, epoll, io_uring")
     assert_one_line_error(run_cli("serve", env={"FASTECHO_IO_BACKEND": "kqueue"}), 2,
                           "FASTECHO_IO_BACKEND", "must be one of auto, epoll, io_uring")
@@ -119,5 +120,5 @@ def test_engine_refuses_an_unknown_backend():
 def test_embedded_server_reports_its_backend():
     with EchoServer(threads=1, io_backend="io_uring") as server:
         assert server.io_backend == "io_uring"
-    with EchoServer(listen=["udp://127.0.0.1:0"], threads=1) as server:
+    with EchoServer(listen=["udp://127.0.0.1:0"], threads=1, io_backend="auto") as server:
         assert server.io_backend == "epoll"  # auto: io_uring does not serve udp

@@ -272,10 +272,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "int", None, low=1, high=4096, metavar="N",
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
-    Option("io_backend", "choice", "auto", choices=IO_BACKEND_CHOICES, metavar="BACKEND",
-           help="How workers move bytes: epoll (readiness; serves every listener), io_uring "
-                "(completions; tcp and tcp+proxy listeners), or auto: io_uring when the kernel "
-                "allows it and every listener is one it serves, else epoll (with one log line)."),
+    Option("io_backend", "choice", "epoll", choices=IO_BACKEND_CHOICES, metavar="BACKEND",
+           help="How workers move bytes: epoll (readiness; serves every listener; splices bulk), "
+                "io_uring (completions; tcp and tcp+proxy listeners; copies), or auto: io_uring when "
+                "the kernel allows it and every listener is one it serves, else epoll (with one log "
+                "line). See docs/benchmarks.md for which costs less where."),
     Option("reuse_port", "bool", False,
            help="Let other processes of the same user listen on the same addresses (SO_REUSEPORT), "
                 "for restarts that refuse nothing: start the new server with --reuse-port beside "
@@ -589,7 +590,7 @@ class ServeConfig:
     listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
-    io_backend: str = "auto"
+    io_backend: str = "epoll"  # the default until io_uring serves every listener and splices
     reuse_port: bool = False  # SO_REUSEPORT: another fastecho may serve the same addresses
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses
