@@ -205,6 +205,9 @@ def test_io_backend_puts_each_backend_of_fastecho_side_by_side(tmp_path):
     expected = [f"fastecho-{b}" for b in backends.split(",")] + ["reference"]
     assert [r["server"] for r in runs] == expected
     assert all(r["status"] == "ok" and r["msgs_per_s"] > 0 for r in runs)
+    # The first backend's row stands in for fastecho's in the ratios.
+    assert runs[0]["msgs_per_s_vs_fastecho"] == runs[0]["cpu_per_msg_vs_fastecho"] == 1.0
+    assert all(r["msgs_per_s_vs_fastecho"] > 0 and r["cpu_per_msg_vs_fastecho"] > 0 for r in runs[1:])
 
 
 def our_children() -> set[int]:

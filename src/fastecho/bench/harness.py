@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from fastecho.bench.certs import TlsFiles
 from fastecho.bench.errors import BenchError, LoadError
-from fastecho.bench.servers import HOST, SERVERS, ServerSpec, running_server
+from fastecho.bench.servers import HOST, IO_BACKEND_SERVERS, SERVERS, ServerSpec, running_server
 
-BASELINE_SERVER = "fastecho"  # ratios are relative to this server
+BASELINE_SERVER = "fastecho"  # ratios are relative to this server (see baseline_row)
 SETUP_ALLOWANCE_S = 0.6  # start + connect + stop of one run, for estimates
 UDP_DRAIN_ESTIMATE_S = 0.2  # a UDP run waits up to its loss timeout for the window's last datagrams
 
@@ -260,3 +260,10 @@ def run_plan(plan: Plan, specs: Mapping[str, ServerSpec] = SERVERS,
 
 def find_row(rows: Sequence[Row], server: str, workload: Workload) -> Row | None:
     return next((r for r in rows if r.server == server and r.workload == workload), None)
+
+
+def baseline_row(rows: Sequence[Row], workload: Workload) -> Row | None:
+    """The row ratios are relative to: fastecho's, or (when --io-backend put one
+    server per backend in its place) the first of those."""
+    names = [BASELINE_SERVER, *(r.server for r in rows if r.server in IO_BACKEND_SERVERS.values())]
+    return next((row for name in names if (row := find_row(rows, name, workload)) is not None), None)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fastecho.bench.certs import TlsFiles
-from fastecho.bench.harness import BASELINE_SERVER, Plan, Row, Workload, find_row, format_size
+from fastecho.bench.harness import Plan, Row, Workload, baseline_row, find_row, format_size
 from fastecho.bench.servers import SERVERS, haproxy_binary
 
 
@@ -110,7 +110,7 @@ def row_record(row: Row, rows: Sequence[Row]) -> dict:
     became of the datagrams sent in the window (medians over rounds):
     "sent", "lost", "loss_pct", "late", "duplicates", "reordered"; their
     "conns" are sockets."""
-    baseline = find_row(rows, BASELINE_SERVER, row.workload)
+    baseline = baseline_row(rows, row.workload)
     w = row.workload
     record = {
         "server": row.server,
@@ -183,7 +183,7 @@ def render_tables(console: Console, plan: Plan, rows: Sequence[Row], tls: TlsFil
         return
     unit = "handshake" if plan.handshakes else "msg"
     for workload in plan.workloads:
-        baseline = find_row(rows, BASELINE_SERVER, workload)
+        baseline = baseline_row(rows, workload)
         table = _workload_table(plan, workload)
         table.add_column("server", style="bold")
         headings = [f"{unit}s/s", "MiB/s", "p50 µs", "p99 µs", "p99.9 µs", f"CPU µs/{unit}\n(user + sys)",
@@ -244,7 +244,7 @@ def _render_udp_tables(console: Console, plan: Plan, rows: Sequence[Row]) -> Non
                 "reord.", "late", "starved\nsockets", "RSS\nMiB", "load gen\nbusy", "dgrams/s\nvs fastecho",
                 "CPU/dgram\nvs fastecho"]
     for workload in plan.workloads:
-        baseline = find_row(rows, BASELINE_SERVER, workload)
+        baseline = baseline_row(rows, workload)
         table = _workload_table(plan, workload)
         # Fourteen columns in 160 (MiB/s is in the JSON): the names and the CPU figure stay whole.
         table.add_column("server", style="bold", no_wrap=True)
