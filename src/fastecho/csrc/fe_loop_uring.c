@@ -9,19 +9,21 @@
  *   for them, in the one io_uring_enter per loop that also submits.
  * - A plain connection (fe_conn_plain: raw, nothing queued, far from the
  *   memory budget) receives with one multishot receive into a pool of
- *   provided buffers the worker owns (1 MiB): an idle
- *   connection owns no buffer, as under epoll. Every other connection (one
- *   with output queued, near the budget, in line mode, awaiting a PROXY
- *   header) waits for readability with a one-shot poll and then takes the
- *   epoll backend's own read path (fe_echo_path.h), with its exact room,
- *   its peeking once the budget is spent, and its PROXY header peeking;
- *   it does so only while no send of its own is in flight.
+ *   provided buffers the worker owns (1 MiB), consumed incrementally where
+ *   the kernel can (one buffer takes the receives of many connections): an
+ *   idle connection owns no buffer, as under epoll. Its socket is
+ *   registered in the ring's file table. Every other connection (one with
+ *   output queued, near the budget, in line mode, awaiting a PROXY header)
+ *   waits for readability with a one-shot poll and then takes the epoll
+ *   backend's own read path (fe_echo_path.h), with its exact room, its
+ *   peeking once the budget is spent, and its PROXY header peeking; while
+ *   a send of its own is in flight that path writes nothing itself.
  * - A multishot receive may deliver more, in one batch, than the output
  *   cap or the budget has room for once a connection stops being plain:
  *   at most the worker's buffer pool, since a batch cannot take more
- *   buffers than there are. The plain bound keeps that pool, for every
- *   worker, below the budget, and every multishot receive of a worker is
- *   cancelled as soon as memory passes it.
+ *   buffers than there are. The budget keeps every worker's pool free of
+ *   the reads that check it (memory_reserve), and every multishot receive
+ *   of a worker is cancelled as soon as memory passes the plain bound.
  * - At most one send in flight per connection, so echoed bytes can never
  *   be reordered. Bytes that arrive with nothing queued go straight back
  *   out of the provided buffer they arrived in, with MSG_DONTWAIT: a send
