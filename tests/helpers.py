@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -157,6 +158,32 @@ def echo_roundtrip(sock: socket.socket, payload: bytes, timeout: float = 10.0) -
     sock.settimeout(timeout)
     sock.sendall(payload)
     return recv_exactly(sock, len(payload), timeout)
+
+
+def stream(sock: socket.socket, pieces: list[bytes], timeout: float, pause: float = 0.0) -> bytes:
+    """Sends pieces (pause seconds after each) from a thread while reading the echo here;
+    returns what came back once it is as long as what was sent."""
+    total = sum(len(p) for p in pieces)
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+                if pause:
+                    time.sleep(pause)
+        except OSError as e:
+            failed.append(e)
+
+    sock.settimeout(timeout)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        echoed = recv_exactly(sock, total, timeout)
+    finally:
+        sender.join(timeout)
+    assert not failed, failed
+    return echoed
 
 
 def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import proc_rss_kib, recv_exactly
+from helpers import proc_rss_kib, recv_exactly, stream
 
 pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
@@ -80,12 +80,7 @@ def test_bulk_transfer_comes_back_byte_exact(serve, size):
     server = serve("--threads", "2")
     payload = os.urandom(size)
     with server.connect() as sock:
-        sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
-        sender.start()
-        try:
-            assert recv_exactly(sock, size, timeout=120) == payload
-        finally:
-            sender.join(30)
+        assert stream(sock, [payload], timeout=120) == payload
 
 
 def test_slow_reader_gets_every_byte_and_the_server_holds_at_most_its_cap(serve):

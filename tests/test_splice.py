@@ -16,7 +16,7 @@ import pytest
 
 from fastecho._core import _defaults
 from helpers import (assert_one_line_error, echo_roundtrip, fds_besides_pipes, metric, port_is_free,
-                     proc_rss_kib, recv_exactly, run_cli, wait_until)
+                     proc_rss_kib, recv_exactly, run_cli, stream, wait_until)
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -28,32 +28,6 @@ def start(serve, splice: str, *args: str, threads: int = 1):
     """A server on the epoll backend, whose splice this is (io_uring always copies)."""
     return serve("--io-backend", "epoll", "--threads", str(threads), "--splice", splice, "--metrics-port", "0",
                  *args)
-
-
-def stream(sock: socket.socket, pieces: list[bytes], timeout: float, pause: float = 0.0) -> bytes:
-    """Sends pieces (pause seconds after each) from a thread while reading the echo here;
-    returns what came back once it is as long as what was sent."""
-    total = sum(len(p) for p in pieces)
-    failed: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            for piece in pieces:
-                sock.sendall(piece)
-                if pause:
-                    time.sleep(pause)
-        except OSError as e:
-            failed.append(e)
-
-    sock.settimeout(timeout)
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    try:
-        echoed = recv_exactly(sock, total, timeout)
-    finally:
-        sender.join(timeout)
-    assert not failed, failed
-    return echoed
 
 
 def _reset(sock: socket.socket) -> None:

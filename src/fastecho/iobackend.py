@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from fastecho import _core
 from fastecho.errors import ServeError
 from fastecho.listeners import Listener
 
@@ -33,8 +34,6 @@ def choose(asked: str, listeners: Iterable[Listener]) -> str:
     (one line) when io_uring was asked for and cannot serve them."""
     if asked == "epoll":
         return "epoll"
-    from fastecho import _core  # the engine, only once a server is being started
-
     why = _core.io_uring_unavailable()
     if why is None:
         unserved = unserved_by_io_uring(listeners)

@@ -66,32 +66,6 @@ static bool line_mode(const fe_worker *w)
     return w->server->cfg.framing == FE_FRAMING_LINE;
 }
 
-/* ---------------------------------------------------------------- lists */
-
-static void list_remove(fe_conn_list *list, fe_conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        list->head = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        list->tail = c->prev;
-    c->prev = c->next = NULL;
-}
-
-static void list_append(fe_conn_list *list, fe_conn *c)
-{
-    c->prev = list->tail;
-    c->next = NULL;
-    if (list->tail)
-        list->tail->next = c;
-    else
-        list->head = c;
-    list->tail = c;
-}
-
 /* A connection that sent an overlong line and got its error reply lives on
  * the aborting list until its client closes or FE_ABORT_LINGER_MS pass. */
 static bool is_aborting(const fe_conn *c)
@@ -119,8 +93,8 @@ void fe_conn_touch(fe_worker *w, fe_conn *c)
         return;
     c->active_ns = w->now_ns;
     if (c != w->active.tail) {
-        list_remove(&w->active, c);
-        list_append(&w->active, c);
+        fe_conn_list_remove(&w->active, c);
+        fe_conn_list_append(&w->active, c);
     }
 }
 
@@ -210,7 +184,7 @@ fe_conn *fe_conn_create(fe_worker *w, const fe_handoff *h)
     if (c->handshaking || c->ws_upgrading)
         c->active_ns = fe_now_ns();
     c->listener = h->listener;
-    list_append(list_of(w, c), c);
+    fe_conn_list_append(list_of(w, c), c);
     w->conn_count++;
     if (!c->awaiting_proxy && !c->handshaking) /* else once its header or handshake is done */
         emit_event(w, c, FE_EVENT_OPEN, FE_CLOSE_NONE, NULL);
@@ -231,7 +205,7 @@ void fe_conn_drop_handoff(fe_worker *w, const fe_handoff *h, enum fe_close_reaso
 void fe_conn_release(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     fe_server *s = w->server;
-    list_remove(list_of(w, c), c);
+    fe_conn_list_remove(list_of(w, c), c);
     w->conn_count--;
     fe_counter_add(&w->closes[reason < FE_CLOSE_REASON_COUNT ? reason : FE_CLOSE_RESET], 1);
     emit_event(w, c, FE_EVENT_CLOSE, (uint8_t)reason, NULL);
@@ -502,10 +476,10 @@ static int ws_request_input(fe_worker *w, fe_conn *c, const char *buf, size_t n,
     enum fe_ws_answer answer = fe_ws_http_parse(&s->ws_policy, head, len, &ws->req);
     if (answer == FE_WS_ANSWER_NONE)
         return 0;
-    list_remove(&w->ws_upgrading, c);
+    fe_conn_list_remove(&w->ws_upgrading, c);
     c->ws_upgrading = false;
     c->active_ns = w->now_ns;
-    list_append(list_of(w, c), c);
+    fe_conn_list_append(list_of(w, c), c);
     fe_counter_add(&w->ws_http[fe_ws_http_kind_of(answer)], 1);
     before = held(c);
     rc = fe_ws_http_answer(&ws->req, s->ws_page, s->ws_page_len, &c->out);
@@ -622,12 +596,12 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, siz
         c->via = c->peer;
         c->peer = header.source;
     }
-    list_remove(&w->proxy_waiting, c);
+    fe_conn_list_remove(&w->proxy_waiting, c);
     c->awaiting_proxy = false;
     c->handshaking = c->tls; /* its handshake, and the timeout for it, start now */
     c->tp_wants = c->tls ? FE_WANT_READ : 0;
     c->active_ns = w->now_ns;
-    list_append(list_of(w, c), c);
+    fe_conn_list_append(list_of(w, c), c);
     *reason = admit_proxied(w, c);
     if (*reason != FE_CLOSE_NONE)
         return -1;
@@ -638,10 +612,10 @@ int fe_conn_proxy_input(fe_worker *w, fe_conn *c, const char *buf, size_t n, siz
 
 void fe_conn_handshake_done(fe_worker *w, fe_conn *c, const char *subject, bool resumed)
 {
-    list_remove(&w->handshaking, c);
+    fe_conn_list_remove(&w->handshaking, c);
     c->handshaking = false;
     c->active_ns = w->now_ns; /* ws: its request head's timeout starts now */
-    list_append(list_of(w, c), c);
+    fe_conn_list_append(list_of(w, c), c);
     fe_counter_add(&w->tls_handshakes, 1);
     if (resumed)
         fe_counter_add(&w->tls_resumed, 1);
@@ -749,10 +723,10 @@ void fe_conn_socket_drained(fe_conn *c)
 void fe_conn_lingering(fe_worker *w, fe_conn *c)
 {
     if (c->finishing) { /* onto the aborting list, whose head expires first */
-        list_remove(&w->active, c);
+        fe_conn_list_remove(&w->active, c);
         c->lingering = true;
         c->active_ns = fe_now_ns();
-        list_append(&w->aborting, c);
+        fe_conn_list_append(&w->aborting, c);
     } else {
         c->lingering = true;
     }

@@ -88,6 +88,31 @@ struct fe_conn {
 _Static_assert(offsetof(struct fe_conn, out) == offsetof(struct fe_conn, not_plain) + sizeof(uint64_t),
                "fe_conn's flags outgrew the word that reads them all");
 
+/* Links c at the tail of list (through c->prev/next), and unlinks it. */
+static inline void fe_conn_list_append(fe_conn_list *list, fe_conn *c)
+{
+    c->prev = list->tail;
+    c->next = NULL;
+    if (list->tail)
+        list->tail->next = c;
+    else
+        list->head = c;
+    list->tail = c;
+}
+
+static inline void fe_conn_list_remove(fe_conn_list *list, fe_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        list->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        list->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
 /* What the memory budget allows a connection's next read. */
 enum fe_budget_verdict {
     FE_BUDGET_OK = 0,      /* read, up to the room granted */

@@ -225,35 +225,12 @@ static inline struct io_uring_sqe *sqe_get(struct fe_uring *u)
 
 /* ---------------------------------------------------------------- closing */
 
-static void list_add(fe_conn_list *list, fe_conn *c)
-{
-    c->prev = list->tail;
-    c->next = NULL;
-    if (list->tail)
-        list->tail->next = c;
-    else
-        list->head = c;
-    list->tail = c;
-}
-
-static void list_del(fe_conn_list *list, fe_conn *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        list->head = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        list->tail = c->prev;
-}
-
 /* Frees a released connection once the kernel owes it nothing more. */
 static void free_if_done(fe_worker *w, fe_conn *c)
 {
     if (c->uring_refs > 0)
         return;
-    list_del(&w->uring->closed, c);
+    fe_conn_list_remove(&w->uring->closed, c);
     unregister_file(w->uring, c);
     close(c->fd);
     fe_conn_free(w, c);
@@ -264,7 +241,7 @@ static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
     struct fe_uring *u = w->uring;
     fe_conn_release(w, c, reason);
     c->uring_flags |= FE_URING_CLOSED;
-    list_add(&u->closed, c);
+    fe_conn_list_append(&u->closed, c);
     if (c->uring_refs == 0) {
         free_if_done(w, c);
         return;
@@ -515,14 +492,23 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     settle(w, c);
 }
 
+/* The completion of an operation that held no buffer (flag: what it set
+ * in c->uring_flags). Returns false when c is closed (freed, if that was
+ * its last): there is nothing more to do for it. */
+static bool operation_done(fe_worker *w, fe_conn *c, uint8_t flag)
+{
+    c->uring_flags &= (uint8_t)~flag;
+    c->uring_refs--;
+    if (!(c->uring_flags & FE_URING_CLOSED))
+        return true;
+    free_if_done(w, c);
+    return false;
+}
+
 static void on_poll_out(fe_worker *w, fe_conn *c)
 {
-    c->uring_flags &= (uint8_t)~FE_URING_POLL_OUT;
-    c->uring_refs--;
-    if (c->uring_flags & FE_URING_CLOSED) {
-        free_if_done(w, c);
+    if (!operation_done(w, c, FE_URING_POLL_OUT))
         return;
-    }
     if (c->space_wait)
         fe_conn_socket_drained(c);
     settle(w, c);
@@ -533,12 +519,8 @@ static void on_poll_out(fe_worker *w, fe_conn *c)
  * flight, whose bytes go first, what it reads queues behind them. */
 static void on_poll_in(fe_worker *w, fe_conn *c)
 {
-    c->uring_flags &= (uint8_t)~FE_URING_POLL_IN;
-    c->uring_refs--;
-    if (c->uring_flags & FE_URING_CLOSED) {
-        free_if_done(w, c);
+    if (!operation_done(w, c, FE_URING_POLL_IN))
         return;
-    }
     if (w->closing && !c->lingering) {
         settle(w, c); /* past the drain deadline: what it sends now is not echoed */
         return;
@@ -554,12 +536,9 @@ static void on_poll_in(fe_worker *w, fe_conn *c)
 
 static void on_cancel(fe_worker *w, fe_conn *c)
 {
-    c->uring_refs--;
-    if (c->uring_flags & FE_URING_CLOSED) {
-        free_if_done(w, c);
+    /* (A close's cancel sets no flag; clearing CANCELING then is harmless.) */
+    if (!operation_done(w, c, FE_URING_CANCELING))
         return;
-    }
-    c->uring_flags &= (uint8_t)~FE_URING_CANCELING;
     if (!(c->uring_flags & FE_URING_RECV))
         settle(w, c); /* the receive is gone: arm what is wanted now */
 }
@@ -885,7 +864,7 @@ void fe_uring_worker_free(fe_worker *w)
         io_uring_queue_exit(&u->ring); /* cancels and waits for what was in flight */
     while (u->closed.head) {        /* only if the kernel never answered at exit */
         fe_conn *c = u->closed.head;
-        list_del(&u->closed, c); /* (its slot went with the ring) */
+        fe_conn_list_remove(&u->closed, c); /* (its slot went with the ring) */
         close(c->fd);
         fe_conn_free(w, c);
     }

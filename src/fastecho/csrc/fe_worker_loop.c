@@ -96,15 +96,6 @@ static void close_all(fe_worker *w, const fe_backend *b)
         b->close(w, w->aborting.head, fe_conn_stop_reason(w->aborting.head));
 }
 
-bool fe_worker_needs_clock(const fe_worker *w)
-{
-    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
-           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->ws_upgrading.head != NULL ||
-           w->budget_blocked > 0 ||
-           w->udp_log.window_start_ns != 0 ||
-           atomic_load(&w->server->state) != FE_RUNNING;
-}
-
 int fe_worker_wait_ms(const fe_worker *w)
 {
     const fe_server *s = w->server;

@@ -31,8 +31,14 @@ typedef struct fe_backend {
 void fe_worker_adopt_queued(fe_worker *w, const fe_backend *b);
 
 /* Whether w needs the clock after each wake-up: only for timers and access
- * events, so the plain echo path never reads it. */
-bool fe_worker_needs_clock(const fe_worker *w);
+ * events, so the plain echo path never reads it. Inline: every batch asks. */
+static inline bool fe_worker_needs_clock(const fe_worker *w)
+{
+    return w->server->cfg.idle_timeout_ms > 0 || w->aborting.head != NULL ||
+           w->proxy_waiting.head != NULL || w->handshaking.head != NULL || w->ws_upgrading.head != NULL ||
+           w->budget_blocked > 0 || w->udp_log.window_start_ns != 0 ||
+           atomic_load_explicit(&w->server->state, memory_order_relaxed) != FE_RUNNING;
+}
 
 /* How long the backend may wait for events: -1 (no timer runs), or the ms
  * until the next timer, the access log's window or the stop's deadline. */
@@ -48,11 +54,8 @@ bool fe_worker_after_batch_slow(fe_worker *w, const fe_backend *b, bool clock_re
 
 static inline bool fe_worker_after_batch(fe_worker *w, const fe_backend *b, bool clock_read)
 {
-    if (!clock_read && w->server->cfg.idle_timeout_ms <= 0 && w->tls_pending_count == 0 &&
-        w->aborting.head == NULL && w->proxy_waiting.head == NULL && w->handshaking.head == NULL &&
-        w->ws_upgrading.head == NULL && w->budget_blocked == 0 && w->udp_log.window_start_ns == 0 &&
-        atomic_load_explicit(&w->server->state, memory_order_relaxed) == FE_RUNNING)
-        return false;
+    if (!clock_read && w->tls_pending_count == 0 && !fe_worker_needs_clock(w))
+        return false; /* no timer, nothing pending, not stopping */
     return fe_worker_after_batch_slow(w, b, clock_read);
 }
 
