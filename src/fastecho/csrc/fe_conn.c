@@ -637,19 +637,37 @@ int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
     return 0;
 }
 
+/* Adds n to the memory held if the budget has room for all of it, in one
+ * step: a pipe's megabyte is taken whole, so two workers that each see room
+ * for one more pipe cannot both take it (a plain check-then-add let the
+ * budget be passed by a pipe per worker). The gauge never counts a pipe
+ * that was not taken. */
+static bool budget_take(fe_worker *w, size_t n)
+{
+    fe_server *s = w->server;
+    size_t budget = s->cfg.max_memory;
+    size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
+    do {
+        if (budget != 0 && (now_held > budget || budget - now_held < n))
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&s->memory_held, &now_held, now_held + n,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return true;
+}
+
 void fe_conn_splice_begin(fe_worker *w, fe_conn *c)
 {
     fe_server *s = w->server;
     if (c->tls || c->ws || c->spliced || c->peer_eof || c->lingering || c->finishing || w->closing)
         return;
-    size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
-    size_t budget = s->cfg.max_memory;
-    if (budget != 0 && (now_held > budget || budget - now_held < s->splice_pipe_size))
-        return; /* near the budget a pipe would hold what copying waits for */
+    /* Near the budget a pipe would hold what copying waits for. */
+    size_t want = s->splice_pipe_size;
+    if (!budget_take(w, want))
+        return;
     fe_pipe *p = fe_splice_pipe_get(w);
+    account_memory(w, want, p != NULL ? p->capacity : 0);
     if (p == NULL)
         return;
-    account_memory(w, 0, p->capacity);
     c->pipe = p;
     c->piped = 0;
     c->splice_short = 0;
