@@ -23,6 +23,9 @@ import pytest
 
 from fastecho.bench import procstat
 
+# Runs a test with bulk echo through pipes (--splice) on and off, where the same must hold.
+SPLICE = pytest.mark.parametrize("splice", ["on", "off"])
+
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
 LISTENING = re.compile(rb"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^\s:]+)):(?P<port>\d+)")

@@ -247,19 +247,28 @@ void fe_conn_free(fe_worker *w, fe_conn *c)
 
 /* How many bytes may be read now without the output passing the cap. In
  * line mode each input byte can become 1 + suffix_len output bytes. */
+static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n);
+
 static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     size_t limit = s->cfg.max_pending_output;
     /* io_uring: its send in flight too, counted as the memory it holds until
      * it is all sent (which it keeps, as a send may not move it). */
-    size_t queued = c->out.len + c->sending.capacity + c->direct;
+    size_t beside = c->sending.capacity + c->direct;
+    size_t queued = c->out.len + beside;
     if (queued >= limit)
         return 0;
     size_t room = limit - queued;
     if (line_mode(w))
         room /= 1 + s->line_format.suffix_len;
-    return room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
+    room = room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
+    /* io_uring, with a send of its own out: its output is then two buffers,
+     * each grown by doubling, so the queue behind the send may grow only
+     * as far as the cap leaves beside it (halving: only near the cap). */
+    while (beside > 0 && room > 0 && c->out.capacity + worst_growth(w, c, room) > limit - beside)
+        room /= 2;
+    return room;
 }
 
 /* ws: the most output a read of n bytes can make: those bytes (a frame's
@@ -379,11 +388,15 @@ size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_b
         return w->server->cfg.read_buffer_size;
     if (c->spliced) {
         /* The pipe's memory is held already, and it holds at most the
-         * cap. It fills only while nothing is queued, and empties before
-         * it fills again: bytes leave in the order they came. */
+         * cap. It fills only while nothing is queued (io_uring: nor being
+         * sent), and empties before it fills again: bytes leave in the
+         * order they came. */
         *how = FE_BUDGET_SPLICE;
-        return c->out.len == 0 && c->piped == 0 ? c->pipe->capacity : 0;
+        bool empty = c->out.len == 0 && c->sending.len == 0 && c->direct == 0 && c->piped == 0;
+        return empty ? c->pipe->capacity : 0;
     }
+    if (c->splice_wanted && (c->out.len > 0 || c->sending.len > 0 || c->direct > 0))
+        return 0; /* bulk: no more copying; its pipe comes once the queue is out */
     size_t room = cap_room(w, c);
     if (c->ws_upgrading) {
         /* Never past the longest request head: the parser answers 400 on
@@ -645,10 +658,10 @@ int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
 static bool budget_take(fe_worker *w, size_t n)
 {
     fe_server *s = w->server;
-    size_t budget = s->cfg.max_memory;
+    size_t budget = s->cfg.max_memory - s->memory_reserve; /* as budget_room() sees it */
     size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
     do {
-        if (budget != 0 && (now_held > budget || budget - now_held < n))
+        if (s->cfg.max_memory != 0 && (now_held > budget || budget - now_held < n))
             return false;
     } while (!atomic_compare_exchange_weak_explicit(&s->memory_held, &now_held, now_held + n,
                                                     memory_order_relaxed, memory_order_relaxed));
@@ -658,7 +671,15 @@ static bool budget_take(fe_worker *w, size_t n)
 void fe_conn_splice_begin(fe_worker *w, fe_conn *c)
 {
     fe_server *s = w->server;
-    if (c->tls || c->ws || c->spliced || c->peer_eof || c->lingering || c->finishing || w->closing)
+    if (c->tls || c->ws || c->spliced || c->peer_eof || c->lingering || c->finishing || w->closing) {
+        c->splice_wanted = false;
+        return;
+    }
+    /* Only with nothing queued (nor, io_uring, being sent), so that the pipe
+     * alone holds c's output, within the cap: until then c copies, and
+     * fe_conn_next tries again. */
+    c->splice_wanted = c->out.len > 0 || c->sending.len > 0 || c->direct > 0;
+    if (c->splice_wanted)
         return;
     /* Near the budget a pipe would hold what copying waits for. */
     size_t want = s->splice_pipe_size;
@@ -722,6 +743,21 @@ int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t 
     return 0;
 }
 
+size_t fe_conn_recv_limit(const fe_worker *w, const fe_conn *c, size_t delivery)
+{
+    size_t limit = w->server->cfg.max_pending_output;
+    size_t beside = c->sending.capacity + c->direct;
+    size_t free_bytes = limit > beside ? limit - beside : 0;
+    /* Half of it, floored to a power of two: a direct send's rest and the
+     * queue behind it then each grow to at most that (a buffer doubles
+     * from 4 KiB) if the receive delivers no more, which it does after
+     * its limit and one more delivery at most. */
+    size_t half = 4096;
+    while (half * 4 <= free_bytes)
+        half *= 2;
+    return half > delivery ? half - delivery : 1;
+}
+
 void fe_conn_take_output(fe_conn *c)
 {
     c->sending = c->out;
@@ -774,6 +810,8 @@ enum fe_conn_step fe_conn_next_general(fe_worker *w, fe_conn *c, uint32_t *inter
         *interest = 0;
         return FE_STEP_WAIT;
     }
+    if (c->splice_wanted) /* bulk: a pipe, now that nothing is queued */
+        fe_conn_splice_begin(w, c);
     bool unsent = c->out.len > 0 || c->tls_unsent || c->sending.len > 0 || c->direct > 0 || c->piped > 0;
     if (!unsent && c->peer_eof) {
         /* Everything received was echoed and the client sent FIN. */

@@ -42,6 +42,7 @@ struct fe_conn {
                                     (tls_unsent_len bytes, still unread): like queued output,
                                     it goes out, with the same bytes, before anything else */
             bool spliced : 1;    /* plain, bulk: echoes through its pipe (c->pipe, fe_splice.h) */
+            bool splice_wanted : 1; /* bulk, but output was queued: takes a pipe once it is out */
             bool ws;             /* a ws listener's: HTTP upgrade, then frames (ws_state) */
         };
         uint64_t not_plain;
@@ -242,14 +243,25 @@ static inline void fe_conn_sent_direct(fe_worker *w, fe_conn *c, size_t sent)
  * of memory (the connection must close). */
 int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t n);
 
+/* io_uring: the byte limit for a multishot receive armed now for plain c,
+ * which the kernel ends once it has delivered at least that many bytes,
+ * each completion bringing at most `delivery`. What c ends up holding of
+ * them (a direct send's rest in c->sending, the queue behind it in c->out)
+ * then stays within the output cap, though a batch's receives may all
+ * land while c's receive is being cancelled. The smallest limit is 1 (one
+ * delivery), so a cap under four deliveries may be passed by up to one. */
+size_t fe_conn_recv_limit(const fe_worker *w, const fe_conn *c, size_t delivery);
+
 /* io_uring: moves the queued output into c->sending (which must be empty)
  * for the send about to start; new output queues in c->out meanwhile. */
 void fe_conn_take_output(fe_conn *c);
 
 /* A read just filled the whole read room (s->splice_read_room): c echoes
  * through a pipe from now on, if it may (plain raw TCP, not finishing, the
- * memory budget and the fd reserve allow a pipe). Bytes c->out holds go
- * first. Otherwise nothing changes: c keeps copying. */
+ * memory budget and the fd reserve allow a pipe). With output queued (or,
+ * io_uring, being sent) it waits for that to be out (c->splice_wanted,
+ * which fe_conn_next looks at), so that the pipe alone holds c's output.
+ * Otherwise nothing changes: c keeps copying. */
 void fe_conn_splice_begin(fe_worker *w, fe_conn *c);
 
 /* Spliced: n bytes came from the socket into c's pipe. */

@@ -86,11 +86,12 @@ FE_ECHO_PATH int flush(fe_worker *w, fe_conn *c, bool tls)
     return 0;
 }
 
-/* Spliced: sends what c's pipe holds, unless c->out still holds bytes
- * that came before them. Returns -1 when the connection is broken. */
+/* Spliced: sends what c's pipe holds, unless c->out (io_uring: or
+ * c->sending) still holds bytes that came before them. Returns -1 when the
+ * connection is broken. */
 static inline int splice_flush(fe_worker *w, fe_conn *c)
 {
-    if (c->out.len > 0 || c->piped == 0)
+    if (c->out.len > 0 || c->sending.len > 0 || c->piped == 0)
         return 0;
     ssize_t n = fe_splice_out(c->pipe, c->fd, c->piped);
     if (n < 0)
@@ -143,7 +144,7 @@ static inline int peek_echo(fe_worker *w, fe_conn *c, size_t want, enum fe_close
     return fe_conn_input(w, c, w->read_buffer, (size_t)sent, (size_t)sent, reason);
 }
 
-/* Spliced (fe_splice.h; the epoll backend's): one read of up to want bytes
+/* Spliced (fe_splice.h): one read of up to want bytes
  * into the pipe, echoed at once as far as the socket takes them; the rest
  * waits in the pipe for writability, and reading waits until the pipe is
  * empty. Returns -1 when the connection must be closed. */
@@ -206,7 +207,7 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, bool may_writ
         return -1;
     if (!may_write || !fe_conn_framed_output(w, c)) {
         /* Bulk: the socket had at least a whole read room queued. The one
-         * compare the copying path pays for splice (0: off, or io_uring). */
+         * compare the copying path pays for splice (0: off). */
         if (!tls && (size_t)n == w->server->splice_read_room)
             fe_conn_splice_begin(w, c);
         return 0;

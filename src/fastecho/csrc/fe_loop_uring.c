@@ -19,11 +19,13 @@
  *   peeking once the budget is spent, and its PROXY header peeking; while
  *   a send of its own is in flight that path writes nothing itself.
  * - A multishot receive may deliver more, in one batch, than the output
- *   cap or the budget has room for once a connection stops being plain:
- *   at most the worker's buffer pool, since a batch cannot take more
- *   buffers than there are. The budget keeps every worker's pool free of
- *   the reads that check it (memory_reserve), and every multishot receive
- *   of a worker is cancelled as soon as memory passes the plain bound.
+ *   cap or the budget has room for once a connection stops being plain.
+ *   For the cap, each is armed with a byte limit after which the kernel
+ *   ends it (fe_conn_recv_limit; Linux 6.17; before it, at most the
+ *   worker's buffer pool, since a batch cannot take more buffers than
+ *   there are). The budget keeps every worker's pool free of the reads
+ *   that check it (memory_reserve), and every multishot receive of a
+ *   worker is cancelled as soon as memory passes the plain bound.
  * - At most one send in flight per connection, so echoed bytes can never
  *   be reordered. Bytes that arrive with nothing queued go straight back
  *   out of the provided buffer they arrived in, with MSG_DONTWAIT: a send
@@ -32,6 +34,12 @@
  *   at once; no slow reader ever holds one. Bytes that arrive while a send
  *   is in flight queue in c->out, which moves to c->sending, where nothing
  *   reallocates it, for the next send.
+ * - Bulk (splice on): a connection off the plain path whose read fills the
+ *   read room takes a pipe, as under epoll, and from then on moves its
+ *   bytes with splice(2) on readiness (one-shot polls): it is never on the
+ *   multishot path while spliced, so no receive can deliver bytes that
+ *   belong behind those in its pipe, and its pipe fills only once nothing
+ *   of its own is queued or in flight.
  * - A connection closed while the kernel still holds operations that name
  *   it (counted in c->uring_refs) is released at once (counted, its close
  *   event sent, its limits freed), has those operations cancelled, and is
@@ -117,6 +125,9 @@ struct fe_uring {
     struct io_uring ring;
     struct fe_pbuf *pbufs; /* buf_count of them */
     bool incremental;      /* IOU_PBUF_RING_INC: receives fill buffers incrementally */
+    /* Multishot receives are armed with a byte limit (fe_conn_recv_limit);
+     * cleared the first time the kernel refuses one (EINVAL: before 6.17). */
+    bool recv_limit;
     bool ring_ready;
     struct io_uring_buf_ring *br;
     size_t br_bytes;
@@ -271,6 +282,10 @@ static bool arm_recv(fe_worker *w, fe_conn *c)
     target(sqe, c);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = FE_URING_GROUP;
+    /* The kernel ends the receive by itself after this many bytes (its
+     * optlen, which liburing 2.3 knows as file_index; Linux 6.17). */
+    if (u->recv_limit)
+        sqe->file_index = (uint32_t)fe_conn_recv_limit(w, c, u->buf_size);
     io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
     c->uring_flags |= FE_URING_RECV;
     c->uring_refs++;
@@ -437,6 +452,11 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
             u->starved = c;
         }
         return;
+    } else if (res == -EINVAL && u->recv_limit) {
+        /* A kernel without the byte limit: armed again without it (the
+         * cap may then be passed by what one batch delivers, at most the
+         * buffer pool). */
+        u->recv_limit = false;
     } else if (res != -ECANCELED) {
         rc = -1; /* ECONNRESET and other socket errors: nothing to save */
         reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
@@ -511,6 +531,12 @@ static void on_poll_out(fe_worker *w, fe_conn *c)
         return;
     if (c->space_wait)
         fe_conn_socket_drained(c);
+    /* Spliced: what its pipe holds goes out now (the poll is armed only
+     * with no send in flight, so nothing of c's is ahead of it). */
+    if (c->spliced && !(c->uring_flags & FE_URING_SEND) && splice_flush(w, c) != 0) {
+        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
+        return;
+    }
     settle(w, c);
 }
 
@@ -813,6 +839,7 @@ int fe_uring_worker_init(fe_worker *w, char *err, size_t errlen)
         return -1;
     }
     u->ring_ready = true;
+    u->recv_limit = true;
     u->br_bytes = sizeof(struct io_uring_buf) * u->buf_count;
     void *br = mmap(NULL, u->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     u->bufs = malloc(u->buf_size * u->buf_count);

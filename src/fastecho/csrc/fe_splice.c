@@ -19,8 +19,7 @@ enum { FE_SPLICE_PIPE_MAX = 1 << 20 };
 
 size_t fe_splice_pipe_size(const fe_config *cfg)
 {
-    /* io_uring receives into its own provided buffers: splice is epoll's. */
-    if (!cfg->splice || cfg->framing != FE_FRAMING_RAW || cfg->io_backend != FE_IO_EPOLL)
+    if (!cfg->splice || cfg->framing != FE_FRAMING_RAW)
         return 0;
     size_t limit = cfg->max_pending_output < FE_SPLICE_PIPE_MAX ? cfg->max_pending_output : FE_SPLICE_PIPE_MAX;
     /* A power of two: F_SETPIPE_SZ rounds up to one (in pages), and a pipe

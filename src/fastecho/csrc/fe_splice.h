@@ -9,7 +9,8 @@
  * and the two moves. When a connection takes a pipe and gives it back, and
  * what the bytes in it mean for backpressure, half-close and the memory
  * budget, is the connection's state machine's (fe_conn.c); when to move
- * them is the backend's (fe_loop_epoll.c).
+ * them is the backend's (fe_loop_epoll.c, fe_loop_uring.c: both on
+ * readiness, through fe_echo_path.h).
  *
  * Everything but fe_splice_pipe_size and fe_splice_pool_free runs on the
  * worker that owns the pool.
@@ -33,7 +34,7 @@ typedef struct fe_pipe {
 
 /* The pipe size to ask for under cfg (a power of two, at most the output
  * cap and the size an unprivileged process may set), or 0 when splice is
- * off or cannot apply (line mode, the io_uring backend). Pure. */
+ * off or cannot apply (line mode). Pure. */
 size_t fe_splice_pipe_size(const fe_config *cfg);
 
 /* An empty pipe for one of w's connections: from w's pool, or a new one
