@@ -80,9 +80,9 @@ def test_seccomp_refusal_of_an_explicit_io_uring_is_one_line_exit_1():
 
 
 @needs_io_uring
-@pytest.mark.parametrize("scheme", ["udp", "ws", "tls"])
+@pytest.mark.parametrize("scheme", ["udp", "tls", "wss"])
 def test_auto_serves_listeners_io_uring_does_not_with_epoll(serve, pki, scheme):
-    tls = tls_args(pki) if scheme == "tls" else ()
+    tls = tls_args(pki) if scheme in ("tls", "wss") else ()
     server = serve("--threads", "1", "--listen", "tcp://127.0.0.1:0", "--listen", f"{scheme}://127.0.0.1:0",
                    *tls, "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
     assert server.listening_line.endswith("(1 threads, epoll)")
@@ -90,10 +90,17 @@ def test_auto_serves_listeners_io_uring_does_not_with_epoll(serve, pki, scheme):
 
 
 @needs_io_uring
+def test_auto_takes_io_uring_for_tcp_and_ws_listeners(serve):
+    server = serve("--threads", "1", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0",
+                   "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
+    assert server.listening_line.endswith("(1 threads, io_uring)")
+
+
+@needs_io_uring
 def test_explicit_io_uring_with_a_listener_it_does_not_serve_is_refused():
     result = run_cli("serve", "--io-backend", "io_uring", "--listen", "tcp://127.0.0.1:0",
-                     "--listen", "ws://127.0.0.1:0")
-    assert_one_line_error(result, 1, "--io-backend io_uring", "not ws://127.0.0.1:")
+                     "--listen", "udp://127.0.0.1:0")
+    assert_one_line_error(result, 1, "--io-backend io_uring", "not udp://127.0.0.1:")
 
 
 def test_explicit_epoll_is_epoll(serve):

@@ -26,7 +26,8 @@ from helpers import (assert_one_line_error, listeners, proxy_v1, recv_exactly, r
                      wait_until)
 from pki import tls_args
 
-pytestmark = pytest.mark.skipif(not _core.WS_AVAILABLE, reason="this build has no WebSocket (no libcrypto)")
+pytestmark = [pytest.mark.skipif(not _core.WS_AVAILABLE, reason="this build has no WebSocket (no libcrypto)"),
+              pytest.mark.usefixtures("io_backend")]  # each test runs on epoll and io_uring
 
 WS = "ws://127.0.0.1:0"
 METRICS_URL = r"metrics at (http://\S+/metrics)"
@@ -208,7 +209,9 @@ def test_a_thousand_concurrent_clients(ws_server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_wss_with_trustme_certificates(serve, pki):
+def test_wss_with_trustme_certificates(serve, pki, io_backend):
+    if io_backend == "io_uring":
+        pytest.skip("io_uring refuses wss listeners (tests/test_io_backend.py checks the refusal)")
     server = serve("--listen", "wss://127.0.0.1:0", *tls_args(pki), port=None)
     with connect(url(server, "wss"), ssl=pki.client_context(), compression=None) as ws:
         ws.send("over TLS")

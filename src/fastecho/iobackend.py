@@ -24,7 +24,7 @@ CHOICES = ("auto", "epoll", "io_uring")
 def unserved_by_io_uring(listeners: Iterable[Listener]) -> str | None:
     """The first listener the io_uring backend does not serve (its URL), or None."""
     for listener in listeners:
-        if listener.tls or listener.ws or listener.udp:
+        if listener.tls or listener.udp:
             return listener.url
     return None
 
