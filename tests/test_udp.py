@@ -70,8 +70,11 @@ def wait_for(server, name: str, expected: float) -> None:
     assert ok, f"{name}: expected {expected}, last saw {seen[-1] if seen else None}"
 
 
+pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
+
+
 @pytest.fixture(scope="module")
-def udp_server(tmp_path_factory):
+def udp_server(tmp_path_factory, io_backend):
     server = start_server(tmp_path_factory.mktemp("udp"), "--listen", UDP, "--threads", "2", port=None)
     yield server
     assert server.stop() == 0

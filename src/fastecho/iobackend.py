@@ -24,7 +24,7 @@ CHOICES = ("auto", "epoll", "io_uring")
 def unserved_by_io_uring(listeners: Iterable[Listener]) -> str | None:
     """The first listener the io_uring backend does not serve (its URL), or None."""
     for listener in listeners:
-        if listener.tls or listener.udp:
+        if listener.tls:
             return listener.url
     return None
 
@@ -38,7 +38,7 @@ def choose(asked: str, listeners: Iterable[Listener]) -> str:
     if why is None:
         unserved = unserved_by_io_uring(listeners)
         if unserved is not None:
-            why = f"io_uring serves tcp listeners, not {unserved}"
+            why = f"io_uring does not serve TLS listeners ({unserved})"
     if why is None:
         return "io_uring"
     if asked == "io_uring":

@@ -249,13 +249,21 @@ void fe_conn_free(fe_worker *w, fe_conn *c)
  * line mode each input byte can become 1 + suffix_len output bytes. */
 static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n);
 
+/* io_uring: the buffer capacity c's send holds, or will once the rest of a
+ * direct send is kept (copied into an empty c->sending, fe_buf's rounding). */
+static size_t send_held(const fe_conn *c)
+{
+    static const fe_buf empty;
+    return c->sending.capacity + (c->direct > 0 ? fe_buf_capacity_after(&empty, c->direct) : 0);
+}
+
 static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
     size_t limit = s->cfg.max_pending_output;
     /* io_uring: its send in flight too, counted as the memory it holds until
      * it is all sent (which it keeps, as a send may not move it). */
-    size_t beside = c->sending.capacity + c->direct;
+    size_t beside = send_held(c);
     size_t queued = c->out.len + beside;
     if (queued >= limit)
         return 0;
@@ -339,7 +347,9 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
      * pending partial line frees only when its newline is read, so it may
      * go on filling the room it already holds (the newline may be next),
      * but not grow: then it waits like the others. */
-    if (c->out.capacity > 0 || c->sending.capacity > 0) {
+    if (c->out.capacity > 0 || c->sending.capacity > 0 || c->direct > 0) {
+        /* (io_uring: a direct send in flight is output held, too; a peek
+         * must not write past it) */
         *how = FE_BUDGET_WAIT_MEMORY;
         return 0;
     }
@@ -655,13 +665,19 @@ int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
  * for one more pipe cannot both take it (a plain check-then-add let the
  * budget be passed by a pipe per worker). The gauge never counts a pipe
  * that was not taken. */
+/* Whether the budget has room for n more bytes while now_held are held. */
+static bool budget_fits(const fe_server *s, size_t now_held, size_t n)
+{
+    size_t budget = s->cfg.max_memory - s->memory_reserve; /* as budget_room() sees it */
+    return s->cfg.max_memory == 0 || (now_held <= budget && budget - now_held >= n);
+}
+
 static bool budget_take(fe_worker *w, size_t n)
 {
     fe_server *s = w->server;
-    size_t budget = s->cfg.max_memory - s->memory_reserve; /* as budget_room() sees it */
     size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
     do {
-        if (s->cfg.max_memory != 0 && (now_held > budget || budget - now_held < n))
+        if (!budget_fits(s, now_held, n))
             return false;
     } while (!atomic_compare_exchange_weak_explicit(&s->memory_held, &now_held, now_held + n,
                                                     memory_order_relaxed, memory_order_relaxed));
@@ -678,11 +694,18 @@ void fe_conn_splice_begin(fe_worker *w, fe_conn *c)
     /* Only with nothing queued (nor, io_uring, being sent), so that the pipe
      * alone holds c's output, within the cap: until then c copies, and
      * fe_conn_next tries again. */
-    c->splice_wanted = c->out.len > 0 || c->sending.len > 0 || c->direct > 0;
-    if (c->splice_wanted)
-        return;
-    /* Near the budget a pipe would hold what copying waits for. */
     size_t want = s->splice_pipe_size;
+    bool queued = c->out.len > 0 || c->sending.len > 0 || c->direct > 0;
+    if (queued) {
+        /* Stopping reading to wait for the queue is worth it only if a
+         * pipe can be had then: the budget and the fd reserve, as now. */
+        size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);
+        c->splice_wanted = budget_fits(s, now_held, want) &&
+                           (w->pipe_pool != NULL || fe_connection_fds(s) + FE_FDS_PER_PIPE <= s->fd_connection_limit);
+        return;
+    }
+    c->splice_wanted = false;
+    /* Near the budget a pipe would hold what copying waits for. */
     if (!budget_take(w, want))
         return;
     fe_pipe *p = fe_splice_pipe_get(w);
@@ -746,7 +769,7 @@ int fe_conn_keep_direct_rest(fe_worker *w, fe_conn *c, const char *rest, size_t 
 size_t fe_conn_recv_limit(const fe_worker *w, const fe_conn *c, size_t delivery)
 {
     size_t limit = w->server->cfg.max_pending_output;
-    size_t beside = c->sending.capacity + c->direct;
+    size_t beside = send_held(c);
     size_t free_bytes = limit > beside ? limit - beside : 0;
     /* Half of it, floored to a power of two: a direct send's rest and the
      * queue behind it then each grow to at most that (a buffer doubles

@@ -45,10 +45,16 @@
  *   event sent, its limits freed), has those operations cancelled, and is
  *   freed, its fd closed, only when the last completion has come back.
  *
- * TLS, WebSocket and UDP listeners are not served here: fe_server_start
- * refuses them under this backend.
+ * - WebSocket connections take the readiness path, as line mode does.
+ * - UDP sockets are watched with a multishot poll each, and read in
+ *   batches by fe_udp.c as under epoll; one whose batch was full is served
+ *   again after the batch (a poll reports arrivals, not what is queued).
+ *
+ * TLS listeners (tls, wss) are not served here: fe_server_start refuses
+ * them under this backend.
  */
 #include "fe_echo_path.h"
+#include "fe_udp.h"
 #include "fe_uring.h"
 #include "fe_worker_loop.h"
 
@@ -97,12 +103,16 @@ enum {
     OP_CANCEL = 3,
     OP_POLL_OUT = 4, /* the budget waits for the socket to drain */
     OP_POLL_IN = 5,  /* a connection off the plain path waits for input */
+    OP_UDP = 6,      /* a UDP socket is readable: its index in w->udp above the op */
+    OP_IGNORED = 7,  /* nothing to do (the cancel of a UDP poll) */
     OP_MASK = 15,
 };
+enum { OP_SHIFT = 4 };
 
 /* c->uring_flags */
 enum {
     FE_URING_RECV = 1,      /* its multishot receive is armed */
+    FE_URING_RECV_LIMITED = 2, /* ... with a byte limit (u->recv_limit) */
     FE_URING_CANCELING = 4, /* a cancel of that receive is on its way */
     FE_URING_SEND = 8,      /* a send is in flight */
     FE_URING_POLL_OUT = 16, /* a writability poll is armed */
@@ -146,6 +156,11 @@ struct fe_uring {
     /* Connections whose receive ended for want of a buffer, linked through
      * pending_next (epoll's TLS list, unused here: no TLS under io_uring). */
     fe_conn *starved;
+    /* UDP sockets (bits: their index in w->udp) whose multishot poll is
+     * armed, and those whose last batch was full: a poll reports arrivals,
+     * not what is still queued, so those are served again after the batch,
+     * without waiting. */
+    uint64_t udp_armed, udp_more;
 };
 
 static inline uint64_t tag(fe_conn *c, unsigned op)
@@ -284,8 +299,10 @@ static bool arm_recv(fe_worker *w, fe_conn *c)
     sqe->buf_group = FE_URING_GROUP;
     /* The kernel ends the receive by itself after this many bytes (its
      * optlen, which liburing 2.3 knows as file_index; Linux 6.17). */
-    if (u->recv_limit)
+    if (u->recv_limit) {
         sqe->file_index = (uint32_t)fe_conn_recv_limit(w, c, u->buf_size);
+        c->uring_flags |= FE_URING_RECV_LIMITED;
+    }
     io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
     c->uring_flags |= FE_URING_RECV;
     c->uring_refs++;
@@ -423,8 +440,9 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
     int res = cqe->res;
     char *data = has_buffer ? take(u, bid, res > 0 ? res : 0, cqe->flags) : NULL;
+    bool limited = c->uring_flags & FE_URING_RECV_LIMITED;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
-        c->uring_flags &= (uint8_t)~FE_URING_RECV;
+        c->uring_flags &= (uint8_t)~(FE_URING_RECV | FE_URING_RECV_LIMITED);
         c->uring_refs--;
         u->multishots--;
     }
@@ -452,10 +470,11 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
             u->starved = c;
         }
         return;
-    } else if (res == -EINVAL && u->recv_limit) {
+    } else if (res == -EINVAL && limited) {
         /* A kernel without the byte limit: armed again without it (the
          * cap may then be passed by what one batch delivers, at most the
-         * buffer pool). */
+         * buffer pool). Every receive armed with it meanwhile comes back
+         * so, and is armed again the same way. */
         u->recv_limit = false;
     } else if (res != -ECANCELED) {
         rc = -1; /* ECONNRESET and other socket errors: nothing to save */
@@ -600,6 +619,83 @@ static void cancel_multishots(fe_worker *w)
     }
 }
 
+/* ---------------------------------------------------------------- UDP */
+
+/* Arms a multishot poll for readability on w's UDP socket i. */
+static bool arm_udp(fe_worker *w, size_t i)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL)
+        return false;
+    io_uring_prep_poll_multishot(sqe, w->udp[i].fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, ((uint64_t)i << OP_SHIFT) | OP_UDP);
+    w->uring->udp_armed |= UINT64_C(1) << i;
+    return true;
+}
+
+/* Arms every UDP socket of w; one that cannot be is closed (served by the
+ * other workers' sockets on the same address), as under epoll. */
+static void watch_udp(fe_worker *w)
+{
+    for (size_t i = 0; i < w->udp_count; i++) {
+        if (w->udp[i].fd >= 0 && !arm_udp(w, i)) {
+            close(w->udp[i].fd);
+            w->udp[i].fd = -1;
+        }
+    }
+}
+
+static void serve_udp(fe_worker *w, size_t i)
+{
+    uint64_t bit = UINT64_C(1) << i;
+    if (w->udp[i].fd >= 0 && fe_udp_serve(w, &w->udp[i]))
+        w->uring->udp_more |= bit;
+    else
+        w->uring->udp_more &= ~bit;
+}
+
+static void on_udp(fe_worker *w, const struct io_uring_cqe *cqe, size_t i)
+{
+    struct fe_uring *u = w->uring;
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        u->udp_armed &= ~(UINT64_C(1) << i);
+        if (w->udp[i].fd >= 0 && !arm_udp(w, i)) { /* (the kernel ended it: overflow, or out of memory) */
+            close(w->udp[i].fd);
+            w->udp[i].fd = -1;
+        }
+    }
+    serve_udp(w, i);
+}
+
+/* The sockets whose last batch was full, served again. */
+static void serve_udp_more(fe_worker *w)
+{
+    uint64_t more = w->uring->udp_more;
+    for (size_t i = 0; more != 0; i++, more >>= 1) {
+        if (more & 1)
+            serve_udp(w, i);
+    }
+}
+
+/* The stop closed w's UDP sockets (fe_udp_close): their polls, which hold
+ * the sockets open (and their ports bound), are cancelled. */
+static void unwatch_udp(fe_worker *w)
+{
+    struct fe_uring *u = w->uring;
+    for (size_t i = 0; i < w->udp_count; i++) {
+        uint64_t bit = UINT64_C(1) << i;
+        if (!(u->udp_armed & bit) || w->udp[i].fd >= 0)
+            continue;
+        struct io_uring_sqe *sqe = sqe_get(u);
+        if (sqe == NULL)
+            return; /* the ring's exit cancels them */
+        io_uring_prep_cancel64(sqe, ((uint64_t)i << OP_SHIFT) | OP_UDP, 0);
+        io_uring_sqe_set_data64(sqe, OP_IGNORED);
+        u->udp_armed &= ~bit;
+    }
+    u->udp_more = 0;
+}
+
 static bool arm_wake(fe_worker *w)
 {
     struct io_uring_sqe *sqe = sqe_get(w->uring);
@@ -635,6 +731,11 @@ static inline void dispatch(fe_worker *w, const struct io_uring_cqe *cqe, bool a
         break;
     case OP_POLL_IN:
         on_poll_in(w, c);
+        break;
+    case OP_UDP:
+        on_udp(w, cqe, (size_t)(data >> OP_SHIFT));
+        break;
+    case OP_IGNORED:
         break;
     default: /* OP_WAKE */
         if (!adopting)
@@ -689,6 +790,8 @@ static void adopt(fe_worker *w, const fe_handoff *h)
  * still name one, so that each is freed (and its fd closed) safely. */
 static void quiesce(fe_worker *w)
 {
+    unwatch_udp(w); /* (a stop that ended in its first batch) */
+    io_uring_submit(&w->uring->ring);
     for (int i = 0; i < FE_QUIESCE_TRIES && w->uring->closed.head; i++) {
         if (w->uring->starved)
             serve_starved(w); /* (every one is closed now: this frees them) */
@@ -717,8 +820,11 @@ void *fe_worker_main_uring(void *arg)
     if (enabled && io_uring_register_files_sparse(&u->ring, u->slots) != 0)
         u->slots = 0; /* every connection uses its fd */
     if (enabled && arm_wake(w)) {
+        watch_udp(w);
         for (;;) {
-            bool clock_read = run_once(w, fe_worker_wait_ms(w), true);
+            bool clock_read = run_once(w, u->udp_more ? 0 : fe_worker_wait_ms(w), true);
+            if (u->udp_more)
+                serve_udp_more(w);
             if (u->starved)
                 serve_starved(w);
             if (u->multishots > 0 &&
@@ -726,6 +832,8 @@ void *fe_worker_main_uring(void *arg)
                 cancel_multishots(w);
             if (fe_worker_after_batch(w, &uring_backend, clock_read))
                 break;
+            if (u->udp_armed && w->going_away)
+                unwatch_udp(w);
         }
     }
     fe_worker_exit(w, &uring_backend);

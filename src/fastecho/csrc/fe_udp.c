@@ -274,7 +274,7 @@ static void send_replies(fe_worker *w, fe_udp_socket *u, struct fe_udp_batch *b,
     fe_counter_add(&w->udp_bytes_out[l], bytes_out);
 }
 
-void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
+bool fe_udp_serve(fe_worker *w, fe_udp_socket *u)
 {
     struct fe_udp_batch *b = w->udp_batch;
     size_t size = w->server->cfg.udp_max_datagram;
@@ -285,7 +285,7 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
     }
     int n = recvmmsg(u->fd, b->msgs, FE_UDP_BATCH, MSG_DONTWAIT, NULL);
     if (n <= 0)
-        return; /* EAGAIN (another worker's wake-up), EINTR: the next event */
+        return false; /* EAGAIN (another worker's wake-up), EINTR: the next event */
 
     /* The replies are the datagrams that pass, in arrival order. */
     uint8_t l = u->listener;
@@ -309,6 +309,7 @@ void fe_udp_serve(fe_worker *w, fe_udp_socket *u)
     send_replies(w, u, b, replies);
     if (w->udp_log_ready)
         tally(w, b, n);
+    return n == FE_UDP_BATCH;
 }
 
 /* Counts each datagram of the batch under its source for the access log. */
@@ -346,7 +347,8 @@ void fe_udp_close(fe_worker *w)
     for (size_t i = 0; i < w->udp_count; i++) {
         if (w->udp[i].fd < 0)
             continue;
-        epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, w->udp[i].fd, NULL);
+        if (w->epoll_fd >= 0) /* (io_uring: its poll is cancelled by the backend) */
+            epoll_ctl(w->epoll_fd, EPOLL_CTL_DEL, w->udp[i].fd, NULL);
         close(w->udp[i].fd);
         w->udp[i].fd = -1;
     }

@@ -19,8 +19,10 @@
 int fe_udp_open(fe_server *s, char *err, size_t errlen);
 
 /* Reads one batch from u and echoes what passes the filters. On u's
- * worker; never blocks. */
-void fe_udp_serve(fe_worker *w, fe_udp_socket *u);
+ * worker; never blocks. Returns true when the batch was full: more may be
+ * waiting (a readiness that is not level-triggered, io_uring's, must then
+ * serve u again without waiting for another). */
+bool fe_udp_serve(fe_worker *w, fe_udp_socket *u);
 
 /* Access log: emits the per-source events whose window has run out at
  * w->now_ns (all of them with now, at the stop). */
@@ -30,7 +32,7 @@ void fe_udp_log_flush_due(fe_worker *w, bool now);
 int64_t fe_udp_log_ms_left(const fe_worker *w);
 
 /* Closes w's UDP sockets (the stop: reading UDP ends at once) and removes
- * them from its epoll set. Idempotent; on w's thread, or after it exited. */
+ * them from its epoll set (io_uring: the backend cancels its polls). Idempotent; on w's thread, or after it exited. */
 void fe_udp_close(fe_worker *w);
 
 /* Frees w's UDP buffers (at destroy). */
