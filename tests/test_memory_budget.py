@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -149,6 +150,28 @@ def test_partial_lines_count_against_the_budget(serve):
         with socket.create_connection((server.host, server.port), timeout=20) as s:
             s.sendall(b"hello\n")
             assert recv_exactly(s, len(b"hello S\n"), timeout=20) == b"hello S\n"
+
+
+def test_clients_that_reset_while_waiting_for_the_budget_free_what_they_held(serve):
+    # Partial lines hold the budget and produce no echo, so their connections wait
+    # for memory with nothing to read or send. A client that resets meanwhile must
+    # still be seen (epoll reports an error whatever the interest; io_uring keeps
+    # a poll for it), or what it holds would be held for good.
+    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
+                   "--max-memory", str(BUDGET), "--metrics-port", "0")
+    url = server.wait_for_stderr(METRICS_URL)[1]
+    socks = hoarders(server, 8)
+    try:
+        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+        metrics = scrape(url)
+        assert metrics["fastecho_memory_budget_waits_total"] > 0
+        assert metrics["fastecho_memory_held_bytes"] > BUDGET // 4
+    finally:
+        for s in socks:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            s.close()
+    assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 0, 20)
+    assert scrape(url)["fastecho_memory_held_bytes"] == 0
 
 
 def test_max_memory_below_one_mib_is_one_line(tmp_path):

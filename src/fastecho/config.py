@@ -273,10 +273,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
     Option("io_backend", "choice", "epoll", choices=IO_BACKEND_CHOICES, metavar="BACKEND",
-           help="How workers move bytes: epoll (readiness; serves every listener; splices bulk), "
-                "io_uring (completions; tcp and tcp+proxy listeners; copies), or auto: io_uring when "
-                "the kernel allows it and every listener is one it serves, else epoll (with one log "
-                "line). See docs/benchmarks.md for which costs less where."),
+           help="How workers move bytes: epoll (readiness; serves every listener), io_uring "
+                "(completions; every listener but tls and wss), or auto: io_uring when the kernel "
+                "allows it and no listener is TLS, else epoll (with one log line). Both splice "
+                "bulk. See docs/benchmarks.md for which costs less where."),
     Option("reuse_port", "bool", False,
            help="Let other processes of the same user listen on the same addresses (SO_REUSEPORT), "
                 "for restarts that refuse nothing: start the new server with --reuse-port beside "
@@ -296,8 +296,7 @@ OPTIONS: tuple[Option, ...] = (
                 "bytes never enter user space: a connection switches after a read that fills the "
                 "read buffer, and back to copying once its reads are small again. Each such "
                 "connection holds two more fds and a pipe of up to --max-pending-output "
-                "(at most 1 MiB), counted against --max-memory. off: always copy. The epoll "
-                "backend's: under io_uring every connection copies."),
+                "(at most 1 MiB), counted against --max-memory. off: always copy."),
     # Logging
     Option("log_level", "choice", "normal", choices=LOG_LEVELS, metavar="LEVEL",
            help="Lowest level logged: debug, normal, warning, error or fatal."),
@@ -590,7 +589,7 @@ class ServeConfig:
     listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
-    io_backend: str = "epoll"  # the default until io_uring serves every listener and splices
+    io_backend: str = "epoll"  # the default until io_uring serves every listener (TLS)
     reuse_port: bool = False  # SO_REUSEPORT: another fastecho may serve the same addresses
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses

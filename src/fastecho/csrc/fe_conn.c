@@ -271,11 +271,17 @@ static size_t cap_room(const fe_worker *w, const fe_conn *c)
     if (line_mode(w))
         room /= 1 + s->line_format.suffix_len;
     room = room < s->cfg.read_buffer_size ? room : s->cfg.read_buffer_size;
-    /* io_uring, with a send of its own out: its output is then two buffers,
-     * each grown by doubling, so the queue behind the send may grow only
-     * as far as the cap leaves beside it (halving: only near the cap). */
-    while (beside > 0 && room > 0 && c->out.capacity + worst_growth(w, c, room) > limit - beside)
-        room /= 2;
+    /* io_uring, raw, with a send of its own out: its output is then two
+     * buffers, each grown by doubling, so the queue behind the send may
+     * grow only as far as the cap leaves beside it (halving: only near the
+     * cap). Framed output (line mode, ws) is capped in bytes, as under
+     * epoll: its worst growth counts a whole held message or line, and
+     * waiting for that to fit would stop reading a client that is still
+     * sending it, until its echo is read. */
+    if (beside > 0 && !line_mode(w) && !c->ws) {
+        while (room > 0 && c->out.capacity + worst_growth(w, c, room) > limit - beside)
+            room /= 2;
+    }
     return room;
 }
 

@@ -80,7 +80,7 @@ struct fe_conn {
     uint32_t send_off;    /* from this offset in it */
     uint32_t fixed;       /* its slot in the ring's file table (UINT32_MAX: none) */
     uint8_t uring_refs;   /* completions the kernel still owes that name c */
-    uint8_t uring_flags;  /* fe_loop_uring.c's FE_URING_* */
+    uint16_t uring_flags; /* fe_loop_uring.c's FE_URING_* */
     uint8_t splice_short; /* spliced: splice reads in a row shorter than the read room */
     uint32_t piped;       /* spliced: bytes in its pipe (at most the pipe's capacity) */
     struct fe_pipe *pipe; /* spliced: its pipe, whose bytes are queued output */

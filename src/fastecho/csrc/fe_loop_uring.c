@@ -105,6 +105,7 @@ enum {
     OP_POLL_IN = 5,  /* a connection off the plain path waits for input */
     OP_UDP = 6,      /* a UDP socket is readable: its index in w->udp above the op */
     OP_IGNORED = 7,  /* nothing to do (the cancel of a UDP poll) */
+    OP_WATCH = 8,    /* a connection that waits for neither: its socket's error or hangup */
     OP_MASK = 15,
 };
 enum { OP_SHIFT = 4 };
@@ -119,6 +120,7 @@ enum {
     FE_URING_STARVED = 32,  /* its receive ran out of buffers: armed again after the batch */
     FE_URING_CLOSED = 64,   /* released: freed when uring_refs reaches 0 */
     FE_URING_POLL_IN = 128, /* a readability poll is armed (not plain: fe_echo_path.h reads) */
+    FE_URING_WATCH = 256,   /* a poll for its socket's error or hangup is armed */
 };
 
 /* What the worker knows of one provided buffer. With incremental
@@ -336,17 +338,18 @@ static inline bool start_send(fe_worker *w, fe_conn *c, const char *buf, size_t 
     return true;
 }
 
-/* Arms a one-shot poll for events (POLLIN or POLLOUT) on c. */
+/* Arms a one-shot poll on c: for POLLIN, POLLOUT, or (0) only its
+ * socket's error or hangup. */
 static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
 {
     struct io_uring_sqe *sqe = sqe_get(w->uring);
     if (sqe == NULL)
         return false;
-    bool in = events == POLLIN;
-    io_uring_prep_poll_add(sqe, c->fd, events);
+    unsigned op = events == POLLIN ? OP_POLL_IN : events == POLLOUT ? OP_POLL_OUT : OP_WATCH;
+    io_uring_prep_poll_add(sqe, c->fd, events ? events : POLLERR | POLLHUP);
     target(sqe, c);
-    io_uring_sqe_set_data64(sqe, tag(c, in ? OP_POLL_IN : OP_POLL_OUT));
-    c->uring_flags |= in ? FE_URING_POLL_IN : FE_URING_POLL_OUT;
+    io_uring_sqe_set_data64(sqe, tag(c, op));
+    c->uring_flags |= op == OP_POLL_IN ? FE_URING_POLL_IN : op == OP_POLL_OUT ? FE_URING_POLL_OUT : FE_URING_WATCH;
     c->uring_refs++;
     return true;
 }
@@ -381,7 +384,7 @@ static bool settle(fe_worker *w, fe_conn *c)
         }
         break;
     }
-    uint8_t f = c->uring_flags;
+    uint16_t f = c->uring_flags;
     bool ok = true;
     if (!(f & FE_URING_SEND)) {
         if (c->sending.len == 0 && c->out.len > 0)
@@ -400,6 +403,14 @@ static bool settle(fe_worker *w, fe_conn *c)
         /* Off the plain path: what its multishot receive already delivered
          * is still taken, but no more. */
         ok = cancel_recv(w, c);
+    }
+    if (ok && !(c->uring_flags & (FE_URING_RECV | FE_URING_SEND | FE_URING_POLL_IN | FE_URING_POLL_OUT |
+                                  FE_URING_STARVED | FE_URING_WATCH))) {
+        /* Waiting for neither (the budget, or a cap that frees only as
+         * memory does): as epoll reports an error or hangup whatever the
+         * interest, a client that resets meanwhile must still be seen, or
+         * what it holds is held for good. */
+        ok = arm_poll(w, c, 0);
     }
     if (!ok) {
         close_conn(w, c, FE_CLOSE_NO_MEMORY); /* the ring refused a submission */
@@ -442,7 +453,7 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
     char *data = has_buffer ? take(u, bid, res > 0 ? res : 0, cqe->flags) : NULL;
     bool limited = c->uring_flags & FE_URING_RECV_LIMITED;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
-        c->uring_flags &= (uint8_t)~(FE_URING_RECV | FE_URING_RECV_LIMITED);
+        c->uring_flags &= (uint16_t)~(FE_URING_RECV | FE_URING_RECV_LIMITED);
         c->uring_refs--;
         u->multishots--;
     }
@@ -489,7 +500,7 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
 static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
 {
     struct fe_uring *u = w->uring;
-    c->uring_flags &= (uint8_t)~FE_URING_SEND;
+    c->uring_flags &= (uint16_t)~FE_URING_SEND;
     c->uring_refs--;
     int res = cqe->res;
     bool direct = c->direct > 0;
@@ -534,14 +545,27 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
 /* The completion of an operation that held no buffer (flag: what it set
  * in c->uring_flags). Returns false when c is closed (freed, if that was
  * its last): there is nothing more to do for it. */
-static bool operation_done(fe_worker *w, fe_conn *c, uint8_t flag)
+static bool operation_done(fe_worker *w, fe_conn *c, uint16_t flag)
 {
-    c->uring_flags &= (uint8_t)~flag;
+    c->uring_flags &= (uint16_t)~flag;
     c->uring_refs--;
     if (!(c->uring_flags & FE_URING_CLOSED))
         return true;
     free_if_done(w, c);
     return false;
+}
+
+/* The watch of a connection that waited for neither: its socket failed
+ * or hung up (closed), or c moved on meanwhile. */
+static void on_watch(fe_worker *w, fe_conn *c, int res)
+{
+    if (!operation_done(w, c, FE_URING_WATCH))
+        return;
+    if (res > 0 && (res & (POLLERR | POLLHUP))) {
+        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
+        return;
+    }
+    settle(w, c);
 }
 
 static void on_poll_out(fe_worker *w, fe_conn *c)
@@ -598,7 +622,7 @@ static void serve_starved(fe_worker *w)
     while (c) {
         fe_conn *next = c->pending_next;
         c->pending_next = NULL;
-        c->uring_flags &= (uint8_t)~FE_URING_STARVED;
+        c->uring_flags &= (uint16_t)~FE_URING_STARVED;
         c->uring_refs--;
         if (c->uring_flags & FE_URING_CLOSED)
             free_if_done(w, c);
@@ -677,23 +701,27 @@ static void serve_udp_more(fe_worker *w)
     }
 }
 
-/* The stop closed w's UDP sockets (fe_udp_close): their polls, which hold
- * the sockets open (and their ports bound), are cancelled. */
+/* The stop, before it closes w's UDP sockets (fe_udp_close): their polls,
+ * which would hold the sockets open (and their ports bound) past close(),
+ * are cancelled, at once, so that the close lets go of them. */
 static void unwatch_udp(fe_worker *w)
 {
     struct fe_uring *u = w->uring;
     for (size_t i = 0; i < w->udp_count; i++) {
         uint64_t bit = UINT64_C(1) << i;
-        if (!(u->udp_armed & bit) || w->udp[i].fd >= 0)
+        if (!(u->udp_armed & bit))
             continue;
         struct io_uring_sqe *sqe = sqe_get(u);
         if (sqe == NULL)
-            return; /* the ring's exit cancels them */
+            break; /* the ring's exit cancels them */
         io_uring_prep_cancel64(sqe, ((uint64_t)i << OP_SHIFT) | OP_UDP, 0);
         io_uring_sqe_set_data64(sqe, OP_IGNORED);
         u->udp_armed &= ~bit;
     }
     u->udp_more = 0;
+    /* Submitted, and their completions run now (DEFER_TASKRUN defers
+     * them to a wait): only then is each socket's last reference its fd. */
+    io_uring_submit_and_get_events(&u->ring);
 }
 
 static bool arm_wake(fe_worker *w)
@@ -734,6 +762,9 @@ static inline void dispatch(fe_worker *w, const struct io_uring_cqe *cqe, bool a
         break;
     case OP_UDP:
         on_udp(w, cqe, (size_t)(data >> OP_SHIFT));
+        break;
+    case OP_WATCH:
+        on_watch(w, c, cqe->res);
         break;
     case OP_IGNORED:
         break;
@@ -790,8 +821,6 @@ static void adopt(fe_worker *w, const fe_handoff *h)
  * still name one, so that each is freed (and its fd closed) safely. */
 static void quiesce(fe_worker *w)
 {
-    unwatch_udp(w); /* (a stop that ended in its first batch) */
-    io_uring_submit(&w->uring->ring);
     for (int i = 0; i < FE_QUIESCE_TRIES && w->uring->closed.head; i++) {
         if (w->uring->starved)
             serve_starved(w); /* (every one is closed now: this frees them) */
@@ -806,6 +835,7 @@ static const fe_backend uring_backend = {
     .adopt = adopt,
     .settle = settle,
     .close = close_conn,
+    .unwatch_udp = unwatch_udp,
     .quiesce = quiesce,
 };
 
@@ -832,8 +862,6 @@ void *fe_worker_main_uring(void *arg)
                 cancel_multishots(w);
             if (fe_worker_after_batch(w, &uring_backend, clock_read))
                 break;
-            if (u->udp_armed && w->going_away)
-                unwatch_udp(w);
         }
     }
     fe_worker_exit(w, &uring_backend);

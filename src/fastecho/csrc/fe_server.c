@@ -167,6 +167,34 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* The memory budget's plain bound and reserve (fe_internal.h).
+ * multishots: io_uring, with a listener whose connections can be plain
+ * (they receive with multishot receives). */
+static void set_memory_bounds(fe_server *s, bool multishots)
+{
+    const fe_config *cfg = &s->cfg;
+    /* A read of plain_read_room into an empty buffer grows it by at most
+     * 2 * plain_read_room + 4 KiB (fe_buf doubles from 4 KiB). */
+    size_t plain_growth = 2 * s->plain_read_room + 4096;
+    /* io_uring: each worker's multishot receives may deliver its whole
+     * buffer pool in the batch in which memory passes the bound, on top of
+     * what the reads that check the budget took: that much stays free. */
+    s->memory_reserve = 0;
+    if (multishots) {
+        s->memory_reserve = fe_uring_pool_growth(cfg) * (size_t)cfg->threads;
+        /* At most half the budget: reads that check it must have room, or
+         * a held ws message or partial line could hardly grow. Below that
+         * (a budget under about 4 MiB per thread) one batch of multishot
+         * receives may pass the budget by what the reserve leaves out. */
+        if (s->memory_reserve > cfg->max_memory / 2)
+            s->memory_reserve = cfg->max_memory / 2;
+        plain_growth += s->memory_reserve;
+    }
+    s->memory_plain_bound = cfg->max_memory == 0 ? SIZE_MAX
+                            : cfg->max_memory >= plain_growth ? cfg->max_memory - plain_growth + 1
+                                                              : 0;
+}
+
 /* Copies count ranges into *owned (NULL when count is 0). Returns 0 or -1. */
 static int copy_ranges(const fe_cidr *ranges, size_t count, fe_cidr **owned)
 {
@@ -246,21 +274,7 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     atomic_init(&s->memory_held, 0);
     s->plain_read_room = cfg->max_pending_output < cfg->read_buffer_size ? cfg->max_pending_output
                                                                          : cfg->read_buffer_size;
-    /* A read of plain_read_room into an empty buffer grows it by at most
-     * 2 * plain_read_room + 4 KiB (fe_buf doubles from 4 KiB). */
-    size_t plain_growth = 2 * s->plain_read_room + 4096;
-    /* io_uring: each worker's multishot receives may deliver its whole
-     * buffer pool in the batch in which memory passes the bound, on top of
-     * what the reads that check the budget took: that much stays free. */
-    if (cfg->io_backend == FE_IO_URING) {
-        s->memory_reserve = fe_uring_pool_growth(cfg) * (size_t)cfg->threads;
-        if (s->memory_reserve > cfg->max_memory)
-            s->memory_reserve = cfg->max_memory;
-        plain_growth += s->memory_reserve;
-    }
-    s->memory_plain_bound = cfg->max_memory == 0 ? SIZE_MAX
-                            : cfg->max_memory >= plain_growth ? cfg->max_memory - plain_growth + 1
-                                                              : 0;
+    set_memory_bounds(s, cfg->io_backend == FE_IO_URING);
     s->fd_connection_limit = UINT64_MAX;
     s->splice_pipe_size = fe_splice_pipe_size(cfg);
     s->splice_read_room = s->splice_pipe_size ? s->plain_read_room : 0;
@@ -441,6 +455,13 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
         s->listeners[i] = listeners[i];
     }
     atomic_store(&s->listener_count, count);
+    /* Only a raw tcp listener's connections receive with multishot
+     * receives (ws, udp and line mode never do): without one, io_uring
+     * needs no reserve. */
+    bool multishots = false;
+    for (size_t i = 0; i < count; i++)
+        multishots |= !listeners[i].udp && !listeners[i].ws && !listeners[i].tls;
+    set_memory_bounds(s, s->cfg.io_backend == FE_IO_URING && s->cfg.framing == FE_FRAMING_RAW && multishots);
     if (fe_udp_open(s, err, errlen) != 0) {
         int e = errno;
         pthread_mutex_unlock(&s->control_lock);

@@ -144,6 +144,8 @@ bool fe_worker_after_batch_slow(fe_worker *w, const fe_backend *b, bool clock_re
      * finished. */
     if (!w->going_away) { /* once: the stop's first look */
         fe_udp_log_flush_due(w, true);
+        if (b->unwatch_udp)
+            b->unwatch_udp(w);
         fe_udp_close(w);
     }
     fe_worker_adopt_queued(w, b);

@@ -22,6 +22,10 @@ typedef struct fe_backend {
     void (*close)(fe_worker *w, fe_conn *c, enum fe_close_reason reason);
     /* Serves input a transport already holds (TLS), after each batch; NULL: none. */
     void (*serve_pending)(fe_worker *w);
+    /* At the stop, just before w's UDP sockets are closed: lets go of what
+     * the backend holds on them (io_uring: a poll keeps its socket, and its
+     * port, open past close()); NULL: nothing. */
+    void (*unwatch_udp)(fe_worker *w);
     /* At exit, after every connection was closed: waits until the kernel
      * holds nothing that names them, and frees them; NULL: nothing to wait for. */
     void (*quiesce)(fe_worker *w);
