@@ -80,28 +80,11 @@ def test_seccomp_refusal_of_an_explicit_io_uring_is_one_line_exit_1():
 
 
 @needs_io_uring
-@pytest.mark.parametrize("scheme", ["tls", "wss"])
-def test_auto_serves_listeners_io_uring_does_not_with_epoll(serve, pki, scheme):
-    tls = tls_args(pki) if scheme in ("tls", "wss") else ()
-    server = serve("--threads", "1", "--listen", "tcp://127.0.0.1:0", "--listen", f"{scheme}://127.0.0.1:0",
-                   *tls, "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
-    assert server.listening_line.endswith("(1 threads, epoll)")
-    server.wait_for_stderr(rf"io backend: epoll \(io_uring does not serve TLS listeners \({scheme}://127\.0\.0\.1:\d+\)\)")
-
-
-@needs_io_uring
-def test_auto_takes_io_uring_for_tcp_ws_and_udp_listeners(serve):
+def test_auto_takes_io_uring_for_every_listener_kind(serve, pki):
     server = serve("--threads", "1", "--listen", "tcp://127.0.0.1:0", "--listen", "ws://127.0.0.1:0",
-                   "--listen", "udp://127.0.0.1:0",
-                   "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
+                   "--listen", "udp://127.0.0.1:0", "--listen", "tls://127.0.0.1:0", "--listen", "wss://127.0.0.1:0",
+                   *tls_args(pki), "--io-backend", "auto", port=None, env={"FASTECHO_IO_BACKEND": None})
     assert server.listening_line.endswith("(1 threads, io_uring)")
-
-
-@needs_io_uring
-def test_explicit_io_uring_with_a_listener_it_does_not_serve_is_refused(pki):
-    result = run_cli("serve", "--io-backend", "io_uring", "--listen", "tcp://127.0.0.1:0",
-                     "--listen", "tls://127.0.0.1:0", *tls_args(pki))
-    assert_one_line_error(result, 1, "--io-backend io_uring", "TLS listeners (tls://127.0.0.1:")
 
 
 def test_explicit_epoll_is_epoll(serve):
@@ -129,4 +112,4 @@ def test_embedded_server_reports_its_backend():
     with EchoServer(threads=1, io_backend="io_uring") as server:
         assert server.io_backend == "io_uring"
     with EchoServer(listen=["udp://127.0.0.1:0"], threads=1, io_backend="auto") as server:
-        assert server.io_backend == "io_uring"  # auto: io_uring serves udp
+        assert server.io_backend == "io_uring"  # auto: io_uring serves every listener kind

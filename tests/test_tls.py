@@ -29,7 +29,8 @@ from helpers import (assert_one_line_error, listeners, needs_haproxy, proc_cpu_s
                      proxy_v1, run_cli, scrape, start_server, wait_until)
 from pki import Pki, tls_args
 
-pytestmark = pytest.mark.skipif(not _core.TLS_AVAILABLE, reason="this build has no TLS")
+pytestmark = [pytest.mark.skipif(not _core.TLS_AVAILABLE, reason="this build has no TLS"),
+              pytest.mark.usefixtures("io_backend")]  # each test runs on epoll and io_uring
 
 TLS = "tls://127.0.0.1:0"
 METRICS_URL = r"metrics at (http://\S+/metrics)"
@@ -85,7 +86,7 @@ def wait_for_metric(server, name: str, expected: float, timeout: float = 10.0) -
 
 
 @pytest.fixture(scope="module")
-def tls_server(pki, tmp_path_factory):
+def tls_server(pki, tmp_path_factory, io_backend):
     """One TLS server for the tests that only need echo."""
     server = start_server(tmp_path_factory.mktemp("tls"), "--listen", TLS, *tls_args(pki),
                           "--threads", "2", "--max-pending-output", "65536", port=None)

@@ -209,9 +209,7 @@ def test_a_thousand_concurrent_clients(ws_server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_wss_with_trustme_certificates(serve, pki, io_backend):
-    if io_backend == "io_uring":
-        pytest.skip("io_uring refuses wss listeners (tests/test_io_backend.py checks the refusal)")
+def test_wss_with_trustme_certificates(serve, pki):
     server = serve("--listen", "wss://127.0.0.1:0", *tls_args(pki), port=None)
     with connect(url(server, "wss"), ssl=pki.client_context(), compression=None) as ws:
         ws.send("over TLS")

@@ -89,7 +89,7 @@ class EchoServer:
             self._tls = tls.load_context(cfg) if cfg.serves_tls() else None
             bound = open_listeners(cfg, None)
             try:
-                self.io_backend = iobackend.choose(cfg.io_backend, [listener for listener, _ in bound])
+                self.io_backend = iobackend.choose(cfg.io_backend)
                 engine = start_engine(cfg, bound, self._tls, self.io_backend)
             except BaseException:
                 close_all([sock for _, sock in bound])

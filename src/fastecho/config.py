@@ -273,10 +273,10 @@ OPTIONS: tuple[Option, ...] = (
            help="Worker threads (default: one per usable CPU). Connections are not capped by this."),
     Option("backlog", "int", 1024, low=1, high=65535, metavar="N", help="listen() backlog."),
     Option("io_backend", "choice", "epoll", choices=IO_BACKEND_CHOICES, metavar="BACKEND",
-           help="How workers move bytes: epoll (readiness; serves every listener), io_uring "
-                "(completions; every listener but tls and wss), or auto: io_uring when the kernel "
-                "allows it and no listener is TLS, else epoll (with one log line). Both splice "
-                "bulk. See docs/benchmarks.md for which costs less where."),
+           help="How workers move bytes: epoll (readiness), io_uring (completions, where the "
+                "kernel allows it), or auto: io_uring when the kernel allows it, else epoll (with "
+                "one log line). Both serve every listener and splice bulk. See docs/benchmarks.md "
+                "for which costs less where."),
     Option("reuse_port", "bool", False,
            help="Let other processes of the same user listen on the same addresses (SO_REUSEPORT), "
                 "for restarts that refuse nothing: start the new server with --reuse-port beside "
@@ -589,7 +589,7 @@ class ServeConfig:
     listen: tuple[Listener, ...] = ()
     threads: int = field(default_factory=default_threads)
     backlog: int = 1024
-    io_backend: str = "epoll"  # the default until io_uring serves every listener (TLS)
+    io_backend: str = "epoll"  # the default: io_uring is newer, and the machines' kernels vary
     reuse_port: bool = False  # SO_REUSEPORT: another fastecho may serve the same addresses
     grace: float = 10.0  # seconds open connections may finish after a stop signal
     max_pending_output: int = ENGINE["max_pending_output"]  # per-connection unsent bytes before reading pauses

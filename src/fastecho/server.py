@@ -501,7 +501,7 @@ class Server:
         try:
             if self.interrupted is not None and self.interrupted():
                 raise KeyboardInterrupt  # before the handlers: the start-up is abandoned, not served
-            self.io_backend = iobackend.choose(cfg.io_backend, [listener for listener, _ in bound])
+            self.io_backend = iobackend.choose(cfg.io_backend)
             if cfg.metrics_port is not None:
                 from fastecho import metrics
                 self.metrics = metrics.start(cfg.metrics_host, cfg.metrics_port, self._stats,

@@ -13,8 +13,8 @@
  * upgrades, every kind of message, hostile clients, the memory budget and
  * a stop mid-message, every answer counted (see "WebSocket" below).
  *
- * The plain runs, the UDP ones and the plain ws ones go again on the
- * io_uring backend (FE_IO_URING), where this kernel and build allow it.
+ * Every run goes again on the io_uring backend (FE_IO_URING), where this
+ * kernel and build allow it ("uring": only the plain ones there).
  *
  * Raw echo runs with splice (bulk through pipes, the default) and without,
  * on each backend.
@@ -799,7 +799,6 @@ static pthread_t rotator, rogue;
 
 static void tls_begin(fe_server *srv)
 {
-    memset(&tls_seen, 0, sizeof tls_seen);
     atomic_store(&stop_rotator, false);
     pthread_create(&rotator, NULL, rotator_main, srv);
     pthread_create(&rogue, NULL, rogue_main, NULL);
@@ -1306,6 +1305,9 @@ static int run(int threads, size_t queue_capacity, bool line_mode, bool budget)
     int listen_fd = listener.fd;
 
     client hoarders[HOARDERS];
+#ifdef FE_WITH_TLS
+    memset(&tls_seen, 0, sizeof tls_seen); /* before the hoarders, whose handshakes count too */
+#endif
     if (budget)
         hoard(srv, hoarders, NULL);
 
@@ -1425,6 +1427,7 @@ static int quiet_timeout_run(void)
     memset(&tls_seen, 0, sizeof tls_seen);
     fe_config cfg;
     fe_config_init(&cfg);
+    cfg.io_backend = io_backend_run;
     cfg.threads = 2;
     cfg.tls_handshake_timeout_ms = QUIET_TIMEOUT_MS;
     fe_listener listener = {.tls = true};
@@ -2386,7 +2389,7 @@ static int ws_run(bool budget)
     atomic_store(&verified_out, 0);
     fe_config cfg;
     fe_config_init(&cfg);
-    cfg.io_backend = tls_run ? FE_IO_EPOLL : io_backend_run; /* (wss: the epoll backend's) */
+    cfg.io_backend = io_backend_run;
     cfg.threads = 3;
     cfg.queue_capacity = 8;
     cfg.max_pending_output = 16 * 1024; /* small: the streamed echoes meet it */
@@ -3804,10 +3807,10 @@ int main(int argc, char **argv)
     block_sigpipe();
 
     char why[256];
-    if (uring && fe_io_uring_check(why, sizeof why) != 0) {
+    bool uring_ok = fe_io_uring_check(why, sizeof why) == 0;
+    if (!uring_ok)
         printf("stress_core: no io_uring runs: %s\n", why);
-        uring = false;
-    }
+    uring = uring && uring_ok;
     for (int pass = 0; pass < 2; pass++) {
         if (!(pass == 0 ? plain : uring))
             continue;
@@ -3826,42 +3829,37 @@ int main(int argc, char **argv)
         if (run(4, 2, false, false) != 0 || run(4, 64, false, true) != 0)
             return 1;
         copy_run = false;
-        /* io_uring serves UDP and plain ws too (the epoll pass runs them
-         * below, with TLS). */
-        if (pass == 1 && udp_runs() != 0)
-            return 1;
-#ifdef FE_WITH_TLS
-        if (pass == 1 && fe_ws_available() && (ws_run(false) != 0 || ws_run(true) != 0))
-            return 1;
-#endif
     }
-    io_backend_run = FE_IO_EPOLL; /* TLS is the epoll backend's; ws and UDP run on it here */
+    /* TLS, ws and UDP, on each backend (io_uring where it can run). */
+    for (int pass = 0; pass < (uring_ok ? 2 : 1); pass++) {
+        io_backend_run = pass == 0 ? FE_IO_EPOLL : FE_IO_URING;
 #ifdef FE_WITH_TLS
-    if (tls) {
-        /* TLS: raw, line mode and the memory budget; then behind PROXY
-         * headers; then handshake timeouts on a quiet server. */
-        if (tls_setup() != 0)
+        if (tls) {
+            /* TLS: raw, line mode and the memory budget; then behind PROXY
+             * headers; then handshake timeouts on a quiet server. */
+            if (tls_setup() != 0)
+                return 1;
+            tls_run = true;
+            if (run(4, 8, false, false) != 0 || run(3, 8, true, false) != 0 || run(4, 64, false, true) != 0)
+                return 1;
+            proxy_run = true;
+            if (run(2, 8, false, false) != 0)
+                return 1;
+            proxy_run = false;
+            if (quiet_timeout_run() > 0) /* (its failed checks are counted, not fatal) */
+                return 1;
+            tls_run = false;
+            tls_teardown();
+        }
+        if (ws && ws_runs() != 0)
             return 1;
-        tls_run = true;
-        if (run(4, 8, false, false) != 0 || run(3, 8, true, false) != 0 || run(4, 64, false, true) != 0)
-            return 1;
-        proxy_run = true;
-        if (run(2, 8, false, false) != 0)
-            return 1;
-        proxy_run = false;
-        if (quiet_timeout_run() > 0) /* (its failed checks are counted, not fatal) */
-            return 1;
-        tls_run = false;
-        tls_teardown();
-    }
-    if (ws && ws_runs() != 0)
-        return 1;
 #else
-    if (tls || ws)
-        printf("stress_core: built without TLS (FASTECHO_WITH_TLS=OFF): no TLS or ws runs\n");
+        if (tls || ws)
+            printf("stress_core: built without TLS (FASTECHO_WITH_TLS=OFF): no TLS or ws runs\n");
 #endif
-    if (udp && udp_runs() != 0)
-        return 1;
+        if (udp && udp_runs() != 0)
+            return 1;
+    }
     int n = atomic_load(&failures);
     printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);
     return n ? 1 : 0;

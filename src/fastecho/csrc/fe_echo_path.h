@@ -217,4 +217,75 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, bool may_writ
     return flush(w, c, tls);
 }
 
+/* ---- TLS: what both backends do around the echo path. */
+
+/* The worker's list of TLS connections whose input OpenSSL already holds
+ * (read from the socket, so no readiness will report it): served after
+ * each batch, as redis does. */
+static inline void tls_pending_add(fe_worker *w, fe_conn *c)
+{
+    if (c->tls_pending)
+        return;
+    c->tls_pending = true;
+    c->pending_next = NULL;
+    c->pending_prev = w->tls_pending.tail;
+    if (w->tls_pending.tail)
+        w->tls_pending.tail->pending_next = c;
+    else
+        w->tls_pending.head = c;
+    w->tls_pending.tail = c;
+    w->tls_pending_count++;
+}
+
+static inline void tls_pending_remove(fe_worker *w, fe_conn *c)
+{
+    if (!c->tls_pending)
+        return;
+    if (c->pending_prev)
+        c->pending_prev->pending_next = c->pending_next;
+    else
+        w->tls_pending.head = c->pending_next;
+    if (c->pending_next)
+        c->pending_next->pending_prev = c->pending_prev;
+    else
+        w->tls_pending.tail = c->pending_prev;
+    c->pending_prev = c->pending_next = NULL;
+    c->tls_pending = false;
+    w->tls_pending_count--;
+}
+
+/* The interest a TLS connection waits with, besides the connection's own
+ * (want): its transport's. Puts c on the pending list to be read again
+ * after this batch if OpenSSL may hold a whole record: only after a read
+ * that returned bytes, since what a read that found too little leaves is
+ * part of a record whose rest must come from the socket. */
+static inline uint32_t tls_interest(fe_worker *w, fe_conn *c, uint32_t want)
+{
+    want |= c->tp_wants;
+    if ((want & FE_WANT_READ) && c->tls_got && !c->handshaking && !c->lingering && fe_tp_tls_pending(c->ssl))
+        tls_pending_add(w, c);
+    return want;
+}
+
+/* Advances c's TLS handshake (c->tp_wants then says what it waits for).
+ * Returns -1 with *reason when it failed and c must close, else 0. */
+static inline int tls_handshake_step(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
+{
+    int rc = fe_tp_tls_handshake(c->ssl);
+    if (rc == 1) {
+        char subject[FE_SUBJECT_MAX];
+        fe_tp_tls_subject(c->ssl, subject, sizeof subject);
+        fe_conn_handshake_done(w, c, subject, fe_tp_tls_resumed(c->ssl));
+        c->tp_wants = 0;
+        c->tls_got = true; /* data may have come with its last flight */
+        return 0;
+    }
+    if (rc == FE_TP_AGAIN || rc == FE_TP_AGAIN_WRITE) {
+        c->tp_wants = rc == FE_TP_AGAIN ? FE_WANT_READ : FE_WANT_WRITE;
+        return 0;
+    }
+    *reason = rc == 0 ? FE_CLOSE_EOF : rc == FE_TP_PROTOCOL ? FE_CLOSE_TLS_HANDSHAKE : FE_CLOSE_RESET;
+    return -1;
+}
+
 #endif /* FE_ECHO_PATH_H */

@@ -39,45 +39,11 @@ static uint32_t epoll_interest(uint32_t want)
     return ((want & FE_WANT_READ) ? EPOLLIN : 0) | ((want & FE_WANT_WRITE) ? EPOLLOUT : 0);
 }
 
-/* ---------------------------------------------------------------- TLS pending */
-
-static void pending_add(fe_worker *w, fe_conn *c)
-{
-    if (c->tls_pending)
-        return;
-    c->tls_pending = true;
-    c->pending_next = NULL;
-    c->pending_prev = w->tls_pending.tail;
-    if (w->tls_pending.tail)
-        w->tls_pending.tail->pending_next = c;
-    else
-        w->tls_pending.head = c;
-    w->tls_pending.tail = c;
-    w->tls_pending_count++;
-}
-
-static void pending_remove(fe_worker *w, fe_conn *c)
-{
-    if (!c->tls_pending)
-        return;
-    if (c->pending_prev)
-        c->pending_prev->pending_next = c->pending_next;
-    else
-        w->tls_pending.head = c->pending_next;
-    if (c->pending_next)
-        c->pending_next->pending_prev = c->pending_prev;
-    else
-        w->tls_pending.tail = c->pending_prev;
-    c->pending_prev = c->pending_next = NULL;
-    c->tls_pending = false;
-    w->tls_pending_count--;
-}
-
 static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     fe_conn_release(w, c, reason);
     if (c->tls) {
-        pending_remove(w, c);
+        tls_pending_remove(w, c);
         fe_tp_tls_free(c->ssl);
     }
     /* Deregister explicitly: close() alone leaves the epoll entry alive if a
@@ -141,16 +107,8 @@ FE_ECHO_PATH bool settle_with(fe_worker *w, fe_conn *c, bool tls)
         }
         break;
     }
-    if (tls) {
-        want |= c->tp_wants;
-        /* Read again after this batch (epoll will not say so) if OpenSSL
-         * may hold a whole record: only after a read that returned bytes,
-         * since what a read that found too little leaves is part of a record
-         * whose rest must come from the socket. */
-        if ((want & FE_WANT_READ) && c->tls_got && !c->handshaking && !c->lingering &&
-            fe_tp_tls_pending(c->ssl))
-            pending_add(w, c);
-    }
+    if (tls)
+        want = tls_interest(w, c, want);
     uint32_t events = epoll_interest(want);
     if (events != c->events) {
         struct epoll_event ev = {.events = events, .data.ptr = c};
@@ -172,20 +130,11 @@ static bool settle(fe_worker *w, fe_conn *c)
 /* Advances c's TLS handshake; closes c when it failed. */
 static void handshake(fe_worker *w, fe_conn *c)
 {
-    int rc = fe_tp_tls_handshake(c->ssl);
-    if (rc == 1) {
-        char subject[FE_SUBJECT_MAX];
-        fe_tp_tls_subject(c->ssl, subject, sizeof subject);
-        fe_conn_handshake_done(w, c, subject, fe_tp_tls_resumed(c->ssl));
-        c->tp_wants = 0;
-        c->tls_got = true; /* data may have come with its last flight */
-    } else if (rc == FE_TP_AGAIN || rc == FE_TP_AGAIN_WRITE) {
-        c->tp_wants = rc == FE_TP_AGAIN ? FE_WANT_READ : FE_WANT_WRITE;
-    } else {
-        close_conn(w, c, rc == 0 ? FE_CLOSE_EOF : rc == FE_TP_PROTOCOL ? FE_CLOSE_TLS_HANDSHAKE : FE_CLOSE_RESET);
-        return;
-    }
-    settle(w, c);
+    enum fe_close_reason reason;
+    if (tls_handshake_step(w, c, &reason) != 0)
+        close_conn(w, c, reason);
+    else
+        settle(w, c);
 }
 
 FE_ECHO_PATH void handle_with(fe_worker *w, fe_conn *c, uint32_t events, bool tls)
@@ -252,7 +201,7 @@ static void serve_tls_pending(fe_worker *w)
 {
     for (size_t n = w->tls_pending_count; n > 0 && w->tls_pending.head; n--) {
         fe_conn *c = w->tls_pending.head;
-        pending_remove(w, c);
+        tls_pending_remove(w, c);
         handle_tls(w, c, EPOLLIN); /* only TLS connections are pending */
     }
 }

@@ -50,10 +50,13 @@
  *   batches by fe_udp.c as under epoll; one whose batch was full is served
  *   again after the batch (a poll reports arrivals, not what is queued).
  *
- * TLS listeners (tls, wss) are not served here: fe_server_start refuses
- * them under this backend.
+ * - TLS connections (tls, wss) move their bytes through OpenSSL on
+ *   readiness alone, as under epoll (its handshake steps, close_notify,
+ *   the pending list for what OpenSSL already holds): one-shot polls,
+ *   never a ring send or receive.
  */
 #include "fe_echo_path.h"
+#include "fe_tls.h"
 #include "fe_udp.h"
 #include "fe_uring.h"
 #include "fe_worker_loop.h"
@@ -156,7 +159,8 @@ struct fe_uring {
     uint32_t *free_slots;   /* ... and these given back */
     uint32_t free_count, free_capacity;
     /* Connections whose receive ended for want of a buffer, linked through
-     * pending_next (epoll's TLS list, unused here: no TLS under io_uring). */
+     * pending_next (which a TLS connection, never on the multishot path,
+     * uses for the worker's TLS pending list instead). */
     fe_conn *starved;
     /* UDP sockets (bits: their index in w->udp) whose multishot poll is
      * armed, and those whose last batch was full: a poll reports arrivals,
@@ -268,6 +272,11 @@ static void close_conn(fe_worker *w, fe_conn *c, enum fe_close_reason reason)
 {
     struct fe_uring *u = w->uring;
     fe_conn_release(w, c, reason);
+    if (c->tls) { /* no operation in the ring uses the session */
+        tls_pending_remove(w, c);
+        fe_tp_tls_free(c->ssl);
+        c->ssl = NULL;
+    }
     c->uring_flags |= FE_URING_CLOSED;
     fe_conn_list_append(&u->closed, c);
     if (c->uring_refs == 0) {
@@ -358,11 +367,13 @@ static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
  * at the state machine: plain (fe_conn_plain) and not stopping. */
 static inline bool bare(const fe_worker *w, const fe_conn *c)
 {
-    return !w->closing && fe_conn_plain(w, c) && c->sending.len == 0;
+    return !w->closing && fe_conn_plain(w, c) && c->sending.len == 0 && !c->tls;
 }
 
 /* Acts on what c wants next: FIN, close, the next send, and whether its
  * receive stays armed. Returns false if c was closed. */
+static bool settle_tls(fe_worker *w, fe_conn *c, uint32_t want);
+
 static bool settle(fe_worker *w, fe_conn *c)
 {
     uint32_t want = 0;
@@ -370,20 +381,29 @@ static bool settle(fe_worker *w, fe_conn *c)
     for (;;) {
         enum fe_conn_step step = fe_conn_next(w, c, &want, &reason);
         if (step == FE_STEP_LINGER) {
-            /* FIN, then linger reading until the peer closes (see the
-             * epoll backend: a close with unread input would send RST). */
-            fe_tp_plain_shutdown(c->fd);
+            /* FIN (TLS: close_notify first), then linger reading until the
+             * peer closes (see the epoll backend: a close with unread input
+             * would send RST). */
+            if (conn_end(c) == FE_TP_AGAIN_WRITE) {
+                want = FE_WANT_WRITE; /* close_notify waits for room; then again */
+                break;
+            }
             fe_conn_lingering(w, c);
+            c->tp_wants = 0; /* input is now discarded from the raw socket */
             continue;
         }
-        if (step == FE_STEP_FINISH && !c->lingering)
-            fe_tp_plain_shutdown(c->fd);
+        if (step == FE_STEP_FINISH && !c->lingering && conn_end(c) == FE_TP_AGAIN_WRITE) {
+            want = FE_WANT_WRITE; /* then FINISH again */
+            break;
+        }
         if (step != FE_STEP_WAIT) {
             close_conn(w, c, reason);
             return false;
         }
         break;
     }
+    if (c->tls)
+        return settle_tls(w, c, tls_interest(w, c, want));
     uint16_t f = c->uring_flags;
     bool ok = true;
     if (!(f & FE_URING_SEND)) {
@@ -417,6 +437,75 @@ static bool settle(fe_worker *w, fe_conn *c)
         return false;
     }
     return true;
+}
+
+/* A TLS connection moves its bytes through OpenSSL on readiness alone, as
+ * under epoll: one-shot polls for what it wants (its transport's wants
+ * included), never a ring send or receive, whose bytes OpenSSL would not
+ * see. Returns false if c was closed. */
+static bool settle_tls(fe_worker *w, fe_conn *c, uint32_t want)
+{
+    bool ok = true;
+    if ((want & FE_WANT_WRITE) && !(c->uring_flags & FE_URING_POLL_OUT))
+        ok = arm_poll(w, c, POLLOUT);
+    if (ok && (want & FE_WANT_READ) && !(c->uring_flags & FE_URING_POLL_IN))
+        ok = arm_poll(w, c, POLLIN);
+    if (ok && !(c->uring_flags & (FE_URING_POLL_IN | FE_URING_POLL_OUT | FE_URING_WATCH)))
+        ok = arm_poll(w, c, 0); /* waiting for neither: see settle */
+    if (!ok) {
+        close_conn(w, c, FE_CLOSE_NO_MEMORY); /* the ring refused a submission */
+        return false;
+    }
+    return true;
+}
+
+/* TLS: input (or what OpenSSL holds, from the pending list): the
+ * handshake's next step, or one read through OpenSSL, echoed at once. */
+static void tls_readable(fe_worker *w, fe_conn *c)
+{
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    int rc = 0;
+    if (c->handshaking)
+        rc = tls_handshake_step(w, c, &reason);
+    else if (!w->closing || c->lingering) /* past the drain deadline what it sends is not echoed */
+        rc = read_and_echo(w, c, true, true, &reason);
+    if (rc != 0)
+        close_conn(w, c, reason);
+    else
+        settle(w, c);
+}
+
+/* TLS: writability: the handshake's next step, or queued output (and a
+ * half-sent record) out, and a read that had to send first goes on. */
+static void tls_writable(fe_worker *w, fe_conn *c)
+{
+    enum fe_close_reason reason = FE_CLOSE_RESET;
+    if (c->handshaking) {
+        tls_readable(w, c);
+        return;
+    }
+    if (c->space_wait)
+        fe_conn_socket_drained(c);
+    int rc = c->out.len > 0 ? flush(w, c, true) : 0;
+    if (rc == 0 && c->tls_unsent)
+        rc = peek_echo(w, c, c->tls_unsent_len, &reason);
+    if (rc == 0 && (c->tp_wants & FE_WANT_WRITE) && !c->lingering)
+        rc = read_and_echo(w, c, true, true, &reason);
+    if (rc != 0)
+        close_conn(w, c, reason);
+    else
+        settle(w, c);
+}
+
+/* Serves the TLS connections whose input OpenSSL holds: one read each (those
+ * that still hold more go round again). */
+static void serve_tls_pending(fe_worker *w)
+{
+    for (size_t n = w->tls_pending_count; n > 0 && w->tls_pending.head; n--) {
+        fe_conn *c = w->tls_pending.head;
+        tls_pending_remove(w, c);
+        tls_readable(w, c);
+    }
 }
 
 /* ---------------------------------------------------------------- completions */
@@ -572,6 +661,10 @@ static void on_poll_out(fe_worker *w, fe_conn *c)
 {
     if (!operation_done(w, c, FE_URING_POLL_OUT))
         return;
+    if (c->tls) {
+        tls_writable(w, c);
+        return;
+    }
     if (c->space_wait)
         fe_conn_socket_drained(c);
     /* Spliced: what its pipe holds goes out now (the poll is armed only
@@ -590,6 +683,10 @@ static void on_poll_in(fe_worker *w, fe_conn *c)
 {
     if (!operation_done(w, c, FE_URING_POLL_IN))
         return;
+    if (c->tls) {
+        tls_readable(w, c);
+        return;
+    }
     if (w->closing && !c->lingering) {
         settle(w, c); /* past the drain deadline: what it sends now is not echoed */
         return;
@@ -814,6 +911,10 @@ static void adopt(fe_worker *w, const fe_handoff *h)
         return;
     }
     register_file(w->uring, c);
+    if (c->tls && (c->ssl = fe_tls_accept(w->server, c->fd)) == NULL) {
+        close_conn(w, c, FE_CLOSE_NO_MEMORY);
+        return;
+    }
     settle(w, c); /* the client speaks first: its receive is armed */
 }
 
@@ -835,6 +936,7 @@ static const fe_backend uring_backend = {
     .adopt = adopt,
     .settle = settle,
     .close = close_conn,
+    .serve_pending = serve_tls_pending,
     .unwatch_udp = unwatch_udp,
     .quiesce = quiesce,
 };

@@ -440,11 +440,6 @@ int fe_server_start(fe_server *s, const fe_listener *listeners, size_t count, ch
                         fe_tls_available() ? "a tls listener needs a certificate (fe_server_set_tls)"
                                            : "a tls listener needs TLS, and this build has none");
         }
-        if (s->cfg.io_backend == FE_IO_URING && listeners[i].tls) {
-            pthread_mutex_unlock(&s->control_lock);
-            return fail(err, errlen, ENOTSUP, "the io_uring backend does not serve %s listeners (use the epoll backend)",
-                        listeners[i].ws ? "wss" : "tls");
-        }
         if (listeners[i].ws && (listeners[i].udp || !fe_ws_available() || s->cfg.framing != FE_FRAMING_RAW)) {
             pthread_mutex_unlock(&s->control_lock);
             return fail(err, errlen, fe_ws_available() ? EINVAL : ENOTSUP,
