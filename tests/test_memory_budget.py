@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from helpers import proc_rss_kib, recv_exactly, scrape, wait_until
+from helpers import proc_cpu_seconds, proc_rss_kib, recv_exactly, scrape, wait_until
 
 pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
@@ -172,6 +172,35 @@ def test_clients_that_reset_while_waiting_for_the_budget_free_what_they_held(ser
             s.close()
     assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 0, 20)
     assert scrape(url)["fastecho_memory_held_bytes"] == 0
+
+
+def test_clients_that_half_close_while_waiting_for_the_budget_leave_the_server_idle(serve):
+    # A connection waiting for the budget reads nothing, so a FIN from its client
+    # waits to be read (as under epoll, which reports nothing without read
+    # interest). io_uring's watch for errors comes back for a FIN too: it must not
+    # then be armed again and again, spinning a worker until the budget frees.
+    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
+                   "--max-memory", str(BUDGET), "--metrics-port", "0")
+    url = server.wait_for_stderr(METRICS_URL)[1]
+    socks = hoarders(server, 8)
+    try:
+        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+        assert scrape(url)["fastecho_memory_budget_waits_total"] > 0
+        for s in socks:
+            s.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)  # the FINs arrive, and whatever they wake settles
+        before = proc_cpu_seconds(server.pid)
+        time.sleep(2.0)
+        spent = proc_cpu_seconds(server.pid) - before
+        # Idle, it spends next to nothing (a scrape, timers); a spinning worker, 2 s.
+        assert spent < 0.5, f"the server spent {spent:.2f} s of CPU in 2 s while every client waited"
+    finally:
+        for s in socks:
+            # RST: a FIN alone is not seen while the budget is spent (docs/architecture.md,
+            # "The memory budget"), a reset is.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+    assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 0, 20)
 
 
 def test_max_memory_below_one_mib_is_one_line(tmp_path):

@@ -519,6 +519,8 @@ static void tls_error(const char *what)
     fprintf(stderr, "stress_core: %s: %s (errno %d)\n", what, reason, errno);
 }
 
+static atomic_uint tls_interrupted; /* handshakes whose read was interrupted (EINTR), retried */
+
 static int tls_connect(client *c, unsigned int *seed)
 {
     int v = seed ? rand_r(seed) % 2 : 1; /* 0: TLS 1.2, 1: TLS 1.3 */
@@ -529,7 +531,19 @@ static int tls_connect(client *c, unsigned int *seed)
         if (*c->save_to && rand_r(seed) % 3 == 0)
             SSL_set_session(c->ssl, *c->save_to); /* a ticket from earlier, maybe another certificate's */
     }
-    if (SSL_connect(c->ssl) != 1) {
+    int rc;
+    /* A blocking read with a timeout (SO_RCVTIMEO) is not restarted after
+     * an interruption, and OpenSSL reports its EINTR as WANT_READ: retried,
+     * as any client must, and counted. (The thread that made an io_uring
+     * server, this one, sees such interruptions now and then.) */
+    for (int tries = 0; (rc = SSL_connect(c->ssl)) != 1 && tries < 10; tries++) {
+        int e = SSL_get_error(c->ssl, rc);
+        if (errno != EINTR || (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_SYSCALL))
+            break;
+        ERR_clear_error();
+        atomic_fetch_add(&tls_interrupted, 1);
+    }
+    if (rc != 1) {
         tls_error(v ? "TLS 1.3 handshake" : "TLS 1.2 handshake");
         atomic_fetch_add(&failures, 1);
         return -1;
@@ -3860,6 +3874,11 @@ int main(int argc, char **argv)
         if (udp && udp_runs() != 0)
             return 1;
     }
+#ifdef FE_WITH_TLS
+    if (atomic_load(&tls_interrupted) > 0)
+        printf("stress_core: %u TLS handshakes' reads were interrupted (EINTR) and retried\n",
+               atomic_load(&tls_interrupted));
+#endif
     int n = atomic_load(&failures);
     printf(n ? "stress_core: %d failure(s)\n" : "stress_core: all checks held\n", n);
     return n ? 1 : 0;

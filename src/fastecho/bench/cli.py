@@ -231,7 +231,7 @@ def _servers_per_io_backend(servers: str | None, io_backends: str, transport: st
         _fail(f"--io-backend: give backends from {', '.join(IO_BACKEND_SERVERS)}"
               + (f", not {unknown[0]!r}" if unknown else ""))
     if transport != "tcp":
-        _fail("--io-backend applies to --transport tcp (io_uring serves plain TCP listeners)")
+        _fail("--io-backend applies to --transport tcp (its side-by-side servers are TCP ones)")
     names = [n.strip() for n in (servers or ",".join(DEFAULT_SERVERS)).split(",") if n.strip()]
     if "fastecho" not in names:
         names.insert(0, "fastecho")

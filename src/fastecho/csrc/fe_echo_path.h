@@ -255,13 +255,17 @@ static inline void tls_pending_remove(fe_worker *w, fe_conn *c)
 }
 
 /* The interest a TLS connection waits with, besides the connection's own
- * (want): its transport's. Puts c on the pending list to be read again
- * after this batch if OpenSSL may hold a whole record: only after a read
- * that returned bytes, since what a read that found too little leaves is
- * part of a record whose rest must come from the socket. */
+ * (want): its transport's, while it handshakes or wants to read (a read
+ * that had to send first is moot once reading stops, and its writability
+ * would then be reported for nothing, again and again). Puts c on the
+ * pending list to be read again after this batch if OpenSSL may hold a
+ * whole record: only after a read that returned bytes, since what a read
+ * that found too little leaves is part of a record whose rest must come
+ * from the socket. */
 static inline uint32_t tls_interest(fe_worker *w, fe_conn *c, uint32_t want)
 {
-    want |= c->tp_wants;
+    if (c->handshaking || (want & FE_WANT_READ))
+        want |= c->tp_wants;
     if ((want & FE_WANT_READ) && c->tls_got && !c->handshaking && !c->lingering && fe_tp_tls_pending(c->ssl))
         tls_pending_add(w, c);
     return want;

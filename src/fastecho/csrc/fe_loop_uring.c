@@ -124,6 +124,10 @@ enum {
     FE_URING_CLOSED = 64,   /* released: freed when uring_refs reaches 0 */
     FE_URING_POLL_IN = 128, /* a readability poll is armed (not plain: fe_echo_path.h reads) */
     FE_URING_WATCH = 256,   /* a poll for its socket's error or hangup is armed */
+    /* The watch came back for the peer's FIN alone (the kernel adds
+     * POLLRDHUP to every poll): not armed again until c reads, which is
+     * where a FIN is acted on, or it would come back at once, forever. */
+    FE_URING_PEER_FIN = 512,
 };
 
 /* What the worker knows of one provided buffer. With incremental
@@ -359,6 +363,8 @@ static bool arm_poll(fe_worker *w, fe_conn *c, unsigned events)
     target(sqe, c);
     io_uring_sqe_set_data64(sqe, tag(c, op));
     c->uring_flags |= op == OP_POLL_IN ? FE_URING_POLL_IN : op == OP_POLL_OUT ? FE_URING_POLL_OUT : FE_URING_WATCH;
+    if (op == OP_POLL_IN)
+        c->uring_flags &= (uint16_t)~FE_URING_PEER_FIN;
     c->uring_refs++;
     return true;
 }
@@ -425,7 +431,7 @@ static bool settle(fe_worker *w, fe_conn *c)
         ok = cancel_recv(w, c);
     }
     if (ok && !(c->uring_flags & (FE_URING_RECV | FE_URING_SEND | FE_URING_POLL_IN | FE_URING_POLL_OUT |
-                                  FE_URING_STARVED | FE_URING_WATCH))) {
+                                  FE_URING_STARVED | FE_URING_WATCH | FE_URING_PEER_FIN))) {
         /* Waiting for neither (the budget, or a cap that frees only as
          * memory does): as epoll reports an error or hangup whatever the
          * interest, a client that resets meanwhile must still be seen, or
@@ -450,7 +456,7 @@ static bool settle_tls(fe_worker *w, fe_conn *c, uint32_t want)
         ok = arm_poll(w, c, POLLOUT);
     if (ok && (want & FE_WANT_READ) && !(c->uring_flags & FE_URING_POLL_IN))
         ok = arm_poll(w, c, POLLIN);
-    if (ok && !(c->uring_flags & (FE_URING_POLL_IN | FE_URING_POLL_OUT | FE_URING_WATCH)))
+    if (ok && !(c->uring_flags & (FE_URING_POLL_IN | FE_URING_POLL_OUT | FE_URING_WATCH | FE_URING_PEER_FIN)))
         ok = arm_poll(w, c, 0); /* waiting for neither: see settle */
     if (!ok) {
         close_conn(w, c, FE_CLOSE_NO_MEMORY); /* the ring refused a submission */
@@ -489,7 +495,8 @@ static void tls_writable(fe_worker *w, fe_conn *c)
     int rc = c->out.len > 0 ? flush(w, c, true) : 0;
     if (rc == 0 && c->tls_unsent)
         rc = peek_echo(w, c, c->tls_unsent_len, &reason);
-    if (rc == 0 && (c->tp_wants & FE_WANT_WRITE) && !c->lingering)
+    /* (as epoll reads only with read interest: not once it stops reading) */
+    if (rc == 0 && (c->tp_wants & FE_WANT_WRITE) && !c->lingering && !c->peer_eof && !c->finishing && !w->closing)
         rc = read_and_echo(w, c, true, true, &reason);
     if (rc != 0)
         close_conn(w, c, reason);
@@ -650,10 +657,15 @@ static void on_watch(fe_worker *w, fe_conn *c, int res)
 {
     if (!operation_done(w, c, FE_URING_WATCH))
         return;
-    if (res > 0 && (res & (POLLERR | POLLHUP))) {
+    /* An error, or a hangup while nothing reads (a read that is armed
+     * reads to the end, as a lingering connection must, and closes then). */
+    bool reading = c->uring_flags & (FE_URING_POLL_IN | FE_URING_RECV);
+    if (res > 0 && ((res & POLLERR) || ((res & POLLHUP) && !reading))) {
         close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
         return;
     }
+    if (res > 0 && !(res & (POLLERR | POLLHUP)))
+        c->uring_flags |= FE_URING_PEER_FIN;
     settle(w, c);
 }
 

@@ -284,8 +284,8 @@ bool fe_udp_serve(fe_worker *w, fe_udp_socket *u)
                                              .msg_iov = &b->iov[i], .msg_iovlen = 1};
     }
     int n = recvmmsg(u->fd, b->msgs, FE_UDP_BATCH, MSG_DONTWAIT, NULL);
-    if (n <= 0)
-        return false; /* EAGAIN (another worker's wake-up), EINTR: the next event */
+    if (n <= 0) /* EAGAIN (another worker's wake-up): the next event; EINTR: again */
+        return n < 0 && errno == EINTR;
 
     /* The replies are the datagrams that pass, in arrival order. */
     uint8_t l = u->listener;
