@@ -156,6 +156,12 @@ def start_server(tmp_path, *args: str, prefix: list[str] | None = None,
     return server
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0, which sends RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def echo_roundtrip(sock: socket.socket, payload: bytes, timeout: float = 10.0) -> bytes:
     """Send payload and read exactly len(payload) bytes back."""
     sock.settimeout(timeout)

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 
 import pytest
 
-from helpers import echo_roundtrip, fds_besides_pipes, recv_exactly, wait_until
+from helpers import echo_roundtrip, fds_besides_pipes, recv_exactly, reset, wait_until
 
 pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
@@ -22,12 +21,6 @@ def test_half_close_still_echoes_everything_then_server_closes(shared_server):
     assert echoed == payload
 
 
-def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0, which sends RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 @pytest.mark.parametrize("splice", ["on", "off"])
 def test_reset_mid_stream_closes_only_that_connection(serve, splice):
     server = serve("--threads", "1", "--splice", splice, "--metrics-port", "0")
@@ -37,7 +30,7 @@ def test_reset_mid_stream_closes_only_that_connection(serve, splice):
         for _ in range(20):
             victim = server.connect()
             victim.sendall(os.urandom(2 * 1024 * 1024))  # more than we will read
-            _reset(victim)
+            reset(victim)
         # Every reset connection's fd is released (a pipe, if any, was closed
         # or kept for reuse); the bystander is unaffected.
         assert wait_until(lambda: fds_besides_pipes(server) <= baseline_fds, timeout=10)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
-from helpers import proc_cpu_seconds, proc_rss_kib, recv_exactly, scrape, wait_until
+from helpers import proc_cpu_seconds, proc_rss_kib, recv_exactly, reset, scrape, wait_until
 
 pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll and io_uring
 
@@ -130,17 +129,26 @@ def test_100_clients_that_never_read_stay_within_the_budget_while_a_reader_is_se
     assert after["fastecho_bytes_sent_total"] <= after["fastecho_bytes_received_total"]
 
 
-def test_partial_lines_count_against_the_budget(serve):
+def line_server(serve):
+    """A line-mode server whose lines may be as long as a quarter of the budget; and its metrics URL."""
     server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
                    "--max-memory", str(BUDGET), "--metrics-port", "0")
-    url = server.wait_for_stderr(METRICS_URL)[1]
+    return server, server.wait_for_stderr(METRICS_URL)[1]
+
+
+def push_partial_lines(socks: list[socket.socket]) -> None:
+    """Lines that never end, each just short of --max-line: 8 of them would hold
+    32 MiB (four 60 MiB ones took 256 MB before the budget)."""
+    push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+
+
+def test_partial_lines_count_against_the_budget(serve):
+    server, url = line_server(serve)
     with contextlib.ExitStack() as stack:
         socks = hoarders(server, 8)
         for s in socks:
             stack.callback(s.close)
-        # Lines that never end, each just short of --max-line: 8 of them
-        # would hold 32 MiB (four 60 MiB ones took 256 MB before the budget).
-        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+        push_partial_lines(socks)
         metrics = scrape(url)
         # Reads stop early: a pending line's next read is charged as if it
         # completed the line, whose echo then copies all of it.
@@ -157,19 +165,16 @@ def test_clients_that_reset_while_waiting_for_the_budget_free_what_they_held(ser
     # for memory with nothing to read or send. A client that resets meanwhile must
     # still be seen (epoll reports an error whatever the interest; io_uring keeps
     # a poll for it), or what it holds would be held for good.
-    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
-                   "--max-memory", str(BUDGET), "--metrics-port", "0")
-    url = server.wait_for_stderr(METRICS_URL)[1]
+    server, url = line_server(serve)
     socks = hoarders(server, 8)
     try:
-        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+        push_partial_lines(socks)
         metrics = scrape(url)
         assert metrics["fastecho_memory_budget_waits_total"] > 0
         assert metrics["fastecho_memory_held_bytes"] > BUDGET // 4
     finally:
         for s in socks:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
-            s.close()
+            reset(s)
     assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 0, 20)
     assert scrape(url)["fastecho_memory_held_bytes"] == 0
 
@@ -179,12 +184,10 @@ def test_clients_that_half_close_while_waiting_for_the_budget_leave_the_server_i
     # waits to be read (as under epoll, which reports nothing without read
     # interest). io_uring's watch for errors comes back for a FIN too: it must not
     # then be armed again and again, spinning a worker until the budget frees.
-    server = serve("--threads", "2", "--suffix", " S", "--max-line", str(BUDGET // 4),
-                   "--max-memory", str(BUDGET), "--metrics-port", "0")
-    url = server.wait_for_stderr(METRICS_URL)[1]
+    server, url = line_server(serve)
     socks = hoarders(server, 8)
     try:
-        push_until_blocked(socks, BUDGET // 4 - 1, seconds=60, chunk=b"x" * 65536)
+        push_partial_lines(socks)
         assert scrape(url)["fastecho_memory_budget_waits_total"] > 0
         for s in socks:
             s.shutdown(socket.SHUT_WR)
@@ -198,8 +201,7 @@ def test_clients_that_half_close_while_waiting_for_the_budget_leave_the_server_i
         for s in socks:
             # RST: a FIN alone is not seen while the budget is spent (docs/architecture.md,
             # "The memory budget"), a reset is.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            s.close()
+            reset(s)
     assert wait_until(lambda: scrape(url)["fastecho_connections_active"] == 0, 20)
 
 

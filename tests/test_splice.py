@@ -9,7 +9,6 @@ import random
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 
@@ -17,7 +16,7 @@ import pytest
 
 from fastecho._core import _defaults
 from helpers import (SPLICE, assert_one_line_error, echo_roundtrip, fds_besides_pipes, metric, port_is_free,
-                     proc_rss_kib, recv_exactly, run_cli, stream, wait_until)
+                     proc_rss_kib, recv_exactly, reset, run_cli, stream, wait_until)
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.usefixtures("io_backend")  # each test runs on epoll an
 
 def start(serve, splice: str, *args: str, threads: int = 1):
     return serve("--threads", str(threads), "--splice", splice, "--metrics-port", "0", *args)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0, which sends RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 class BulkClients:
@@ -251,7 +244,7 @@ def test_reset_mid_bulk_stream_leaves_others_served_and_no_fd_behind(serve, spli
                 victim.send(os.urandom(1 * MIB))  # more on its way as it resets
             except BlockingIOError:
                 pass
-            _reset(victim)
+            reset(victim)
         assert echo_roundtrip(bystander, b"after") == b"after"
         assert wait_until(lambda: fds_besides_pipes(server) <= baseline_fds, timeout=10)
         assert metric(server, "fastecho_splice_pipes") <= ENGINE["splice_pool_pipes"]

@@ -245,9 +245,13 @@ void fe_conn_free(fe_worker *w, fe_conn *c)
 
 /* ---------------------------------------------------------------- room to read */
 
-/* How many bytes may be read now without the output passing the cap. In
- * line mode each input byte can become 1 + suffix_len output bytes. */
 static size_t worst_growth(const fe_worker *w, const fe_conn *c, size_t n);
+
+/* Whether c has output queued, or (io_uring) being sent. */
+static bool output_queued(const fe_conn *c)
+{
+    return c->out.len > 0 || c->sending.len > 0 || c->direct > 0;
+}
 
 /* io_uring: the buffer capacity c's send holds, or will once the rest of a
  * direct send is kept (copied into an empty c->sending, fe_buf's rounding). */
@@ -257,6 +261,16 @@ static size_t send_held(const fe_conn *c)
     return c->sending.capacity + (c->direct > 0 ? fe_buf_capacity_after(&empty, c->direct) : 0);
 }
 
+/* Whether the budget has room for n more bytes while now_held are held
+ * (what the reads that check it may take: io_uring keeps memory_reserve). */
+static bool budget_fits(const fe_server *s, size_t now_held, size_t n)
+{
+    size_t budget = s->cfg.max_memory - s->memory_reserve;
+    return s->cfg.max_memory == 0 || (now_held <= budget && budget - now_held >= n);
+}
+
+/* How many bytes may be read now without the output passing the cap. In
+ * line mode each input byte can become 1 + suffix_len output bytes. */
 static size_t cap_room(const fe_worker *w, const fe_conn *c)
 {
     const fe_server *s = w->server;
@@ -343,10 +357,9 @@ static size_t budget_room(const fe_worker *w, const fe_conn *c, size_t want, enu
     *how = FE_BUDGET_OK;
     if (s->cfg.max_memory == 0)
         return want;
-    size_t budget = s->cfg.max_memory - s->memory_reserve;
     size_t now_held = atomic_load_explicit(&((fe_server *)s)->memory_held, memory_order_relaxed);
-    for (size_t n = want; n > 0 && now_held <= budget; n /= 2) { /* halving: only near the budget */
-        if (worst_growth(w, c, n) <= budget - now_held)
+    for (size_t n = want; n > 0 && budget_fits(s, now_held, 0); n /= 2) { /* halving: only near the budget */
+        if (budget_fits(s, now_held, worst_growth(w, c, n)))
             return n;
     }
     /* Queued output frees itself as the client reads: wait for that. A
@@ -408,10 +421,9 @@ size_t fe_conn_read_room_general(const fe_worker *w, const fe_conn *c, enum fe_b
          * sent), and empties before it fills again: bytes leave in the
          * order they came. */
         *how = FE_BUDGET_SPLICE;
-        bool empty = c->out.len == 0 && c->sending.len == 0 && c->direct == 0 && c->piped == 0;
-        return empty ? c->pipe->capacity : 0;
+        return !output_queued(c) && c->piped == 0 ? c->pipe->capacity : 0;
     }
-    if (c->splice_wanted && (c->out.len > 0 || c->sending.len > 0 || c->direct > 0))
+    if (c->splice_wanted && output_queued(c))
         return 0; /* bulk: no more copying; its pipe comes once the queue is out */
     size_t room = cap_room(w, c);
     if (c->ws_upgrading) {
@@ -671,13 +683,6 @@ int fe_conn_peer_eof(fe_worker *w, fe_conn *c, enum fe_close_reason *reason)
  * for one more pipe cannot both take it (a plain check-then-add let the
  * budget be passed by a pipe per worker). The gauge never counts a pipe
  * that was not taken. */
-/* Whether the budget has room for n more bytes while now_held are held. */
-static bool budget_fits(const fe_server *s, size_t now_held, size_t n)
-{
-    size_t budget = s->cfg.max_memory - s->memory_reserve; /* as budget_room() sees it */
-    return s->cfg.max_memory == 0 || (now_held <= budget && budget - now_held >= n);
-}
-
 static bool budget_take(fe_worker *w, size_t n)
 {
     fe_server *s = w->server;
@@ -701,8 +706,7 @@ void fe_conn_splice_begin(fe_worker *w, fe_conn *c)
      * alone holds c's output, within the cap: until then c copies, and
      * fe_conn_next tries again. */
     size_t want = s->splice_pipe_size;
-    bool queued = c->out.len > 0 || c->sending.len > 0 || c->direct > 0;
-    if (queued) {
+    if (output_queued(c)) {
         /* Stopping reading to wait for the queue is worth it only if a
          * pipe can be had then: the budget and the fd reserve, as now. */
         size_t now_held = atomic_load_explicit(&s->memory_held, memory_order_relaxed);

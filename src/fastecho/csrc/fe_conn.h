@@ -351,6 +351,13 @@ int64_t fe_conn_next_timer_ms(const fe_worker *w);
  * to one closed on a socket error): its finish_reason when finishing. */
 enum fe_close_reason fe_conn_stop_reason(const fe_conn *c);
 
+/* The reason to give a connection closed because its socket failed (a
+ * reset, an error): its finish_reason when finishing, else a reset. */
+static inline enum fe_close_reason fe_conn_failed_reason(const fe_conn *c)
+{
+    return c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+}
+
 /* Whether budget waits are due for another look at w->now_ns (it then
  * records the look); memory freed by another worker wakes nobody here. */
 bool fe_conn_budget_retry_due(fe_worker *w);

@@ -213,7 +213,7 @@ FE_ECHO_PATH int read_and_echo(fe_worker *w, fe_conn *c, bool tls, bool may_writ
         return 0;
     }
     /* Line mode, ws: send what was just framed. */
-    *reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+    *reason = fe_conn_failed_reason(c);
     return flush(w, c, tls);
 }
 

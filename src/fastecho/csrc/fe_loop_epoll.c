@@ -141,7 +141,7 @@ FE_ECHO_PATH void handle_with(fe_worker *w, fe_conn *c, uint32_t events, bool tl
 {
     enum fe_close_reason reason = FE_CLOSE_RESET;
     if (events & EPOLLERR) { /* reset or other socket error: nothing to save */
-        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
+        close_conn(w, c, fe_conn_failed_reason(c));
         return;
     }
     if (tls && c->handshaking) {

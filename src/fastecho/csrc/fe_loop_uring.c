@@ -585,7 +585,7 @@ static void on_recv(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
         u->recv_limit = false;
     } else if (res != -ECANCELED) {
         rc = -1; /* ECONNRESET and other socket errors: nothing to save */
-        reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+        reason = fe_conn_failed_reason(c);
     }
     if (rc != 0)
         close_conn(w, c, reason);
@@ -606,7 +606,7 @@ static void on_send(fe_worker *w, fe_conn *c, const struct io_uring_cqe *cqe)
         free_if_done(w, c);
         return;
     }
-    enum fe_close_reason reason = c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET;
+    enum fe_close_reason reason = fe_conn_failed_reason(c);
     if (direct) {
         size_t sent = res > 0 ? (size_t)res : 0;
         if (res < 0 && res != -EAGAIN) {
@@ -661,7 +661,7 @@ static void on_watch(fe_worker *w, fe_conn *c, int res)
      * reads to the end, as a lingering connection must, and closes then). */
     bool reading = c->uring_flags & (FE_URING_POLL_IN | FE_URING_RECV);
     if (res > 0 && ((res & POLLERR) || ((res & POLLHUP) && !reading))) {
-        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
+        close_conn(w, c, fe_conn_failed_reason(c));
         return;
     }
     if (res > 0 && !(res & (POLLERR | POLLHUP)))
@@ -682,7 +682,7 @@ static void on_poll_out(fe_worker *w, fe_conn *c)
     /* Spliced: what its pipe holds goes out now (the poll is armed only
      * with no send in flight, so nothing of c's is ahead of it). */
     if (c->spliced && !(c->uring_flags & FE_URING_SEND) && splice_flush(w, c) != 0) {
-        close_conn(w, c, c->finishing ? fe_conn_stop_reason(c) : FE_CLOSE_RESET);
+        close_conn(w, c, fe_conn_failed_reason(c));
         return;
     }
     settle(w, c);
@@ -754,27 +754,32 @@ static void cancel_multishots(fe_worker *w)
 
 /* ---------------------------------------------------------------- UDP */
 
-/* Arms a multishot poll for readability on w's UDP socket i. */
-static bool arm_udp(fe_worker *w, size_t i)
+static inline uint64_t udp_tag(size_t i)
 {
-    struct io_uring_sqe *sqe = sqe_get(w->uring);
-    if (sqe == NULL)
-        return false;
-    io_uring_prep_poll_multishot(sqe, w->udp[i].fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, ((uint64_t)i << OP_SHIFT) | OP_UDP);
-    w->uring->udp_armed |= UINT64_C(1) << i;
-    return true;
+    return ((uint64_t)i << OP_SHIFT) | OP_UDP;
 }
 
-/* Arms every UDP socket of w; one that cannot be is closed (served by the
- * other workers' sockets on the same address), as under epoll. */
+/* Arms a multishot poll for readability on w's UDP socket i; one that
+ * cannot be is closed (served by the other workers' sockets on the same
+ * address), as under epoll. */
+static void arm_udp(fe_worker *w, size_t i)
+{
+    struct io_uring_sqe *sqe = sqe_get(w->uring);
+    if (sqe == NULL) {
+        close(w->udp[i].fd);
+        w->udp[i].fd = -1;
+        return;
+    }
+    io_uring_prep_poll_multishot(sqe, w->udp[i].fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, udp_tag(i));
+    w->uring->udp_armed |= UINT64_C(1) << i;
+}
+
 static void watch_udp(fe_worker *w)
 {
     for (size_t i = 0; i < w->udp_count; i++) {
-        if (w->udp[i].fd >= 0 && !arm_udp(w, i)) {
-            close(w->udp[i].fd);
-            w->udp[i].fd = -1;
-        }
+        if (w->udp[i].fd >= 0)
+            arm_udp(w, i);
     }
 }
 
@@ -792,10 +797,8 @@ static void on_udp(fe_worker *w, const struct io_uring_cqe *cqe, size_t i)
     struct fe_uring *u = w->uring;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
         u->udp_armed &= ~(UINT64_C(1) << i);
-        if (w->udp[i].fd >= 0 && !arm_udp(w, i)) { /* (the kernel ended it: overflow, or out of memory) */
-            close(w->udp[i].fd);
-            w->udp[i].fd = -1;
-        }
+        if (w->udp[i].fd >= 0) /* (the kernel ended it: overflow, or out of memory) */
+            arm_udp(w, i);
     }
     serve_udp(w, i);
 }
@@ -823,7 +826,7 @@ static void unwatch_udp(fe_worker *w)
         struct io_uring_sqe *sqe = sqe_get(u);
         if (sqe == NULL)
             break; /* the ring's exit cancels them */
-        io_uring_prep_cancel64(sqe, ((uint64_t)i << OP_SHIFT) | OP_UDP, 0);
+        io_uring_prep_cancel64(sqe, udp_tag(i), 0);
         io_uring_sqe_set_data64(sqe, OP_IGNORED);
         u->udp_armed &= ~bit;
     }

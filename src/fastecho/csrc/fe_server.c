@@ -167,7 +167,8 @@ static int validate_config(const fe_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-/* The memory budget's plain bound and reserve (fe_internal.h).
+/* The memory budget's plain bound and reserve (fe_internal.h), set by
+ * fe_server_start once the listeners are known; only workers read them.
  * multishots: io_uring, with a listener whose connections can be plain
  * (they receive with multishot receives). */
 static void set_memory_bounds(fe_server *s, bool multishots)
@@ -274,7 +275,6 @@ int fe_server_create(const fe_config *cfg, fe_server **out, char *err, size_t er
     atomic_init(&s->memory_held, 0);
     s->plain_read_room = cfg->max_pending_output < cfg->read_buffer_size ? cfg->max_pending_output
                                                                          : cfg->read_buffer_size;
-    set_memory_bounds(s, cfg->io_backend == FE_IO_URING);
     s->fd_connection_limit = UINT64_MAX;
     s->splice_pipe_size = fe_splice_pipe_size(cfg);
     s->splice_read_room = s->splice_pipe_size ? s->plain_read_room : 0;
